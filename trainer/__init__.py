@@ -1,0 +1,1 @@
+"""Training stage: data, models, fit loop and evaluation."""

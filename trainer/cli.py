@@ -1,0 +1,196 @@
+"""CLI commands of the training stage: ``data``, ``train``, ``evaluate``. They parse options and call
+the stage's functions; nothing else."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+import click
+
+from onnxrec.trainer.config import TrainConfig, load_train_config
+
+
+@click.group()
+def data() -> None:
+    """Prepare, fetch or generate interaction data."""
+
+
+def _split_names(value: str | None) -> tuple[str, ...]:
+    return tuple(v.strip() for v in value.split(",") if v.strip()) if value else ()
+
+
+@data.command("prepare")
+@click.argument("source")
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Dataset directory to write.")
+@click.option("--threshold", type=float, default=None, help="Ratings >= this are positives (default: all).")
+@click.option("--min-user", type=int, default=1, show_default=True, help="k-core: min interactions per user.")
+@click.option("--min-item", type=int, default=1, show_default=True, help="k-core: min interactions per item.")
+@click.option("--split", type=click.Choice(["leave_one_out", "temporal"]), default="leave_one_out", show_default=True)
+@click.option("--negatives", type=int, default=99, show_default=True, help="Sampled negatives per evaluated user.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--user-col", default="user_id", show_default=True, help="Generic logs: the user column.")
+@click.option("--item-col", default="item_id", show_default=True, help="Generic logs: the item column.")
+@click.option("--rating-col", default=None, help="Generic logs: the rating column.")
+@click.option("--time-col", default=None, help="Generic logs: the timestamp column.")
+@click.option("--user-features", default=None, help="Generic logs: comma-separated user feature columns.")
+@click.option("--item-features", default=None, help="Generic logs: comma-separated item feature columns.")
+@click.option("--sep", default=None, help="Generic CSV logs: the separator (default: detected).")
+@click.option("--overwrite", is_flag=True, help="Replace an existing dataset directory.")
+def prepare_command(
+    source: str,
+    out: Path,
+    threshold: float | None,
+    min_user: int,
+    min_item: int,
+    split: str,
+    negatives: int,
+    seed: int,
+    user_col: str,
+    item_col: str,
+    rating_col: str | None,
+    time_col: str | None,
+    user_features: str | None,
+    item_features: str | None,
+    sep: str | None,
+    overwrite: bool,
+) -> None:
+    """Preprocess and split SOURCE (a MovieLens folder, a CSV/Parquet log or 'synthetic')."""
+    from onnxrec.trainer.data.prepare import prepare
+    from onnxrec.trainer.data.preprocess import PreprocessSpec
+    from onnxrec.trainer.data.readers import ColumnMapping
+    from onnxrec.trainer.data.split import SplitSpec
+
+    columns = ColumnMapping(
+        user_col, item_col, rating_col, time_col, _split_names(user_features), _split_names(item_features)
+    )
+    meta = prepare(
+        source,
+        out,
+        PreprocessSpec(threshold, min_user, min_item),
+        SplitSpec(kind=split, num_negatives=negatives, seed=seed),
+        columns=columns,
+        sep=sep,
+        overwrite=overwrite,
+    )
+    c = meta["counts"]
+    click.echo(
+        f"wrote {out}: {c['users']:,} users, {c['items']:,} items, {c['interactions']:,} interactions "
+        f"(train {c['train']:,} / valid {c['valid']:,} / test {c['test']:,})"
+    )
+
+
+@data.command("fetch")
+@click.argument("name", type=click.Choice(["movielens-100k", "movielens-1m", "movielens-20m"]))
+@click.option(
+    "--dest",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Where to unpack (default: $ONNXREC_DATA_HOME or ~/.cache/onnxrec/data).",
+)
+@click.option("--base-url", default=None, help="Mirror to download from instead of files.grouplens.org.")
+def fetch_command(name: str, dest: Path | None, base_url: str | None) -> None:
+    """Download a MovieLens dataset, verify its checksum and unpack it."""
+    from onnxrec.trainer.data.fetch import fetch
+    from onnxrec.trainer.data.source import data_home
+
+    path = fetch(name, dest or data_home(), base_url=base_url)
+    click.echo(f"{name} is in {path}; train on it with: onnxrec train --data {name}")
+
+
+@data.command("synth")
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Log file to write (.csv or .parquet).")
+@click.option("--users", type=int, default=2000, show_default=True)
+@click.option("--items", type=int, default=1000, show_default=True)
+@click.option("--per-user", type=float, default=40.0, show_default=True, help="Mean interactions per user.")
+@click.option("--seed", type=int, default=0, show_default=True)
+def synth_command(out: Path, users: int, items: int, per_user: float, seed: int) -> None:
+    """Generate a synthetic interaction log with realistic skew."""
+    from onnxrec.errors import DataError
+    from onnxrec.trainer.data.synth import generate_synthetic, write_log
+
+    if users < 1 or items < 2 or per_user <= 0:
+        raise DataError("--users must be >= 1, --items >= 2 and --per-user > 0")
+    log = generate_synthetic(num_users=users, num_items=items, interactions_per_user=per_user, seed=seed)
+    write_log(log, out)
+    click.echo(f"wrote {out}: {log.num_interactions:,} interactions")
+
+
+def _train_options(func: Any) -> Any:
+    """One option per TrainConfig field; only options given on the command line override."""
+    skip = {"extra"}
+    for f in reversed(dataclasses.fields(TrainConfig)):
+        if f.name in skip:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        if f.type in ("bool", bool):
+            func = click.option(
+                f"{flag}/--no-{f.name.replace('_', '-')}", f.name, default=None, help=f"(default: {f.default})"
+            )(func)
+        else:
+            func = click.option(flag, f.name, default=None, metavar="VALUE", help=f"(default: {_show_default(f)})")(
+                func
+            )
+    return func
+
+
+def _show_default(f: dataclasses.Field[Any]) -> str:
+    value = f.default
+    if isinstance(value, tuple):
+        return ",".join(str(v) for v in value)
+    return str(value)
+
+
+@click.command("train")
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="TOML file of options (a [train] table or top-level keys).",
+)
+@_train_options
+def train_command(config_file: Path | None, **options: Any) -> None:
+    """Train a recommender: --data (prepared dataset, MovieLens folder, log file or 'synthetic'),
+    --model (auto, mf, mlp, neumf, twotower), --out RUN_DIR."""
+    from onnxrec.trainer.train import train
+
+    overrides = {k: v for k, v in options.items() if v is not None}
+    cfg = load_train_config(config_file, overrides)
+    run = train(cfg)
+    summary = json.loads((run / "eval.json").read_text())
+    t = summary["test"]
+    click.echo(
+        f"wrote {run} ({summary['model_type']}, best epoch {summary['best_epoch']}, "
+        f"{summary['train_seconds']:.1f} s); test sampled HR@10 {t['sampled'].get('hr@10', 0):.4f} "
+        f"NDCG@10 {t['sampled'].get('ndcg@10', 0):.4f}; full HR@10 {t['full'].get('hr@10', 0):.4f} "
+        f"NDCG@10 {t['full'].get('ndcg@10', 0):.4f}"
+    )
+
+
+@click.command("evaluate")
+@click.argument("run", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("--k", "ks", default="10", show_default=True, help="Comma-separated cut-offs.")
+@click.option("--stage", type=click.Choice(["test", "valid"]), default="test", show_default=True)
+@click.option(
+    "--baselines/--no-baselines",
+    default=True,
+    show_default=True,
+    help="Also score Popularity and ItemKNN on the same split.",
+)
+def evaluate_command(run: Path, as_json: bool, ks: str, stage: str, baselines: bool) -> None:
+    """Evaluate a trained run on its dataset: sampled and full-ranking metrics."""
+    from onnxrec.errors import ConfigError
+    from onnxrec.trainer.report import evaluate_run, format_table
+
+    try:
+        cutoffs = tuple(int(k) for k in ks.split(","))
+    except ValueError as exc:
+        raise ConfigError(f"--k must be comma-separated integers, not {ks!r}") from exc
+    if not cutoffs or min(cutoffs) < 1:
+        raise ConfigError("--k values must be positive")
+    report = evaluate_run(run, stage=stage, ks=cutoffs, baselines=baselines)
+    click.echo(json.dumps(report, indent=2) if as_json else format_table(report))

@@ -1,0 +1,1 @@
+"""Interaction logs: readers, preprocessing, splits and the dataset artifact."""

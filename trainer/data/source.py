@@ -1,0 +1,58 @@
+"""Turn whatever ``--data`` names into a :class:`Dataset`.
+
+``--data`` takes a prepared dataset directory, a raw MovieLens folder or log file (format
+detected), ``synthetic`` (the embedded generator; works with no network), or a MovieLens name
+(``movielens-100k``, ``movielens-1m``, ``movielens-20m``) looked up in the data home
+(``$ONNXREC_DATA_HOME``, default ``~/.cache/onnxrec/data``) where ``onnxrec data fetch`` puts it.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from onnxrec.errors import DataError
+from onnxrec.trainer.data.dataset import Dataset, build_dataset, is_dataset_dir, load_dataset
+from onnxrec.trainer.data.preprocess import PreprocessSpec
+from onnxrec.trainer.data.readers import ColumnMapping, read_source
+from onnxrec.trainer.data.split import SplitSpec
+
+MOVIELENS_FOLDERS = {
+    "movielens-100k": "ml-100k",
+    "ml-100k": "ml-100k",
+    "movielens-1m": "ml-1m",
+    "ml-1m": "ml-1m",
+    "movielens-20m": "ml-20m",
+    "ml-20m": "ml-20m",
+}
+
+
+def data_home() -> Path:
+    """Where fetched datasets live."""
+    return Path(os.environ.get("ONNXREC_DATA_HOME", Path.home() / ".cache" / "onnxrec" / "data"))
+
+
+def resolve_data(
+    spec: str,
+    pre: PreprocessSpec,
+    split_spec: SplitSpec,
+    *,
+    columns: ColumnMapping | None = None,
+    sep: str | None = None,
+    seed: int = 0,
+) -> tuple[Dataset, Path | None]:
+    """The dataset ``spec`` names, and its directory if it is a prepared one (else None)."""
+    if spec == "synthetic":
+        from onnxrec.trainer.data.synth import generate_synthetic
+
+        return build_dataset(generate_synthetic(seed=seed), pre, split_spec, "synthetic"), None
+    if spec in MOVIELENS_FOLDERS:
+        folder = data_home() / MOVIELENS_FOLDERS[spec]
+        if not folder.exists():
+            raise DataError(f"{spec} is not downloaded yet: run 'onnxrec data fetch {spec}' (looked in {folder})")
+        return build_dataset(read_source(folder), pre, split_spec, spec), None
+    path = Path(spec)
+    if is_dataset_dir(path):
+        return load_dataset(path), path
+    log = read_source(path, columns, sep=sep)
+    return build_dataset(log, pre, split_spec, path.stem or path.name), None

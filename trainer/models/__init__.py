@@ -1,0 +1,1 @@
+"""Recommender networks (nn.Modules) and their config dataclasses."""

@@ -1,0 +1,53 @@
+"""Matrix factorisation: dot product of user and item embeddings plus biases."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from onnxrec.trainer.models.base import FactorizedRecommender
+
+
+@dataclass(frozen=True)
+class MFConfig:
+    """Sizes of an :class:`MF` model."""
+
+    num_users: int
+    num_items: int
+    dim: int = 64
+
+
+class MF(FactorizedRecommender):
+    """score(u, i) = <p_u, q_i> + b_i (+ b_u, which does not change a user's ranking)."""
+
+    def __init__(self, cfg: MFConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.user_emb = nn.Embedding(cfg.num_users, cfg.dim)
+        self.item_emb = nn.Embedding(cfg.num_items, cfg.dim)
+        self.user_b = nn.Embedding(cfg.num_users, 1)
+        self.item_b = nn.Embedding(cfg.num_items, 1)
+        for e in (self.user_emb, self.item_emb):
+            nn.init.normal_(e.weight, std=0.05)
+        nn.init.zeros_(self.user_b.weight)
+        nn.init.zeros_(self.item_b.weight)
+
+    @property
+    def num_items(self) -> int:
+        return self.cfg.num_items
+
+    def user_vectors(self, users: torch.Tensor, inputs: dict[str, Any]) -> torch.Tensor:
+        return self.user_emb(users)
+
+    def item_vectors(self, items: torch.Tensor | None = None) -> torch.Tensor:
+        return self.item_emb.weight if items is None else self.item_emb(items)
+
+    def item_bias(self, items: torch.Tensor | None = None) -> torch.Tensor:
+        w = self.item_b.weight.squeeze(-1)
+        return w if items is None else w[items]
+
+    def score_candidates(self, users: torch.Tensor, items: torch.Tensor, inputs: dict[str, Any]) -> torch.Tensor:
+        return super().score_candidates(users, items, inputs) + self.user_b(users)

@@ -1,0 +1,150 @@
+"""Two-tower model: a user tower and an item tower meet in a dot product.
+
+The item tower embeds the item id and the item's side features. The user tower embeds the user id,
+the user's side features and the user's recent history (a learned recency-weighted mean of the
+history items' tower outputs). Ids pass through index 0 = "unknown", and training drops ids at
+random (``id_dropout``), so a user or item unseen in training but with features or a history still
+gets a sensible vector.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+import torch
+from torch import nn
+
+from onnxrec.trainer.models.base import FactorizedRecommender
+from onnxrec.trainer.models.mlp import mlp_stack
+
+
+@dataclass(frozen=True)
+class FeatureInput:
+    """One side feature as the model sees it: embedding rows and width (1 = categorical)."""
+
+    name: str
+    cardinality: int
+    width: int = 1
+
+
+@dataclass(frozen=True)
+class TwoTowerConfig:
+    """Sizes of a :class:`TwoTower` model."""
+
+    num_users: int
+    num_items: int
+    dim: int = 64
+    feature_dim: int = 16
+    user_features: tuple[FeatureInput, ...] = field(default=())
+    item_features: tuple[FeatureInput, ...] = field(default=())
+    history_len: int = 0  # 0 = no history input
+    hidden: tuple[int, ...] = (128,)
+    dropout: float = 0.0
+    id_dropout: float = 0.0
+
+
+class _FeatureEmbeddings(nn.Module):
+    def __init__(self, features: tuple[FeatureInput, ...], dim: int) -> None:
+        super().__init__()
+        self.features = features
+        embeddings = [nn.Embedding(f.cardinality, dim, padding_idx=0) for f in features]
+        self.emb = nn.ModuleList(embeddings)
+        self.dim = dim
+        for e in embeddings:
+            nn.init.normal_(e.weight, std=0.05)
+            with torch.no_grad():
+                e.weight[0].zero_()
+
+    @property
+    def out_dim(self) -> int:
+        return self.dim * len(self.features)
+
+    def forward(self, values: list[torch.Tensor]) -> list[torch.Tensor]:
+        out = []
+        for f, module, v in zip(self.features, self.emb, values, strict=True):
+            e = cast(nn.Embedding, module)
+            if f.width == 1:
+                out.append(e(v))
+            else:  # mean over the non-padding entries
+                mask = (v > 0).unsqueeze(-1).to(e.weight.dtype)
+                out.append((e(v) * mask).sum(-2) / mask.sum(-2).clamp_min(1.0))
+        return out
+
+
+class TwoTower(FactorizedRecommender):
+    """score(u, i) = <user_tower(u), item_tower(i)> + b_i."""
+
+    def __init__(self, cfg: TwoTowerConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.uses_history = cfg.history_len > 0
+        d = cfg.dim
+        self.user_id = nn.Embedding(cfg.num_users + 1, d, padding_idx=0)
+        self.item_id = nn.Embedding(cfg.num_items + 1, d, padding_idx=0)
+        nn.init.normal_(self.user_id.weight, std=0.05)
+        nn.init.normal_(self.item_id.weight, std=0.05)
+        self.user_feats = _FeatureEmbeddings(cfg.user_features, cfg.feature_dim)
+        self.item_feats = _FeatureEmbeddings(cfg.item_features, cfg.feature_dim)
+        self.item_b = nn.Parameter(torch.zeros(cfg.num_items))
+        user_in = d + self.user_feats.out_dim + (d if self.uses_history else 0)
+        item_in = d + self.item_feats.out_dim
+        self.user_mlp = nn.Sequential(
+            mlp_stack([user_in, *cfg.hidden], cfg.dropout), nn.Linear(cfg.hidden[-1] if cfg.hidden else user_in, d)
+        )
+        self.item_mlp = nn.Sequential(
+            mlp_stack([item_in, *cfg.hidden], cfg.dropout), nn.Linear(cfg.hidden[-1] if cfg.hidden else item_in, d)
+        )
+        # recency weights: position 0 is the newest history item
+        self.recency = nn.Parameter(torch.zeros(max(cfg.history_len, 1)))
+
+    @property
+    def num_items(self) -> int:
+        return self.cfg.num_items
+
+    def set_item_features(self, features: dict[str, torch.Tensor]) -> None:
+        """Give the model the encoded item features (row = item index); they are saved with it."""
+        for f in self.cfg.item_features:
+            self.register_buffer(f"item_feature_{f.name}", features[f.name].long())
+
+    def _item_feature_rows(self, items: torch.Tensor) -> list[torch.Tensor]:
+        return [getattr(self, f"item_feature_{f.name}")[items] for f in self.cfg.item_features]
+
+    def _ids(self, idx: torch.Tensor, n: int) -> torch.Tensor:
+        """Index + 1, with 0 for out-of-range (unknown) ids and, in training, for dropped ids."""
+        ids = torch.where((idx >= 0) & (idx < n), idx + 1, torch.zeros_like(idx))
+        if self.training and self.cfg.id_dropout > 0:
+            drop = torch.rand(ids.shape, device=ids.device) < self.cfg.id_dropout
+            ids = ids.masked_fill(drop, 0)
+        return ids
+
+    def item_vectors(self, items: torch.Tensor | None = None) -> torch.Tensor:
+        if items is None:
+            items = torch.arange(self.cfg.num_items, device=self.item_b.device)
+        x = [self.item_id(self._ids(items, self.cfg.num_items)), *self.item_feats(self._item_feature_rows(items))]
+        return self.item_mlp(torch.cat(x, dim=-1))
+
+    def item_bias(self, items: torch.Tensor | None = None) -> torch.Tensor:
+        return self.item_b if items is None else self.item_b[items]
+
+    def history_vector(self, history: torch.Tensor, item_table: torch.Tensor | None = None) -> torch.Tensor:
+        """Recency-weighted mean of the history items' vectors; ``history`` [B, H], newest first,
+        padded with -1. ``item_table`` ([num_items, D]) avoids recomputing the item tower."""
+        mask = history >= 0
+        safe = history.clamp_min(0)
+        vecs = (
+            item_table[safe]
+            if item_table is not None
+            else self.item_vectors(safe.reshape(-1)).reshape(*history.shape, -1)
+        )
+        w = self.recency[: history.shape[1]].unsqueeze(0).expand(history.shape[0], -1)
+        w = w.masked_fill(~mask, float("-inf"))
+        w = torch.nan_to_num(torch.softmax(w, dim=1), nan=0.0)
+        return (w.unsqueeze(-1) * vecs).sum(1)
+
+    def user_vectors(self, users: torch.Tensor, inputs: dict[str, Any]) -> torch.Tensor:
+        x = [self.user_id(self._ids(users, self.cfg.num_users))]
+        x += self.user_feats([inputs[f"user_{f.name}"] for f in self.cfg.user_features])
+        if self.uses_history:
+            x.append(self.history_vector(inputs["history"], inputs.get("item_table")))
+        return self.user_mlp(torch.cat(x, dim=-1))

@@ -1,0 +1,212 @@
+"""``train``: the training stage's one entry point (data -> fit -> evaluate -> run directory).
+
+A run directory holds ``checkpoint.pt`` (see :mod:`onnxrec.trainer.checkpoint`), ``config.toml``
+(every option as used), ``metrics.jsonl`` (one line per epoch), ``eval.json`` (validation and
+test metrics in both views) and, when the data was not a prepared dataset, ``dataset/`` (the
+prepared dataset, so the run is self-contained for the exporter). It is written under a temporary
+name and renamed when complete.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+import torch
+import torch.distributed as dist
+
+from onnxrec import __version__
+from onnxrec.atomic import atomic_dir
+from onnxrec.errors import ConfigError, TrainingError
+from onnxrec.trainer.checkpoint import CHECKPOINT_FILE, FORMAT, load_checkpoint, save_checkpoint
+from onnxrec.trainer.config import TrainConfig
+from onnxrec.trainer.data.dataset import Dataset, save_dataset
+from onnxrec.trainer.data.preprocess import PreprocessSpec
+from onnxrec.trainer.data.source import resolve_data
+from onnxrec.trainer.data.split import SplitSpec
+from onnxrec.trainer.evaluate import evaluate
+from onnxrec.trainer.factory import model_config, resolve_model
+from onnxrec.trainer.fit import FitResult, ModelScorer, fit
+from onnxrec.trainer.models.registry import build_model, config_to_dict
+
+log = logging.getLogger("onnxrec.train")
+
+
+def load_for_training(cfg: TrainConfig) -> tuple[Dataset, Path | None]:
+    """The dataset ``cfg.data`` names, prepared with ``cfg``'s preprocessing and split options."""
+    if cfg.split not in ("leave_one_out", "temporal"):
+        raise ConfigError(f"unknown split {cfg.split!r} (use leave_one_out or temporal)")
+    pre = PreprocessSpec(cfg.positive_threshold, cfg.min_user_interactions, cfg.min_item_interactions)
+    split_spec = SplitSpec(kind=cfg.split, num_negatives=cfg.eval_negatives, seed=cfg.seed)
+    return resolve_data(cfg.data, pre, split_spec, seed=cfg.seed)
+
+
+def _validate(cfg: TrainConfig) -> None:
+    checks = [
+        (cfg.epochs >= 1, "epochs must be at least 1"),
+        (cfg.batch_size >= 1, "batch_size must be at least 1"),
+        (cfg.dim >= 1, "dim must be at least 1"),
+        (cfg.lr > 0, "lr must be positive"),
+        (cfg.num_negatives >= 1, "num_negatives must be at least 1"),
+        (cfg.patience >= 1, "patience must be at least 1"),
+        (cfg.history_len >= 0, "history_len must be 0 or more"),
+        (0 <= cfg.id_dropout < 1, "id_dropout must be in [0, 1)"),
+        (cfg.temperature > 0, "temperature must be positive"),
+        (all(k >= 1 for k in cfg.eval_ks) and len(cfg.eval_ks) > 0, "eval_ks must be positive integers"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise ConfigError(message)
+
+
+def _init_distributed(cfg: TrainConfig) -> bool:
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or (dist.is_available() and dist.is_initialized()):
+        return False
+    backend = "nccl" if cfg.device.startswith("cuda") else "gloo"
+    dist.init_process_group(backend=backend)
+    return True
+
+
+def train(cfg: TrainConfig) -> Path:
+    """Train the model ``cfg`` describes and write its run directory; returns the directory.
+
+    Under ``torchrun --nproc_per_node N`` the same call trains data-parallel; rank 0 writes the run.
+    """
+    _validate(cfg)
+    out = Path(cfg.out)
+    if out.exists() and not cfg.overwrite:
+        raise TrainingError(f"{out} already exists (use --overwrite or another --out)")
+    started = _init_distributed(cfg)
+    try:
+        return _train(cfg, out)
+    finally:
+        if started:
+            dist.destroy_process_group()
+
+
+def _train(cfg: TrainConfig, out: Path) -> Path:
+    if cfg.threads > 0:
+        torch.set_num_threads(cfg.threads)
+    rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+    torch.manual_seed(cfg.seed)
+    ds, data_dir = load_for_training(cfg)
+    resume = load_checkpoint(Path(cfg.resume)) if cfg.resume else None
+    model_type, loss = resolve_model(cfg)
+    if resume is not None:
+        if resume["dataset"]["content_hash"] != ds.content_hash:
+            raise TrainingError(f"{cfg.resume}: the checkpoint was trained on other data than --data {cfg.data}")
+        model_type = resume["model_type"]
+        mcfg_dict = resume["model_config"]
+    else:
+        mcfg_dict = config_to_dict(model_config(model_type, cfg, ds))
+    model = build_model(model_type, mcfg_dict)
+    if hasattr(model, "set_item_features"):
+        model.set_item_features({k: torch.from_numpy(v) for k, v in ds.item_features.items()})
+    if resume is not None:
+        model.load_state_dict(resume["state_dict"])
+    epochs_log: list[dict[str, Any]] = []
+
+    def on_epoch(record: dict[str, Any]) -> None:
+        epochs_log.append(record)
+        v = record["valid"]
+        log.info(
+            "epoch %d: loss %.4f, %s ex/s, valid sampled HR@10 %.4f NDCG@10 %.4f, full HR@10 %.4f NDCG@10 %.4f",
+            record["epoch"],
+            record["loss"],
+            f"{record['examples_per_second']:,.0f}",
+            v["sampled"].get("hr@10", float("nan")),
+            v["sampled"].get("ndcg@10", float("nan")),
+            v["full"].get("hr@10", float("nan")),
+            v["full"].get("ndcg@10", float("nan")),
+        )
+
+    t0 = time.perf_counter()
+    result, opt = fit(
+        model,
+        ds,
+        cfg,
+        loss,
+        start_epoch=int(resume["epoch"]) if resume else 0,
+        optimizer_state=resume.get("optimizer") if resume else None,
+        on_epoch=on_epoch,
+    )
+    wall = time.perf_counter() - t0
+    if rank != 0:
+        return Path(cfg.out)
+    if not result.best_state:
+        raise TrainingError("no epoch was trained (is --epochs above the resumed checkpoint's epoch?)")
+    scorer = ModelScorer(model, ds, cfg.device)
+    metrics = {
+        "valid": evaluate(scorer, ds, "valid", ks=cfg.eval_ks),
+        "test": evaluate(scorer, ds, "test", ks=cfg.eval_ks),
+    }
+    return _write_run(cfg, ds, data_dir, model_type, mcfg_dict, loss, model.state_dict(), opt, result, metrics, wall)
+
+
+def _write_run(
+    cfg: TrainConfig,
+    ds: Dataset,
+    data_dir: Path | None,
+    model_type: str,
+    model_cfg: dict[str, Any],
+    loss: str,
+    state: dict[str, torch.Tensor],
+    opt: torch.optim.Optimizer,
+    result: FitResult,
+    metrics: dict[str, Any],
+    wall: float,
+) -> Path:
+    out = Path(cfg.out)
+    summary = {
+        "model_type": model_type,
+        "loss": loss,
+        "best_epoch": result.best_epoch,
+        "epochs_run": len(result.epochs),
+        "train_seconds": round(wall, 2),
+        "examples_per_second": round(result.examples_per_second, 1),
+        **metrics,
+    }
+    with atomic_dir(out, overwrite=cfg.overwrite) as tmp:
+        if data_dir is None:
+            save_dataset(ds, tmp / "dataset")
+        ckpt = {
+            "format": FORMAT,
+            "onnxrec_version": __version__,
+            "model_type": model_type,
+            "model_config": model_cfg,
+            "state_dict": {k: v.detach().cpu().clone() for k, v in state.items()},
+            "optimizer": opt.state_dict(),
+            "epoch": result.epochs[-1]["epoch"] if result.epochs else 0,
+            "best_epoch": result.best_epoch,
+            "feature_spec": ds.feature_spec.to_dict(),
+            "dataset": {
+                "path": "dataset" if data_dir is None else str(data_dir.resolve()),
+                "name": ds.name,
+                "content_hash": ds.content_hash,
+                "counts": ds.meta.get("counts", {}),
+            },
+            "user_ids": [str(u) for u in ds.user_ids],
+            "item_ids": [str(i) for i in ds.item_ids],
+            "metrics": summary,
+            "train_config": cfg.to_dict(),
+        }
+        save_checkpoint(ckpt, tmp / CHECKPOINT_FILE)
+        (tmp / "config.toml").write_text(tomli_w.dumps({"train": cfg.to_dict()}))
+        with (tmp / "metrics.jsonl").open("w") as fh:
+            for record in result.epochs:
+                fh.write(json.dumps(record) + "\n")
+        (tmp / "eval.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return out
+
+
+def run_summary(run: Path) -> dict[str, Any]:
+    """The eval.json of a run directory."""
+    path = Path(run) / "eval.json"
+    if not path.is_file():
+        raise TrainingError(f"{run}: not a complete run directory (no eval.json)")
+    return dict(json.loads(path.read_text()))
