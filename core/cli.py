@@ -23,6 +23,7 @@ COMMANDS = {
     "data": "onnxrec.trainer.cli:data",
     "train": "onnxrec.trainer.cli:train_command",
     "evaluate": "onnxrec.trainer.cli:evaluate_command",
+    "demo": "onnxrec.demo:demo_command",
 }
 
 

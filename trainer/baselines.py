@@ -9,7 +9,7 @@ from onnxrec.errors import DataError
 from onnxrec.trainer.data.dataset import Dataset
 from onnxrec.trainer.history import UserSequences, known_sequences
 
-ITEMKNN_MAX_ITEMS = 30_000
+ITEMKNN_MAX_ITEMS = 12_000
 
 
 class Popularity:
@@ -34,10 +34,15 @@ class ItemKNN:
         if n > ITEMKNN_MAX_ITEMS:
             raise DataError(f"ItemKNN supports at most {ITEMKNN_MAX_ITEMS} items (this dataset has {n})")
         train = ds.splits.train
-        idx = torch.from_numpy(np.stack([train.user_idx, train.item_idx]).astype(np.int64))
-        x = torch.sparse_coo_tensor(idx, torch.ones(idx.shape[1]), (ds.num_users, n)).coalesce()
-        x = torch.sparse_coo_tensor(x.indices(), torch.ones_like(x.values()), x.shape)
-        co = torch.sparse.mm(x.t().coalesce(), x).to_dense()  # [n, n] co-occurrence counts
+        co = torch.zeros(n, n)
+        chunk = max(1, 2**24 // n)  # users per dense block
+        order = np.argsort(train.user_idx, kind="stable")
+        users, items = train.user_idx[order], train.item_idx[order]
+        for start in range(0, ds.num_users, chunk):
+            lo, hi = np.searchsorted(users, [start, start + chunk])
+            block = torch.zeros(min(chunk, ds.num_users - start), n)
+            block[torch.from_numpy(users[lo:hi] - start).long(), torch.from_numpy(items[lo:hi]).long()] = 1.0
+            co += block.T @ block  # co-occurrence counts
         norms = co.diagonal().clone()
         sim = co / (torch.sqrt(norms[:, None] * norms[None, :]) + shrink)
         sim.fill_diagonal_(0.0)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -160,6 +161,8 @@ def train_command(config_file: Path | None, **options: Any) -> None:
     overrides = {k: v for k, v in options.items() if v is not None}
     cfg = load_train_config(config_file, overrides)
     run = train(cfg)
+    if int(os.environ.get("RANK", "0")) != 0:
+        return  # under torchrun, rank 0 reports
     summary = json.loads((run / "eval.json").read_text())
     t = summary["test"]
     click.echo(

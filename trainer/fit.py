@@ -168,8 +168,10 @@ def fit(
         perm = gen.permutation(n)[rank::world]
         t0 = time.perf_counter()
         total, batches = 0.0, 0
+        # each rank takes an equal share of the global batch, so N processes take the same steps as one
+        batch = max(1, -(-cfg.batch_size // world))
         bar = tqdm(
-            range(0, len(perm), cfg.batch_size),
+            range(0, len(perm), batch),
             desc=f"epoch {epoch + 1}/{cfg.epochs}",
             unit="batch",
             disable=not cfg.progress or rank != 0,
@@ -177,7 +179,7 @@ def fit(
             dynamic_ncols=True,
         )
         for start in bar:
-            pos = perm[start : start + cfg.batch_size]
+            pos = perm[start : start + batch]
             users_np = owners[pos]
             hist = training_histories(seq, history_len, pos) if history_len else None
             users = torch.from_numpy(users_np).to(device)

@@ -51,7 +51,7 @@ def _validate(cfg: TrainConfig) -> None:
         (cfg.epochs >= 1, "epochs must be at least 1"),
         (cfg.batch_size >= 1, "batch_size must be at least 1"),
         (cfg.dim >= 1, "dim must be at least 1"),
-        (cfg.lr > 0, "lr must be positive"),
+        (0 < cfg.lr <= 10, "lr must be in (0, 10]"),
         (cfg.num_negatives >= 1, "num_negatives must be at least 1"),
         (cfg.patience >= 1, "patience must be at least 1"),
         (cfg.history_len >= 0, "history_len must be 0 or more"),
@@ -83,7 +83,10 @@ def train(cfg: TrainConfig) -> Path:
         raise TrainingError(f"{out} already exists (use --overwrite or another --out)")
     started = _init_distributed(cfg)
     try:
-        return _train(cfg, out)
+        run = _train(cfg, out)
+        if started:
+            dist.barrier()  # every rank returns once rank 0 has written the run
+        return run
     finally:
         if started:
             dist.destroy_process_group()

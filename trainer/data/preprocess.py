@@ -71,13 +71,6 @@ def preprocess(log: InteractionLog, spec: PreprocessSpec) -> EncodedInteractions
     ts = t["timestamp"].to_numpy(zero_copy_only=False).astype(np.int64)
     rating_col = pc.fill_null(t["rating"], np.nan)
     rating = rating_col.to_numpy(zero_copy_only=False).astype(np.float32)
-    if spec.positive_threshold is not None:
-        if np.isnan(rating).all():
-            raise DataError(f"{log.source}: a rating threshold was given but the log has no ratings")
-        keep = rating >= spec.positive_threshold
-        users, items, ts, rating = users[keep], items[keep], ts[keep], rating[keep]
-        if len(users) == 0:
-            raise DataError(f"{log.source}: no rating reaches the threshold {spec.positive_threshold}")
     # temporary dense codes for the filtering steps
     _u_uniq, u_code = np.unique(users, return_inverse=True)
     i_uniq, i_code = np.unique(items, return_inverse=True)
@@ -96,6 +89,21 @@ def preprocess(log: InteractionLog, spec: PreprocessSpec) -> EncodedInteractions
             u_code[sel],
             i_code[sel],
         )
+    # the threshold applies to each pair's latest rating
+    if spec.positive_threshold is not None:
+        if np.isnan(rating).all():
+            raise DataError(f"{log.source}: a rating threshold was given but the log has no ratings")
+        keep = rating >= spec.positive_threshold
+        users, items, ts, rating, u_code, i_code = (
+            users[keep],
+            items[keep],
+            ts[keep],
+            rating[keep],
+            u_code[keep],
+            i_code[keep],
+        )
+        if len(users) == 0:
+            raise DataError(f"{log.source}: no rating reaches the threshold {spec.positive_threshold}")
     if spec.min_user_interactions > 1 or spec.min_item_interactions > 1:
         keep = _kcore(u_code, i_code, spec.min_user_interactions, spec.min_item_interactions)
         users, items, ts, rating = users[keep], items[keep], ts[keep], rating[keep]

@@ -196,7 +196,7 @@ def read_movielens_1m(folder: Path, ratings_file: str = "ratings.dat") -> Intera
     )
 
 
-def _read_csv_with_header(path: Path, sep: str | None) -> pa.Table:
+def _read_csv_with_header(path: Path, sep: str | None, string_columns: tuple[str, ...] = ()) -> pa.Table:
     raw = _need_file(path).read_bytes()
     if not raw.strip():
         raise DataError(f"{path}: the file is empty")
@@ -209,7 +209,12 @@ def _read_csv_with_header(path: Path, sep: str | None) -> pa.Table:
                 f"{path}: found a single column in the header {header.strip()[:80]!r}; wrong separator? (pass --sep)"
             )
     try:
-        return pacsv.read_csv(io.BytesIO(raw), parse_options=pacsv.ParseOptions(delimiter=sep))
+        return pacsv.read_csv(
+            io.BytesIO(raw),
+            parse_options=pacsv.ParseOptions(delimiter=sep),
+            # ids stay strings: "007" must not become 7
+            convert_options=pacsv.ConvertOptions(column_types=dict.fromkeys(string_columns, pa.string())),
+        )
     except pa.ArrowInvalid as exc:
         raise DataError(f"{path}: cannot parse as {sep!r}-separated: {str(exc).splitlines()[0]}") from exc
 
@@ -217,7 +222,7 @@ def _read_csv_with_header(path: Path, sep: str | None) -> pa.Table:
 def read_movielens_20m(folder: Path) -> InteractionLog:
     """Read ML-20M / ml-latest(-small) (``ratings.csv``, ``movies.csv``) from ``folder``."""
     folder = Path(folder)
-    r = _read_csv_with_header(folder / "ratings.csv", ",")
+    r = _read_csv_with_header(folder / "ratings.csv", ",", ("userId", "movieId"))
     _require_columns(folder / "ratings.csv", r, ["userId", "movieId", "rating", "timestamp"])
     m = _read_csv_with_header(folder / "movies.csv", ",")
     _require_columns(folder / "movies.csv", m, ["movieId", "title", "genres"])
@@ -266,7 +271,7 @@ def read_log(path: Path, columns: ColumnMapping | None = None, *, sep: str | Non
         except (pa.ArrowInvalid, OSError) as exc:
             raise DataError(f"{path}: not a readable Parquet file ({str(exc).splitlines()[0]})") from exc
     else:
-        table = _read_csv_with_header(path, sep)
+        table = _read_csv_with_header(path, sep, (columns.user, columns.item))
     _require_columns(
         path,
         table,
