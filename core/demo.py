@@ -29,8 +29,12 @@ def run_demo(out: Path, data: str = "synthetic", epochs: int | None = None, over
 
 @click.command("demo")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("demo-out"), show_default=True)
-@click.option("--data", default="synthetic", show_default=True,
-              help="'synthetic', a MovieLens name fetched with 'onnxrec data fetch', or a path.")
+@click.option(
+    "--data",
+    default="synthetic",
+    show_default=True,
+    help="'synthetic', a MovieLens name fetched with 'onnxrec data fetch', or a path.",
+)
 @click.option("--epochs", type=int, default=None, help="Override the number of epochs.")
 def demo_command(out: Path, data: str, epochs: int | None) -> None:
     """Run the whole product on the default data and print where everything went."""

@@ -13,7 +13,12 @@ import pytest
 
 def onnxrec(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "onnxrec", *args], capture_output=True, text=True, cwd=cwd, timeout=600,
+        [sys.executable, "-m", "onnxrec", *args],
+        check=False,
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=600,
         env={**os.environ, **(env or {})},
     )
 
@@ -91,8 +96,10 @@ def test_train_errors(tmp_path: Path) -> None:
     assert_clean_error(p, "loss became")
     assert not run.exists()
     assert_clean_error(onnxrec("evaluate", str(tmp_path)), "not a run directory")
-    assert_clean_error(onnxrec("train", "--data", "movielens-20m", "--out", str(run),
-                               env={"ONNXREC_DATA_HOME": str(tmp_path)}), "onnxrec data fetch movielens-20m")
+    assert_clean_error(
+        onnxrec("train", "--data", "movielens-20m", "--out", str(run), env={"ONNXREC_DATA_HOME": str(tmp_path)}),
+        "onnxrec data fetch movielens-20m",
+    )
 
 
 def test_debug_shows_the_traceback(tmp_path: Path) -> None:

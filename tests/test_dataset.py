@@ -21,8 +21,10 @@ from onnxrec.trainer.data.split import Part, SplitSpec, split
 
 def make_log(rows: list[tuple[str, str, float | None, int]]) -> InteractionLog:
     users, items, ratings, ts = zip(*rows, strict=True) if rows else ((), (), (), ())
-    table = pa.table({"user_id": list(users), "item_id": list(items), "rating": list(ratings),
-                      "timestamp": list(ts)}, schema=INTERACTION_SCHEMA)
+    table = pa.table(
+        {"user_id": list(users), "item_id": list(items), "rating": list(ratings), "timestamp": list(ts)},
+        schema=INTERACTION_SCHEMA,
+    )
     return InteractionLog(table, "test")
 
 
@@ -81,17 +83,28 @@ def test_leakage_check_detects_leaks(ml100k: Dataset) -> None:
 
 
 def test_dedupe_threshold_and_kcore() -> None:
-    log = make_log([
-        ("a", "x", 5, 1), ("a", "x", 2, 9),  # duplicate: the latest (rating 2) is kept
-        ("a", "y", 4, 2), ("b", "y", 4, 3), ("b", "z", 1, 4), ("c", "z", 5, 5),
-    ])
+    log = make_log(
+        [
+            ("a", "x", 5, 1),
+            ("a", "x", 2, 9),  # duplicate: the latest (rating 2) is kept
+            ("a", "y", 4, 2),
+            ("b", "y", 4, 3),
+            ("b", "z", 1, 4),
+            ("c", "z", 5, 5),
+        ]
+    )
     enc = preprocess(log, PreprocessSpec())
     assert len(enc.user_idx) == 5
-    kept = {(enc.user_ids[u], enc.item_ids[i], r) for u, i, r in zip(enc.user_idx, enc.item_idx, enc.rating, strict=True)}
+    kept = {
+        (enc.user_ids[u], enc.item_ids[i], r) for u, i, r in zip(enc.user_idx, enc.item_idx, enc.rating, strict=True)
+    }
     assert ("a", "x", 2.0) in kept
     enc = preprocess(log, PreprocessSpec(positive_threshold=4))
     assert set(zip(enc.user_ids[enc.user_idx], enc.item_ids[enc.item_idx], strict=True)) == {
-        ("a", "y"), ("b", "y"), ("c", "z")}
+        ("a", "y"),
+        ("b", "y"),
+        ("c", "z"),
+    }
     # 2-core: c and z have one interaction each after the threshold; removing them removes nothing else
     enc = preprocess(log, PreprocessSpec(positive_threshold=4, min_user_interactions=1, min_item_interactions=2))
     assert sorted(enc.item_ids) == ["y"]
@@ -118,8 +131,12 @@ def test_not_enough_items_for_negatives() -> None:
 def test_temporal_split(synthetic: Dataset) -> None:
     from onnxrec.trainer.data.synth import generate_synthetic
 
-    ds = build_dataset(generate_synthetic(num_users=200, num_items=150, seed=1), PreprocessSpec(),
-                       SplitSpec(kind="temporal", num_negatives=20), "t")
+    ds = build_dataset(
+        generate_synthetic(num_users=200, num_items=150, seed=1),
+        PreprocessSpec(),
+        SplitSpec(kind="temporal", num_negatives=20),
+        "t",
+    )
     s = ds.splits
     check_no_leakage(ds)
     assert s.train.timestamp.max() <= s.valid.timestamp.min() <= s.valid.timestamp.max() <= s.test.timestamp.min()

@@ -35,10 +35,18 @@ def test_ml100k_counts_and_side_information(ml100k_dir: Path) -> None:
     assert max(t["timestamp"].to_pylist()) == 893286638
     assert log.item_table is not None and log.user_table is not None
     toy = log.item_table.slice(0, 1).to_pylist()[0]
-    assert toy == {"item_id": "1", "title": "Toy Story (1995)", "genres": ["Animation", "Children's", "Comedy"],
-                   "year": "1995"}
+    assert toy == {
+        "item_id": "1",
+        "title": "Toy Story (1995)",
+        "genres": ["Animation", "Children's", "Comedy"],
+        "year": "1995",
+    }
     assert log.user_table.slice(0, 1).to_pylist()[0] == {
-        "user_id": "1", "age_group": "18", "gender": "M", "occupation": "technician"}
+        "user_id": "1",
+        "age_group": "18",
+        "gender": "M",
+        "occupation": "technician",
+    }
     assert log.user_table.num_rows == 943
 
 
@@ -47,7 +55,11 @@ def test_ml1m_reader_latin1_and_double_colon(ml1m_dir: Path, tmp_path: Path) -> 
     log = read_movielens_1m(ml1m_dir, ratings_file="ratings-sample.dat")
     assert log.interactions.num_rows == 3000
     assert log.interactions.slice(0, 1).to_pylist()[0] == {
-        "user_id": "1", "item_id": "1193", "rating": 5.0, "timestamp": 978300760}
+        "user_id": "1",
+        "item_id": "1193",
+        "rating": 5.0,
+        "timestamp": 978300760,
+    }
     assert log.item_table is not None and log.item_table.num_rows == 3883
     assert log.user_table is not None and log.user_table.num_rows == 6040
     titles = log.item_table["title"].to_pylist()
@@ -67,7 +79,7 @@ def test_ml20m_format(tmp_path: Path) -> None:
         "userId,movieId,rating,timestamp\n1,2,3.5,1112486027\n1,29,3.5,1112484676\n2,2,4.0,974820889\n"
     )
     (tmp_path / "movies.csv").write_text(
-        'movieId,title,genres\n2,Jumanji (1995),Adventure|Children|Fantasy\n'
+        "movieId,title,genres\n2,Jumanji (1995),Adventure|Children|Fantasy\n"
         '29,"City of Lost Children, The (Cité des enfants perdus, La) (1995)",Adventure|Drama\n'
     )
     assert detect_format(tmp_path) == "movielens-20m"
@@ -86,7 +98,9 @@ def test_generic_csv_with_mapping_and_features(tmp_path: Path) -> None:
     log = read_log(p, ColumnMapping("uid", "sku", "stars", "ts", ("country",), ("cats",)))
     assert log.interactions.to_pylist()[0] == {"user_id": "A", "item_id": "x", "rating": 5.0, "timestamp": 10}
     assert log.user_table is not None and log.user_table.to_pylist() == [
-        {"user_id": "A", "country": "DE"}, {"user_id": "B", "country": "FR"}]
+        {"user_id": "A", "country": "DE"},
+        {"user_id": "B", "country": "FR"},
+    ]
     assert log.item_table is not None
     assert log.item_table.to_pylist()[0] == {"item_id": "x", "cats": ["a", "b"]}
 
@@ -117,7 +131,9 @@ def test_generic_parquet(tmp_path: Path) -> None:
         ("user_id,item_id,ts\n1,2,yesterday\n", ColumnMapping(timestamp="ts"), "timestamp"),
     ],
 )
-def test_generic_log_errors_name_the_problem(tmp_path: Path, content: str, mapping: ColumnMapping, message: str) -> None:
+def test_generic_log_errors_name_the_problem(
+    tmp_path: Path, content: str, mapping: ColumnMapping, message: str
+) -> None:
     p = tmp_path / "log.csv"
     p.write_text(content)
     with pytest.raises(DataError, match=message):
@@ -129,7 +145,7 @@ def test_missing_paths(tmp_path: Path) -> None:
         read_source(tmp_path / "nope.csv")
     with pytest.raises(DataError, match="not a MovieLens folder"):
         read_source(tmp_path)
-    with pytest.raises(DataError, match="u.data: no such file"):
+    with pytest.raises(DataError, match=r"u\.data: no such file"):
         read_movielens_100k(tmp_path)
 
 
@@ -143,8 +159,10 @@ _ids = st.text(alphabet=string.ascii_letters + string.digits + "_-", min_size=1,
 
 
 @settings(max_examples=40, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(st.lists(st.tuples(_ids, _ids, st.integers(1, 5), st.integers(0, 2**40)), min_size=1, max_size=40),
-       st.sampled_from([",", "\t", ";"]))
+@given(
+    st.lists(st.tuples(_ids, _ids, st.integers(1, 5), st.integers(0, 2**40)), min_size=1, max_size=40),
+    st.sampled_from([",", "\t", ";"]),
+)
 def test_generic_csv_round_trip(tmp_path: Path, rows: list[tuple[str, str, int, int]], sep: str) -> None:
     """Whatever ids, ratings and times a log holds, the reader gives them back as written."""
     p = tmp_path / "rt.csv"

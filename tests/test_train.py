@@ -26,8 +26,16 @@ def synthetic_dir(synthetic: Dataset, tmp_path_factory: pytest.TempPathFactory) 
 
 
 def _cfg(data: Path, out: Path, **kw: object) -> TrainConfig:
-    base: dict[str, object] = {"data": str(data), "out": str(out), "epochs": 3, "progress": False, "dim": 16,
-                               "batch_size": 256, "history_len": 10, "layers": (32,)}
+    base: dict[str, object] = {
+        "data": str(data),
+        "out": str(out),
+        "epochs": 3,
+        "progress": False,
+        "dim": 16,
+        "batch_size": 256,
+        "history_len": 10,
+        "layers": (32,),
+    }
     base.update(kw)
     return TrainConfig(**base)  # type: ignore[arg-type]
 
@@ -96,15 +104,17 @@ def test_nan_loss_stops_with_a_clear_error_and_no_run(synthetic_dir: Path, tmp_p
     assert list(tmp_path.iterdir()) == []
 
 
-def test_two_tower_serves_unknown_users_from_features_and_history(synthetic: Dataset, synthetic_dir: Path,
-                                                                  tmp_path: Path) -> None:
+def test_two_tower_serves_unknown_users_from_features_and_history(
+    synthetic: Dataset, synthetic_dir: Path, tmp_path: Path
+) -> None:
     run = train(_cfg(synthetic_dir, tmp_path / "tt", model="twotower", epochs=3, id_dropout=0.3))
     model = model_from_checkpoint(load_checkpoint(run))
     users = torch.tensor([0, 1])
     hist = torch.full((2, 10), -1, dtype=torch.long)
     hist[0, :3] = torch.tensor([1, 2, 3])
-    feats = {f"user_{f.name}": torch.from_numpy(synthetic.user_features[f.name][[0, 1]]) for f in
-             model.cfg.user_features}  # type: ignore[attr-defined]
+    feats = {
+        f"user_{f.name}": torch.from_numpy(synthetic.user_features[f.name][[0, 1]]) for f in model.cfg.user_features
+    }  # type: ignore[attr-defined]
     unknown = torch.tensor([-1, synthetic.num_users + 5])  # ids the model never saw
     with torch.no_grad():
         scores = model.score_all(unknown, {**feats, "history": hist})
