@@ -26,9 +26,26 @@ class Recommender(nn.Module):
 
     def score_all(self, users: torch.Tensor, inputs: dict[str, Any]) -> torch.Tensor:
         """Scores of every item for ``users`` [B] -> [B, num_items]."""
-        n = self.num_items
-        items = torch.arange(n, device=users.device).unsqueeze(0).expand(len(users), n)
-        return self.score_candidates(users, items, inputs)
+        return self.score_with_user([t(users) for t in self.user_tables()], None)
+
+    def user_tables(self) -> list[nn.Embedding]:
+        """The per-user embedding tables; a user unknown to the model can be folded in by giving
+        :meth:`score_with_user` rows built from its history instead of rows of these tables."""
+        raise NotImplementedError
+
+    def score_with_user(self, user_rows: list[torch.Tensor], items: torch.Tensor | None) -> torch.Tensor:
+        """Scores from explicit user rows (one [B, d] tensor per :meth:`user_tables` entry) for
+        ``items`` [B, N], or for every item when ``items`` is None -> [B, N or num_items]."""
+        raise NotImplementedError
+
+    def item_representation(self) -> torch.Tensor:
+        """One vector per item [num_items, d] whose cosine similarity says how alike items are."""
+        raise NotImplementedError
+
+    @staticmethod
+    def all_items(batch: int, n: int, device: torch.device) -> torch.Tensor:
+        """[batch, n] item indices 0..n-1 per row."""
+        return torch.arange(n, device=device).unsqueeze(0).expand(batch, n)
 
     @property
     def num_items(self) -> int:
@@ -60,3 +77,6 @@ class FactorizedRecommender(Recommender):
 
     def score_all(self, users: torch.Tensor, inputs: dict[str, Any]) -> torch.Tensor:
         return self.user_vectors(users, inputs) @ self.item_vectors().T + self.item_bias()
+
+    def item_representation(self) -> torch.Tensor:
+        return self.item_vectors()

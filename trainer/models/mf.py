@@ -49,5 +49,14 @@ class MF(FactorizedRecommender):
         w = self.item_b.weight.squeeze(-1)
         return w if items is None else w[items]
 
+    def user_tables(self) -> list[nn.Embedding]:
+        return [self.user_emb, self.user_b]
+
+    def score_with_user(self, user_rows: list[torch.Tensor], items: torch.Tensor | None) -> torch.Tensor:
+        p, bu = user_rows
+        if items is None:
+            return p @ self.item_emb.weight.T + self.item_bias() + bu
+        return torch.einsum("bd,bnd->bn", p, self.item_emb(items)) + self.item_bias(items) + bu
+
     def score_candidates(self, users: torch.Tensor, items: torch.Tensor, inputs: dict[str, Any]) -> torch.Tensor:
-        return super().score_candidates(users, items, inputs) + self.user_b(users)
+        return self.score_with_user([self.user_emb(users), self.user_b(users)], items)

@@ -50,10 +50,22 @@ class MLP(Recommender):
     def num_items(self) -> int:
         return self.cfg.num_items
 
-    def score_candidates(self, users: torch.Tensor, items: torch.Tensor, inputs: dict[str, Any]) -> torch.Tensor:
-        u = self.user_emb(users).unsqueeze(1).expand(-1, items.shape[1], -1)
+    def user_tables(self) -> list[nn.Embedding]:
+        return [self.user_emb]
+
+    def item_representation(self) -> torch.Tensor:
+        return self.item_emb.weight
+
+    def score_with_user(self, user_rows: list[torch.Tensor], items: torch.Tensor | None) -> torch.Tensor:
+        (ue,) = user_rows
+        if items is None:
+            items = self.all_items(ue.shape[0], self.cfg.num_items, ue.device)
+        u = ue.unsqueeze(1).expand(-1, items.shape[1], -1)
         x = torch.cat([u, self.item_emb(items)], dim=-1)
         return self.out(self.mlp(x)).squeeze(-1)
+
+    def score_candidates(self, users: torch.Tensor, items: torch.Tensor, inputs: dict[str, Any]) -> torch.Tensor:
+        return self.score_with_user([self.user_emb(users)], items)
 
 
 @dataclass(frozen=True)
@@ -87,9 +99,20 @@ class NeuMF(Recommender):
     def num_items(self) -> int:
         return self.cfg.num_items
 
-    def score_candidates(self, users: torch.Tensor, items: torch.Tensor, inputs: dict[str, Any]) -> torch.Tensor:
+    def user_tables(self) -> list[nn.Embedding]:
+        return [self.gmf_user, self.mlp_user]
+
+    def item_representation(self) -> torch.Tensor:
+        return torch.cat([self.gmf_item.weight, self.mlp_item.weight], dim=1)
+
+    def score_with_user(self, user_rows: list[torch.Tensor], items: torch.Tensor | None) -> torch.Tensor:
+        gu, mu = user_rows
+        if items is None:
+            items = self.all_items(gu.shape[0], self.cfg.num_items, gu.device)
         n = items.shape[1]
-        gmf = self.gmf_user(users).unsqueeze(1) * self.gmf_item(items)
-        mu = self.mlp_user(users).unsqueeze(1).expand(-1, n, -1)
-        mlp = self.mlp(torch.cat([mu, self.mlp_item(items)], dim=-1))
+        gmf = gu.unsqueeze(1) * self.gmf_item(items)
+        mlp = self.mlp(torch.cat([mu.unsqueeze(1).expand(-1, n, -1), self.mlp_item(items)], dim=-1))
         return self.out(torch.cat([gmf, mlp], dim=-1)).squeeze(-1)
+
+    def score_candidates(self, users: torch.Tensor, items: torch.Tensor, inputs: dict[str, Any]) -> torch.Tensor:
+        return self.score_with_user([self.gmf_user(users), self.mlp_user(users)], items)

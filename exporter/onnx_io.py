@@ -1,0 +1,98 @@
+"""PyTorch module -> ONNX file, onnxruntime's offline optimisation, and CPU sessions for checking."""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import io
+import logging
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import onnx
+import onnxruntime as ort
+import torch
+from torch import nn
+
+from onnxrec.errors import ExportError
+from onnxrec.exporter.spec import GraphSpec
+
+OPSET = 18
+IR_VERSION = 10  # readable by every onnxruntime >= 1.16
+
+log = logging.getLogger("onnxrec.export")
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """The exporter prints progress and warnings about optional packages; keep the CLI output clean."""
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        logging.getLogger("torch").setLevel(logging.ERROR)
+        logging.getLogger("onnx_ir").setLevel(logging.WARNING)
+        logging.getLogger("onnxscript").setLevel(logging.WARNING)
+        yield
+
+
+def export_module(module: nn.Module, spec: GraphSpec, example: tuple[torch.Tensor, ...], path: Path) -> None:
+    """Export ``module`` called with ``example`` to ``path`` with ``spec``'s names and dynamic axes."""
+    module.eval()
+    dims: dict[str, torch.export.Dim] = {}
+    dynamic: list[dict[int, torch.export.Dim]] = []
+    for tensor in spec.inputs:
+        axes = {}
+        for axis, name in enumerate(tensor.shape):
+            if isinstance(name, str):
+                axes[axis] = dims.setdefault(name, torch.export.Dim(name, min=1))
+        dynamic.append(axes)
+    # a forward(*features) takes its trailing inputs as one tuple, and so must their dynamic shapes
+    params = list(inspect.signature(module.forward).parameters.values())
+    if params and params[-1].kind is inspect.Parameter.VAR_POSITIONAL:
+        fixed = len(params) - 1
+        shapes: tuple[Any, ...] = (*dynamic[:fixed], tuple(dynamic[fixed:]))
+    else:
+        shapes = tuple(dynamic)
+    try:
+        with _quiet(), torch.no_grad():
+            program = torch.onnx.export(
+                module,
+                example,
+                dynamo=True,
+                input_names=[t.name for t in spec.inputs],
+                output_names=[t.name for t in spec.outputs],
+                dynamic_shapes=shapes,
+                opset_version=OPSET,
+                external_data=False,
+                verbose=False,
+            )
+            if program is None:
+                raise ExportError(f"{spec.name}: the ONNX exporter returned nothing")
+            program.save(str(path), external_data=False)
+    except ExportError:
+        raise
+    except Exception as exc:  # torch.export raises many types; the message is what matters
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ExportError(f"{spec.name}: ONNX export failed: {first}") from exc
+    model = onnx.load(str(path))
+    model.ir_version = min(model.ir_version, IR_VERSION)
+    onnx.save(model, str(path))
+
+
+def optimize_offline(src: Path, dst: Path) -> None:
+    """Save onnxruntime's basic (provider-independent) offline optimisation of ``src`` as ``dst``."""
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    opts.optimized_model_filepath = str(dst)
+    ort.InferenceSession(str(src), opts, providers=["CPUExecutionProvider"])
+    onnx.checker.check_model(str(dst))
+
+
+def cpu_session(path: Path, threads: int = 0) -> ort.InferenceSession:
+    """An onnxruntime CPU session for ``path``."""
+    opts = ort.SessionOptions()
+    if threads:
+        opts.intra_op_num_threads = threads
+    opts.log_severity_level = 3
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
