@@ -25,7 +25,7 @@ lint: setup
 	$(BIN)/ruff format --check .
 
 typecheck: setup
-	$(BIN)/mypy core trainer
+	$(BIN)/mypy core trainer exporter
 
 unit: setup
 	$(BIN)/python -m pytest -q

@@ -219,6 +219,35 @@ def _eval(scorer: Scorer, ds: Dataset, stage: str) -> dict[str, dict[str, float]
     return _slim(evaluate(scorer, ds, stage, ks=(10,)))
 
 
+def protocol_check(ds: Dataset, data: Path) -> dict[str, Any]:
+    """Recompute the held-out items from the raw ``u.data`` independently of onnxrec and compare by raw ids.
+
+    Per user, ratings ordered by (timestamp, numeric item id): last = test, second-last = validation.
+    Also checks that each user index's raw id has as many interactions in the dataset as in the file.
+    """
+    path = data / "u.data"
+    if not path.is_file():
+        return {"checked": False, "reason": f"{path} not found"}
+    raw = np.loadtxt(path, dtype=np.int64, usecols=(0, 1, 3))
+    u, i, t = raw[:, 0], raw[:, 1], raw[:, 2]
+    order = np.lexsort((i, t, u))
+    u, i = u[order], i[order]
+    last = np.r_[u[1:] != u[:-1], True]
+    second = np.r_[last[1:], False] & ~last
+    result: dict[str, Any] = {"checked": True}
+    for stage, mask, part in (("test", last, ds.splits.test), ("valid", second, ds.splits.valid)):
+        expected = dict(zip(u[mask].tolist(), i[mask].tolist(), strict=True))
+        got = {int(ds.user_ids[a]): int(ds.item_ids[b]) for a, b in zip(part.user_idx, part.item_idx, strict=True)}
+        result[f"{stage}_items_matching"] = round(float(np.mean([got.get(k) == v for k, v in expected.items()])), 4)
+    raw_counts = np.bincount(u)
+    parts = (ds.splits.train, ds.splits.valid, ds.splits.test)
+    ds_counts = np.bincount(np.concatenate([p.user_idx for p in parts]), minlength=ds.num_users)
+    ids = ds.user_ids.astype(np.int64)
+    result["user_id_map_consistent"] = round(float(np.mean(raw_counts[ids] == ds_counts)), 4)
+    result["ok"] = result["test_items_matching"] == 1.0 and result["valid_items_matching"] == 1.0
+    return result
+
+
 # --------------------------------------------------------------------------- onnxrec models
 
 
@@ -442,6 +471,9 @@ def main(argv: list[str] | None = None) -> int:
     ds, _ = load_for_training(TrainConfig(data=str(args.data), progress=False))
     check_no_leakage(ds)
     log(f"{ds.name}: {ds.num_users} users, {ds.num_items} items, {ds.meta['counts']}")
+    check = protocol_check(ds, args.data)
+    if check.get("checked") and not check["ok"]:
+        log(f"WARNING: onnxrec's split differs from the protocol recomputed from u.data: {check}")
     rows: list[Row] = []
     phase_seconds: dict[str, float] = {}
 
@@ -487,6 +519,7 @@ def main(argv: list[str] | None = None) -> int:
             "(train, + valid at test); ties count half; every model selected on valid full NDCG@10; "
             "all models trained on the train split only"
         ),
+        "protocol_check": check,
         "selection_metric": f"valid {SELECT_ON[0]}/{SELECT_ON[1]}",
         "train_seconds_meaning": (
             "onnxrec: sum of the epochs' training-step time (per-epoch validation excluded; wall_seconds has "
@@ -500,6 +533,8 @@ def main(argv: list[str] | None = None) -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     print(table)
+    if check.get("checked") and not check["ok"]:
+        print(f"\nWARNING: held-out items differ from the protocol recomputed from u.data: {check}")
     print(f"\ntotal {total:.0f}s; report written to {args.out}")
     return 0
 

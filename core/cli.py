@@ -23,6 +23,8 @@ COMMANDS = {
     "data": "onnxrec.trainer.cli:data",
     "train": "onnxrec.trainer.cli:train_command",
     "evaluate": "onnxrec.trainer.cli:evaluate_command",
+    "export": "onnxrec.exporter.cli:export_command",
+    "inspect": "onnxrec.exporter.cli:inspect_command",
     "demo": "onnxrec.demo:demo_command",
 }
 

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,6 +47,7 @@ from onnxrec.exporter.repository import (
     next_version,
 )
 from onnxrec.exporter.spec import GraphSpec, history_spec, recommend_spec, score_spec, similar_spec
+from onnxrec.exporter.variants import PRECISIONS, make_variant, quality_change
 from onnxrec.trainer.checkpoint import model_from_checkpoint
 from onnxrec.trainer.data.dataset import Dataset
 from onnxrec.trainer.history import known_sequences
@@ -76,7 +78,7 @@ class _Graph:
     spec: GraphSpec
     module: nn.Module
     example: tuple[torch.Tensor, ...]
-    batches: list[tuple[np.ndarray, ...]]
+    batches: Sequence[tuple[np.ndarray, ...]]
 
 
 def _chunks(n: int, size: int) -> Iterator[np.ndarray]:
@@ -194,6 +196,9 @@ def export(
     opts = options or ExportOptions()
     if opts.k_max < 1 or opts.max_batch < 1:
         raise ExportError("k_max and max_batch must be at least 1")
+    unknown = sorted(set(opts.precisions) - set(PRECISIONS))
+    if unknown:
+        raise ExportError(f"unknown precision {unknown[0]!r} (use {' or '.join(PRECISIONS)})")
     check_model_name(name)
     repository = Path(repository)
     check_writable(repository)
@@ -213,6 +218,7 @@ def export(
     with atomic_dir(final) as tmp:
         raw = tmp / ".raw"
         raw.mkdir()
+        variants: dict[str, Any] = {p: {"files": [], "split": "valid"} for p in opts.precisions}
         for g in graphs:
             log.info("exporting %s", g.spec.name)
             export_module(g.module, g.spec, g.example, raw / g.spec.file)
@@ -223,9 +229,16 @@ def export(
                 session, g.module, g.spec, g.batches, atol=opts.atol, min_topk_agreement=opts.min_topk_agreement
             )
             parity[g.spec.name] = report.to_dict()
-        for p in raw.iterdir():
-            p.unlink()
-        raw.rmdir()
+            for precision in opts.precisions:
+                dst = tmp / f"{g.spec.name}.{precision}.onnx"
+                make_variant(g.module, g.spec, g.example, raw / g.spec.file, dst, precision)
+                check_signature(cpu_session(dst), g.spec)
+                variants[precision]["files"].append(dst.name)
+        shutil.rmtree(raw)
+        for precision in opts.precisions:
+            quality = quality_change(tmp / "score.onnx", tmp / f"score.{precision}.onnx", ds)
+            variants[precision]["quality"] = quality
+            log.info("%s variant: validation HR@10 change %+.4f", precision, quality["hr@10_change"])
         _write_side_files(ds, tmp)
         manifest = {
             "format": MODEL_FORMAT,
@@ -248,6 +261,7 @@ def export(
             "graphs": {g.spec.name: {"file": g.spec.file, **g.spec.to_dict()} for g in graphs},
             "metrics": ckpt.get("metrics", {}),
             "parity": {"atol": opts.atol, "min_topk_agreement": opts.min_topk_agreement, "graphs": parity},
+            "variants": variants,
             "dataset": ckpt["dataset"] | {"path": None},
             "source_run": str(Path(run).resolve()),
             "files": file_hashes(tmp),

@@ -60,6 +60,10 @@ def fold_in_centroids(model: Recommender, users: np.ndarray, items: np.ndarray, 
 
 
 class _Base(nn.Module):
+    item_matrix: torch.Tensor
+    item_bias: torch.Tensor
+    history_table: torch.Tensor
+
     def __init__(self, model: Recommender, tables: ServingTables) -> None:
         super().__init__()
         self.model = model
@@ -146,6 +150,8 @@ class ScoreGraph(_Base):
 
 class SimilarItemsGraph(nn.Module):
     """item_idx [B] -> (cosine scores [B, K], items [B, K]), the item itself excluded."""
+
+    normed: torch.Tensor
 
     def __init__(self, model: Recommender, k: int) -> None:
         super().__init__()

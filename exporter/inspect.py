@@ -1,0 +1,64 @@
+"""``onnxrec inspect``: a model version's signature, metrics and parity report, for people."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from onnxrec.exporter.repository import read_manifest, verify_files
+
+
+def inspect_version(version_dir: Path) -> dict[str, Any]:
+    """The manifest of ``version_dir`` after checking every file against its hash."""
+    manifest = read_manifest(Path(version_dir))
+    verify_files(Path(version_dir), manifest)
+    return manifest
+
+
+def _shape(shape: list[Any]) -> str:
+    return "[" + ", ".join(str(d) for d in shape) + "]"
+
+
+def format_manifest(m: dict[str, Any]) -> str:
+    """Readable text: header, graphs with their tensors, metrics, parity, variants."""
+    lines = [
+        f"{m['name']} version {m['version']}: {m['model_type']}, {m['num_users']:,} users, {m['num_items']:,} items, "
+        f"top-{m['k_max']} in graph, opset {m['opset']}, exported {m['created']} by onnxrec {m['onnxrec_version']}",
+        "",
+        "graphs:",
+    ]
+    for name, g in m["graphs"].items():
+        ins = ", ".join(f"{t['name']}: {t['dtype']}{_shape(t['shape'])}" for t in g["inputs"])
+        outs = ", ".join(f"{t['name']}: {t['dtype']}{_shape(t['shape'])}" for t in g["outputs"])
+        lines.append(f"  {name:<24} ({ins}) -> ({outs})")
+    test = m.get("metrics", {}).get("test", {})
+    if test:
+        lines += ["", "test metrics (from training):"]
+        for view in ("sampled", "full"):
+            if view in test:
+                shown = ", ".join(
+                    f"{k} {v:.4f}"
+                    for k, v in test[view].items()
+                    if k.split("@")[0] in ("hr", "ndcg", "mrr", "coverage")
+                )
+                lines.append(f"  {view:<8} {shown}")
+    parity = m.get("parity", {})
+    lines += ["", f"parity with PyTorch (fp32, tolerance {parity.get('atol')}):"]
+    for name, p in parity.get("graphs", {}).items():
+        agree = f", top-10 agreement {p['topk_agreement']:.2%}" if p.get("topk_rows") else ""
+        lines.append(
+            f"  {name:<24} max abs diff {p['max_abs_diff']:.2e} over {p['rows']:,} rows{agree}, "
+            f"batch sizes {p['batch_sizes']}"
+        )
+    variants = m.get("variants", {})
+    if variants:
+        lines += ["", "precision variants:"]
+        for name, v in variants.items():
+            q = v.get("quality", {})
+            hr, ndcg = q.get("hr@10_change", float("nan")), q.get("ndcg@10_change", float("nan"))
+            lines.append(
+                f"  {name:<8} files {', '.join(v['files'])}; validation HR@10 change {hr:+.4f}, "
+                f"NDCG@10 change {ndcg:+.4f}"
+            )
+    lines += ["", f"files ({len(m['files'])}, hashes verified): {', '.join(m['files'])}"]
+    return "\n".join(lines)
