@@ -49,7 +49,7 @@ def export_module(module: nn.Module, spec: GraphSpec, example: tuple[torch.Tenso
         dynamic.append(axes)
     # a forward(*features) takes its trailing inputs as one tuple, and so must their dynamic shapes
     params = list(inspect.signature(module.forward).parameters.values())
-    if params and params[-1].kind is inspect.Parameter.VAR_POSITIONAL:
+    if params and params[-1].kind is inspect.Parameter.VAR_POSITIONAL and len(dynamic) > len(params) - 1:
         fixed = len(params) - 1
         shapes: tuple[Any, ...] = (*dynamic[:fixed], tuple(dynamic[fixed:]))
     else:
@@ -73,11 +73,19 @@ def export_module(module: nn.Module, spec: GraphSpec, example: tuple[torch.Tenso
     except ExportError:
         raise
     except Exception as exc:  # torch.export raises many types; the message is what matters
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ExportError(f"{spec.name}: ONNX export failed: {first}") from exc
+        raise ExportError(f"{spec.name}: ONNX export failed: {_summary(exc)}") from exc
     model = onnx.load(str(path))
     model.ir_version = min(model.ir_version, IR_VERSION)
     onnx.save(model, str(path))
+
+
+def _summary(exc: Exception) -> str:
+    """One line out of the exporter's long multi-part message: its exception summary if it has one."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    for ln in lines:
+        if ln.startswith("<class"):
+            return ln
+    return lines[0] if lines else type(exc).__name__
 
 
 def optimize_offline(src: Path, dst: Path) -> None:

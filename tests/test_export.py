@@ -1,0 +1,262 @@
+"""Export: every model type to ONNX with parity, the repository layout, inspect, and bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+
+from onnxrec.errors import ExportError, ParityError, TrainingError
+from onnxrec.exporter.export import ExportOptions, export, serving_tables
+from onnxrec.exporter.graphs import RecommendGraph, ScoreGraph
+from onnxrec.exporter.inspect import inspect_version
+from onnxrec.exporter.parity import check_values
+from onnxrec.exporter.repository import list_versions
+from onnxrec.exporter.spec import score_spec
+from onnxrec.trainer.checkpoint import load_checkpoint, model_from_checkpoint
+from onnxrec.trainer.config import TrainConfig
+from onnxrec.trainer.data.dataset import Dataset, save_dataset
+from onnxrec.trainer.fit import ModelScorer
+from onnxrec.trainer.runs import open_run
+from onnxrec.trainer.train import train
+from tests.contract import RecommenderContract
+
+MODELS = ("mf", "mlp", "neumf", "twotower")
+
+
+@pytest.fixture(scope="module")
+def runs(synthetic: Dataset, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("runs")
+    data = save_dataset(synthetic, root / "data")
+    return {
+        m: train(
+            TrainConfig(
+                data=str(data),
+                out=str(root / m),
+                model=m,
+                epochs=2,
+                progress=False,
+                dim=16,
+                history_len=8,
+                layers=(32,),
+            )
+        )
+        for m in MODELS
+    }
+
+
+@pytest.fixture(scope="module")
+def repo(runs: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("repo")
+    for m, run in runs.items():
+        export(run, root, m, options=ExportOptions(k_max=20, max_batch=64))
+    return root
+
+
+def _session(path: Path) -> ort.InferenceSession:
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_every_model_exports_with_parity(model: str, repo: Path, runs: dict[str, Path]) -> None:
+    version = repo / model / "1"
+    manifest = inspect_version(version)  # also verifies every file's hash
+    assert manifest["model_type"] == model and manifest["opset"] >= 17
+    assert set(manifest["graphs"]) == {"recommend", "recommend_from_history", "score", "similar_items"}
+    for name, g in manifest["graphs"].items():
+        onnx.checker.check_model(str(version / g["file"]))
+        p = manifest["parity"]["graphs"][name]
+        assert p["max_abs_diff"] <= 1e-5 and p["rows"] > 0
+        assert {1, 7, 64} <= set(p["batch_sizes"])
+        if name != "score":
+            assert p["topk_agreement"] >= 0.999
+    for f in ("items.parquet", "users.parquet", "seen.npz", "popular.npy", "manifest.json"):
+        assert (version / f).is_file()
+    # onnxruntime's top-10 equals PyTorch's for every user (seen items excluded the same way)
+    ckpt, ds = open_run(runs[model])
+    torch_model = model_from_checkpoint(ckpt)
+    seen = np.load(version / "seen.npz", allow_pickle=False)
+    users = np.arange(ds.num_users)
+    exclude = np.full((len(users), 1 + int(np.diff(seen["indptr"]).max())), -1, dtype=np.int64)
+    for u in users:
+        row = seen["indices"][seen["indptr"][u] : seen["indptr"][u + 1]]
+        exclude[u, : len(row)] = row
+    _, onnx_items = _session(version / "recommend.onnx").run(None, {"user_idx": users, "exclude": exclude})
+    ref = ModelScorer(torch_model, ds)(users, "serve")
+    for u in users:
+        ref[u, exclude[u][exclude[u] >= 0]] = -np.inf
+    ref_top = np.argsort(-ref, axis=1, kind="stable")[:, :10]
+    agree = np.mean([set(a) == set(b) for a, b in zip(ref_top.tolist(), onnx_items[:, :10].tolist(), strict=True)])
+    assert agree >= 0.999
+
+
+def test_real_ml100k_model_exports(ml100k: Dataset, tmp_path: Path) -> None:
+    data = save_dataset(ml100k, tmp_path / "ml100k")
+    run = train(TrainConfig(data=str(data), out=str(tmp_path / "run"), epochs=1, progress=False))
+    out = export(run, tmp_path / "repo", "ml100k", options=ExportOptions(precisions=("fp16", "int8")))
+    m = inspect_version(out)
+    assert m["num_items"] == 1682 and m["k_max"] == 100
+    for precision in ("fp16", "int8"):
+        v = m["variants"][precision]
+        assert len(v["files"]) == 4
+        # reduced precision changes validation quality only a little on this model
+        assert abs(v["quality"]["sampled/hr@10_change"]) < 0.05
+        _session(out / f"recommend.{precision}.onnx")
+
+
+class _OnnxBackend:
+    def __init__(self, version: Path) -> None:
+        self.rec = _session(version / "recommend.onnx")
+        self.score_s = _session(version / "score.onnx")
+
+    def recommend(self, users: np.ndarray, k: int, exclude: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        s, i = self.rec.run(None, {"user_idx": users.astype(np.int64), "exclude": exclude.astype(np.int64)})
+        return s[:, :k], i[:, :k]
+
+    def score(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
+        return np.asarray(
+            self.score_s.run(None, {"user_idx": users.astype(np.int64), "items": items.astype(np.int64)})[0]
+        )
+
+
+class _TorchBackend:
+    def __init__(self, run: Path) -> None:
+        ckpt, ds = open_run(run)
+        model = model_from_checkpoint(ckpt)
+        tables = serving_tables(model, ds)
+        self.rec = RecommendGraph(model, tables, 20).eval()
+        self.score_m = ScoreGraph(model, tables).eval()
+
+    def recommend(self, users: np.ndarray, k: int, exclude: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        with torch.no_grad():
+            s, i = self.rec(torch.from_numpy(users.astype(np.int64)), torch.from_numpy(exclude.astype(np.int64)))
+        return s.numpy()[:, :k], i.numpy()[:, :k]
+
+    def score(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return self.score_m(
+                torch.from_numpy(users.astype(np.int64)), torch.from_numpy(items.astype(np.int64))
+            ).numpy()
+
+
+@pytest.fixture(scope="module", params=MODELS)
+def contract_target(
+    request: pytest.FixtureRequest, repo: Path, runs: dict[str, Path], synthetic: Dataset
+) -> dict[str, object]:
+    return {
+        "onnx": _OnnxBackend(repo / request.param / "1"),
+        "torch": _TorchBackend(runs[request.param]),
+        "num_users": synthetic.num_users,
+        "num_items": synthetic.num_items,
+    }
+
+
+class TestOnnxContract(RecommenderContract):
+    """The contract against the exported ONNX sessions."""
+
+    @pytest.fixture(autouse=True)
+    def _bind(self, contract_target: dict[str, object]) -> None:
+        self.backend = contract_target["onnx"]  # type: ignore[assignment]
+        self.num_users = int(contract_target["num_users"])  # type: ignore[call-overload]
+        self.num_items = int(contract_target["num_items"])  # type: ignore[call-overload]
+
+
+class TestTorchContract(RecommenderContract):
+    """The same contract against the PyTorch modules the graphs came from."""
+
+    @pytest.fixture(autouse=True)
+    def _bind(self, contract_target: dict[str, object]) -> None:
+        self.backend = contract_target["torch"]  # type: ignore[assignment]
+        self.num_users = int(contract_target["num_users"])  # type: ignore[call-overload]
+        self.num_items = int(contract_target["num_items"])  # type: ignore[call-overload]
+
+
+def test_versions_count_up_and_existing_versions_are_refused(runs: dict[str, Path], tmp_path: Path) -> None:
+    opts = ExportOptions(k_max=10, max_batch=16)
+    first = export(runs["mf"], tmp_path, "m", options=opts)
+    second = export(runs["mf"], tmp_path, "m", options=opts)
+    assert (first.name, second.name) == ("1", "2")
+    before = (first / "manifest.json").read_bytes()
+    with pytest.raises(ExportError, match="already exists"):
+        export(runs["mf"], tmp_path, "m", version=1, options=opts)
+    assert (first / "manifest.json").read_bytes() == before
+    assert list_versions(tmp_path / "m") == [1, 2]
+
+
+def test_parity_failure_writes_nothing(runs: dict[str, Path], tmp_path: Path) -> None:
+    # a negative tolerance makes every graph fail its value check, exercising the real failure path
+    with pytest.raises(ParityError, match="differ from PyTorch"):
+        export(runs["mf"], tmp_path, "m", options=ExportOptions(atol=-1.0, max_batch=16))
+    assert list((tmp_path / "m").iterdir()) == []
+
+
+def test_parity_catches_a_graph_that_computes_something_else(runs: dict[str, Path], tmp_path: Path) -> None:
+    ckpt, ds = open_run(runs["mf"])
+    model = model_from_checkpoint(ckpt)
+    tables = serving_tables(model, ds)
+    version = tmp_path / "v"
+    export(runs["mf"], tmp_path, "v", options=ExportOptions(k_max=10, max_batch=16))
+    session = _session(version / "1" / "score.onnx")
+    other = model_from_checkpoint(load_checkpoint(runs["mf"]))
+    with torch.no_grad():
+        other.item_emb.weight.add_(0.01)  # type: ignore[union-attr]
+    batches = [(np.arange(8), np.tile(np.arange(10), (8, 1)))]
+    with pytest.raises(ParityError, match="score"):
+        check_values(session, ScoreGraph(other, tables), score_spec(), batches)
+    check_values(session, ScoreGraph(model, tables), score_spec(), batches)
+
+
+def test_bad_runs_and_repositories(runs: dict[str, Path], tmp_path: Path) -> None:
+    with pytest.raises(TrainingError, match="no such run"):
+        export(tmp_path / "nothing", tmp_path / "repo", "m")
+    (tmp_path / "notrun").mkdir()
+    with pytest.raises(TrainingError, match="no checkpoint"):
+        export(tmp_path / "notrun", tmp_path / "repo", "m")
+    with pytest.raises(ExportError, match="invalid model name"):
+        export(runs["mf"], tmp_path / "repo", "../escape")
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(ExportError, match="not a directory"):
+        export(runs["mf"], tmp_path / "afile", "m")
+    assert not (tmp_path / "repo").exists()
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "onnxrec", *args],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=os.environ.copy(),
+    )
+
+
+def test_cli_export_inspect_and_errors(runs: dict[str, Path], tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    p = _cli("export", str(runs["twotower"]), "--repository", str(repo), "--name", "tt", "--max-batch", "16")
+    assert p.returncode == 0, p.stderr
+    assert "parity with PyTorch" in p.stdout and "wrote" in p.stdout
+    j = _cli("inspect", str(repo / "tt" / "1"), "--json")
+    assert j.returncode == 0 and json.loads(j.stdout)["model_type"] == "twotower"
+    cases: list[tuple[list[str], str]] = [
+        (["export", str(tmp_path / "none"), "--repository", str(repo), "--name", "x"], "no such run directory"),
+        (["export", str(runs["mf"]), "--repository", str(repo), "--name", "tt", "--version", "1"], "already exists"),
+        (["export", str(runs["mf"]), "--repository", "/proc/onnxrec-repo", "--name", "x"], "/proc"),
+        (["inspect", str(tmp_path)], "not a model version"),
+    ]
+    for args, needle in cases:
+        r = _cli(*args)
+        assert r.returncode == 2, (args, r.stderr)
+        assert "Traceback" not in r.stderr and needle in r.stderr, r.stderr
+    # a tampered file is caught by inspect
+    (repo / "tt" / "1" / "popular.npy").write_bytes(b"tampered")
+    r = _cli("inspect", str(repo / "tt" / "1"))
+    assert r.returncode == 2 and "does not match its hash" in r.stderr
