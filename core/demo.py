@@ -1,6 +1,6 @@
 """``onnxrec demo``: the whole path on the embedded default data, for a newcomer.
 
-Today the path is data -> train -> evaluate; export and serving join it as those stages land.
+Today the path is data -> train -> evaluate -> export; serving and clients join it as those stages land.
 """
 
 from __future__ import annotations
@@ -13,7 +13,9 @@ import click
 
 
 def run_demo(out: Path, data: str = "synthetic", epochs: int | None = None, overwrite: bool = True) -> dict[str, Any]:
-    """Prepare ``data``, train the default model into ``out/run`` and evaluate it with the baselines."""
+    """Prepare ``data``, train the default model into ``out/run``, evaluate it with the baselines and
+    export it to the model repository ``out/repository`` as model ``demo``."""
+    from onnxrec.exporter.export import export
     from onnxrec.trainer.config import load_train_config
     from onnxrec.trainer.report import evaluate_run
     from onnxrec.trainer.train import train
@@ -24,6 +26,7 @@ def run_demo(out: Path, data: str = "synthetic", epochs: int | None = None, over
     run = train(load_train_config(None, overrides))
     report = evaluate_run(run)
     (out / "evaluation.json").write_text(json.dumps(report, indent=2) + "\n")
+    report["exported"] = str(export(run, out / "repository", "demo"))
     return report
 
 
@@ -47,3 +50,4 @@ def demo_command(out: Path, data: str, epochs: int | None) -> None:
     click.echo(f"model run:      {out / 'run'} (checkpoint.pt, config.toml, metrics.jsonl, eval.json)")
     click.echo(f"evaluation:     {out / 'evaluation.json'}")
     click.echo(f"evaluate again: onnxrec evaluate {out / 'run'}")
+    click.echo(f"exported model: {report['exported']} (inspect it: onnxrec inspect {report['exported']})")

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+
+# as the CLI does: spinning OpenMP threads make torch crawl when the cores are shared (before torch loads)
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 from pathlib import Path
 
 import pytest

@@ -44,10 +44,11 @@ def evaluate_run(
 
 
 def format_table(report: dict[str, Any]) -> str:
-    """A readable table: one row per model, one column per view/metric."""
+    """A readable table: one row per model; HR, NDCG, MRR (and coverage) per view."""
     models = report["models"]
     first = next(iter(models.values()))
-    cols = [(v, m) for v in VIEWS if v in first for m in first[v]]
+    shown = ("hr", "ndcg", "mrr", "coverage")  # the rest is in --json
+    cols = [(v, m) for v in VIEWS if v in first for m in first[v] if m.split("@")[0] in shown]
     header = ["model", *[f"{v}/{m}" for v, m in cols]]
     rows = [[name, *[f"{res[v][m]:.4f}" for v, m in cols]] for name, res in models.items()]
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
