@@ -24,7 +24,7 @@ cores shared with other work, where two torch threads were several times slower 
 
 Run from the repository root::
 
-    python benchmarks/quality_ml100k.py            # ~10 minutes on a 2-core CPU
+    python benchmarks/quality_ml100k.py            # ~7-9 minutes on a 2-core CPU
     python benchmarks/quality_ml100k.py --quick    # smoke run, about a minute
 """
 
@@ -40,6 +40,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -288,7 +289,14 @@ def train_onnxrec(
 
 
 def tune_onnxrec(
-    model: str, ds: Dataset, data: Path, tmp: Path, threads: int, default_threads: int, quick: bool, log: Callable
+    model: str,
+    ds: Dataset,
+    data: Path,
+    tmp: Path,
+    threads: int,
+    default_threads: int,
+    quick: bool,
+    log: Callable[[str], None],
 ) -> list[Row]:
     """Train every setting of ``model``'s grid, keep the best on validation; rows for it (and the default)."""
     grid = ONNXREC_GRIDS[model][:1] if quick else ONNXREC_GRIDS[model]
@@ -351,7 +359,9 @@ def _fit_implicit(kind: str, setting: dict[str, Any], matrix: sp.csr_matrix, thr
     return model
 
 
-def tune_implicit(kind: str, ds: Dataset, threads: int, seed: int, quick: bool, log: Callable) -> list[Row]:
+def tune_implicit(
+    kind: str, ds: Dataset, threads: int, seed: int, quick: bool, log: Callable[[str], None]
+) -> list[Row]:
     """Fit ``implicit`` ALS or BPR over its grid on the training matrix; rows for the best, the default
     and (ALS) the fold-in variant."""
     grid = ALS_GRID if kind == "als" else BPR_GRID
@@ -490,10 +500,10 @@ def main(argv: list[str] | None = None) -> int:
         for model in ONNXREC_GRIDS:
             phase(
                 model,
-                lambda m=model: tune_onnxrec(m, ds, args.data, tmp, args.threads, default_threads, args.quick, log),
+                partial(tune_onnxrec, model, ds, args.data, tmp, args.threads, default_threads, args.quick, log),
             )
     for kind in ("als", "bpr"):
-        phase(f"implicit_{kind}", lambda k=kind: tune_implicit(k, ds, args.threads, args.seed, args.quick, log))
+        phase(f"implicit_{kind}", partial(tune_implicit, kind, ds, args.threads, args.seed, args.quick, log))
 
     total = time.perf_counter() - started
     info["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]

@@ -9,7 +9,7 @@ and ``num_negatives`` (4) sampled negatives.
 
 Run from the repository root::
 
-    python benchmarks/train_throughput.py                 # 1 thread and torch's default, ~3 minutes
+    python benchmarks/train_throughput.py                 # 1 thread and torch's default, ~1-3 minutes
     python benchmarks/train_throughput.py --threads 1     # 1 thread only
 """
 

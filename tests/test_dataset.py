@@ -59,6 +59,38 @@ def test_id_maps_round_trip(ml100k: Dataset) -> None:
     assert titles[raw_to_idx["1"]] == "Toy Story (1995)"
 
 
+def test_interactions_keep_their_raw_ids(ml100k_dir: Path, ml100k: Dataset) -> None:
+    """Every interaction of u.data, mapped to indices and back, is the same (user, item, time)."""
+    raw = {
+        tuple(line.split("\t")[:2]) + (int(line.split("\t")[3]),)
+        for line in (ml100k_dir / "u.data").read_text().splitlines()
+    }
+    s = ml100k.splits
+    back = set()
+    for p in (s.train, s.valid, s.test):
+        for u, i, t in zip(p.user_idx, p.item_idx, p.timestamp, strict=True):
+            back.add((ml100k.user_ids[u], ml100k.item_ids[i], int(t)))
+    assert back == raw
+    # side features follow their ids: user "1" is a 24-year-old male technician, item "1" is Toy Story
+    users = ml100k.user_table.to_pylist()
+    assert users[0]["user_id"] == "1" and users[0]["occupation"] == "technician"
+    occupation = ml100k.feature_spec.user[2]
+    assert occupation.name == "occupation"
+    assert occupation.vocabulary[ml100k.user_features["occupation"][0] - 1] == "technician"
+    # the first line of u.data: user 196 rated item 242 at 881250949
+    u, i = list(ml100k.user_ids).index("196"), list(ml100k.item_ids).index("242")
+    in_any = [(p.user_idx == u) & (p.item_idx == i) for p in (s.train, s.valid, s.test)]
+    assert sum(int(m.sum()) for m in in_any) == 1
+
+
+def test_natural_order_of_mixed_ids() -> None:
+    log = make_log([("10", "b", 1, 1), ("2", "a", 1, 2), ("1", "c", 1, 3)])
+    enc = preprocess(log, PreprocessSpec())
+    assert list(enc.user_ids) == ["1", "2", "10"]
+    pairs = {(enc.user_ids[u], enc.item_ids[i]) for u, i in zip(enc.user_idx, enc.item_idx, strict=True)}
+    assert pairs == {("10", "b"), ("2", "a"), ("1", "c")}
+
+
 def test_same_seed_same_negatives(ml100k_dir: Path, ml100k: Dataset) -> None:
     from onnxrec.trainer.data.readers import read_movielens_100k
 

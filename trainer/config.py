@@ -26,7 +26,7 @@ class TrainConfig:
     loss: str = "auto"  # auto | softmax | bce | bpr
     dim: int = 64
     feature_dim: int = 16
-    layers: tuple[int, ...] = (128,)
+    layers: tuple[int, ...] = ()  # () = the model's default: (128,) two-tower, (64, 32, 16) MLP and NeuMF
     history_len: int = 50
     id_dropout: float = 0.1
     dropout: float = 0.0

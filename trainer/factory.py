@@ -46,7 +46,7 @@ def model_config(model: str, cfg: TrainConfig, ds: Dataset) -> Any:
         user_features=tuple(FeatureInput(f.name, f.cardinality, f.width) for f in spec.user),
         item_features=tuple(FeatureInput(f.name, f.cardinality, f.width) for f in spec.item),
         history_len=cfg.history_len,
-        hidden=layers,
+        hidden=layers or (128,),
         dropout=cfg.dropout,
         id_dropout=cfg.id_dropout,
     )

@@ -116,11 +116,9 @@ def preprocess(log: InteractionLog, spec: PreprocessSpec) -> EncodedInteractions
     item_ids = _natural_sorted_unique(items.astype(str)).astype(object)
     user_idx = np.searchsorted(np.sort(user_ids.astype(str)), users.astype(str))
     item_idx = np.searchsorted(np.sort(item_ids.astype(str)), items.astype(str))
-    # map from lexicographic rank to natural rank
-    u_rank = np.empty(len(user_ids), np.int64)
-    u_rank[np.argsort(user_ids.astype(str))] = np.arange(len(user_ids))
-    i_rank = np.empty(len(item_ids), np.int64)
-    i_rank[np.argsort(item_ids.astype(str))] = np.arange(len(item_ids))
+    # searchsorted gives each id's position in string order; map that position to the natural index
+    u_rank = np.argsort(user_ids.astype(str), kind="stable")
+    i_rank = np.argsort(item_ids.astype(str), kind="stable")
     return EncodedInteractions(
         user_idx=u_rank[user_idx].astype(np.int32),
         item_idx=i_rank[item_idx].astype(np.int32),
