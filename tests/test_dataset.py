@@ -62,8 +62,7 @@ def test_id_maps_round_trip(ml100k: Dataset) -> None:
 def test_interactions_keep_their_raw_ids(ml100k_dir: Path, ml100k: Dataset) -> None:
     """Every interaction of u.data, mapped to indices and back, is the same (user, item, time)."""
     raw = {
-        tuple(line.split("\t")[:2]) + (int(line.split("\t")[3]),)
-        for line in (ml100k_dir / "u.data").read_text().splitlines()
+        (f[0], f[1], int(f[3])) for f in (line.split("\t") for line in (ml100k_dir / "u.data").read_text().splitlines())
     }
     s = ml100k.splits
     back = set()
