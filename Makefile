@@ -6,7 +6,10 @@ BIN := $(VENV)/bin
 TORCH_VERSION ?= 2.13.0
 DEMO_DIR ?= demo-out
 
-.PHONY: setup demo test lint typecheck unit clean
+BUF_VERSION ?= 1.75.0
+BUF := .tools/node_modules/.bin/buf
+
+.PHONY: setup demo test lint typecheck unit clean proto proto-check proto-lint
 
 $(BIN)/onnxrec: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -20,9 +23,23 @@ setup: $(BIN)/onnxrec
 demo: setup
 	$(BIN)/onnxrec demo --out $(DEMO_DIR)
 
-lint: setup
+lint: setup proto-check proto-lint
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+
+# Python stubs are generated from proto/ (never edited by hand); proto-check fails if they are stale.
+proto: setup
+	$(BIN)/python scripts/gen_proto.py
+
+proto-check: setup
+	$(BIN)/python scripts/gen_proto.py --check
+
+$(BUF):
+	mkdir -p .tools
+	cd .tools && npm install --silent --no-audit --no-fund @bufbuild/buf@$(BUF_VERSION)
+
+proto-lint: $(BUF)
+	$(BUF) lint
 
 typecheck: setup
 	$(BIN)/mypy core trainer exporter

@@ -1,0 +1,1 @@
+"""Generated gRPC stubs for the onnxrec.v1 API (scripts/gen_proto.py)."""
