@@ -3,7 +3,6 @@ the stage's functions; nothing else."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 from pathlib import Path
@@ -11,6 +10,7 @@ from typing import Any
 
 import click
 
+from onnxrec.cli_options import dataclass_options
 from onnxrec.trainer.config import TrainConfig, load_train_config
 
 
@@ -119,31 +119,6 @@ def synth_command(out: Path, users: int, items: int, per_user: float, seed: int)
     click.echo(f"wrote {out}: {log.num_interactions:,} interactions")
 
 
-def _train_options(func: Any) -> Any:
-    """One option per TrainConfig field; only options given on the command line override."""
-    skip = {"extra"}
-    for f in reversed(dataclasses.fields(TrainConfig)):
-        if f.name in skip:
-            continue
-        flag = "--" + f.name.replace("_", "-")
-        if f.type in ("bool", bool):
-            func = click.option(
-                f"{flag}/--no-{f.name.replace('_', '-')}", f.name, default=None, help=f"(default: {f.default})"
-            )(func)
-        else:
-            func = click.option(flag, f.name, default=None, metavar="VALUE", help=f"(default: {_show_default(f)})")(
-                func
-            )
-    return func
-
-
-def _show_default(f: dataclasses.Field[Any]) -> str:
-    value = f.default
-    if isinstance(value, tuple):
-        return ",".join(str(v) for v in value)
-    return str(value)
-
-
 @click.command("train")
 @click.option(
     "--config",
@@ -152,7 +127,7 @@ def _show_default(f: dataclasses.Field[Any]) -> str:
     default=None,
     help="TOML file of options (a [train] table or top-level keys).",
 )
-@_train_options
+@dataclass_options(TrainConfig)
 def train_command(config_file: Path | None, **options: Any) -> None:
     """Train a recommender: --data (prepared dataset, MovieLens folder, log file or 'synthetic'),
     --model (auto, mf, mlp, neumf, twotower), --out RUN_DIR."""
