@@ -42,7 +42,7 @@ proto-lint: $(BUF)
 	$(BUF) lint
 
 typecheck: setup
-	$(BIN)/mypy core trainer exporter
+	$(BIN)/mypy core trainer exporter server
 
 unit: setup
 	$(BIN)/python -m pytest -q

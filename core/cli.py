@@ -26,6 +26,7 @@ COMMANDS = {
     "evaluate": "onnxrec.trainer.cli:evaluate_command",
     "export": "onnxrec.exporter.cli:export_command",
     "inspect": "onnxrec.exporter.cli:inspect_command",
+    "serve": "onnxrec.server.cli:serve_command",
     "demo": "onnxrec.demo:demo_command",
 }
 

@@ -1,0 +1,1 @@
+"""gRPC serving for onnxrec: per-model dynamic batching and the inference service."""

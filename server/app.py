@@ -1,0 +1,249 @@
+"""``create_server`` and ``serve``: the serving stage's entry points.
+
+``create_server(config)`` builds and starts a grpc.aio server bound to ``config.host:config.port``
+(port 0 picks a free one, for tests) and returns it with the port; the models load in the
+background and the standard health service says NOT_SERVING until they are loaded and warmed up.
+``serve(config)`` runs one until SIGTERM or SIGINT: health goes NOT_SERVING, in-flight requests get
+``grace_s`` to finish, then the process exits. With ``workers > 1`` it forks that many processes
+before any gRPC server or onnxruntime session exists; they share the port (SO_REUSEPORT).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from onnxrec.errors import ConfigError
+from onnxrec.server.config import ServerConfig
+from onnxrec.server.interceptors import MetricsInterceptor, TokenAuthInterceptor
+from onnxrec.server.metrics import ServerMetrics
+from onnxrec.server.registry import ModelRegistry, Snapshot
+from onnxrec.server.servicer import RecommenderServicer
+from onnxrec.v1 import recommender_pb2 as pb
+
+log = logging.getLogger("onnxrec.server")
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["RecommenderService"].full_name
+
+
+def load_tokens(config: ServerConfig) -> frozenset[str]:
+    """Bearer tokens from the tokens file and/or the named environment variable."""
+    tokens: set[str] = set()
+    if config.auth_tokens_file:
+        tokens |= {ln.strip() for ln in Path(config.auth_tokens_file).read_text().splitlines() if ln.strip()}
+    if config.auth_tokens_env:
+        raw = os.environ.get(config.auth_tokens_env)
+        if raw is None:
+            raise ConfigError(f"auth_tokens_env: environment variable {config.auth_tokens_env} is not set")
+        tokens |= {t.strip() for t in raw.split(",") if t.strip()}
+    if (config.auth_tokens_file or config.auth_tokens_env) and not tokens:
+        raise ConfigError("token authentication is on but no token was given")
+    return frozenset(tokens)
+
+
+def server_credentials(config: ServerConfig) -> grpc.ServerCredentials | None:
+    """TLS (and mutual TLS with ``tls_client_ca``) credentials, or None for plaintext."""
+    if not config.tls_cert or not config.tls_key:
+        return None
+    ca = Path(config.tls_client_ca).read_bytes() if config.tls_client_ca else None
+    return grpc.ssl_server_credentials(
+        [(Path(config.tls_key).read_bytes(), Path(config.tls_cert).read_bytes())],
+        root_certificates=ca,
+        require_client_auth=ca is not None,
+    )
+
+
+class _Undecodable:
+    """Stands in for a request whose bytes are not the expected protobuf message."""
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+
+def add_servicer(servicer: RecommenderServicer, server: grpc.aio.Server) -> None:
+    """Register every RPC of the service, like the generated ``add_..._to_server``, except that a
+    request whose bytes do not decode is answered with INVALID_ARGUMENT (grpc would say UNKNOWN)."""
+    service = pb.DESCRIPTOR.services_by_name["RecommenderService"]
+    handlers = {}
+    for method in service.methods:
+        request_cls = getattr(pb, method.input_type.name)
+        response_cls = getattr(pb, method.output_type.name)
+        handlers[method.name] = grpc.unary_unary_rpc_method_handler(
+            _checked(getattr(servicer, method.name), method.name),
+            request_deserializer=_lenient(request_cls.FromString),
+            response_serializer=response_cls.SerializeToString,
+        )
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service.full_name, handlers),))
+    server.add_registered_method_handlers(service.full_name, handlers)
+
+
+def _lenient(decode: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
+    def deserialize(data: bytes) -> Any:
+        try:
+            return decode(data)
+        except Exception as exc:  # protobuf's DecodeError and friends
+            return _Undecodable(exc)
+
+    return deserialize
+
+
+def _checked(
+    behavior: Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]], name: str
+) -> Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]:
+    async def handle(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        if isinstance(request, _Undecodable):
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT, f"the request is not a valid {name} request message ({request.error})"
+            )
+        return await behavior(request, context)
+
+    return handle
+
+
+class OnnxrecServer:
+    """A running onnxrec server: the grpc.aio server, the model registry, health and metrics."""
+
+    def __init__(self, config: ServerConfig) -> None:
+        self.config = config
+        self.metrics = ServerMetrics()
+        self.health = health.aio.HealthServicer()
+        self.registry = ModelRegistry(config, on_batch=self.metrics.on_batch, on_change=self._changed)
+        interceptors: list[grpc.aio.ServerInterceptor] = [MetricsInterceptor(self.metrics)]
+        tokens = load_tokens(config)
+        if tokens:
+            interceptors.append(TokenAuthInterceptor(tokens))  # after metrics, so refusals are counted
+        self.server = grpc.aio.server(
+            interceptors=interceptors,
+            options=[
+                ("grpc.max_receive_message_length", config.max_message_bytes),
+                ("grpc.max_send_message_length", config.max_message_bytes),
+                ("grpc.so_reuseport", 1),
+            ],
+        )
+        add_servicer(RecommenderServicer(self.registry, config), self.server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server)
+        self.port = 0
+        self.metrics_port: int | None = None
+        self._stop = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self.ready = asyncio.Event()
+
+    def _changed(self, snapshot: Snapshot) -> None:
+        self.metrics.set_loaded({n: sorted(v) for n, v in snapshot.models.items()})
+
+    async def _set_health(self, serving: bool) -> None:
+        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        for name in ("", SERVICE_NAME):
+            await self.health.set(name, status)
+
+    async def start(self) -> int:
+        """Bind, start serving (health NOT_SERVING) and load the models in the background."""
+        address = f"{self.config.host}:{self.config.port}"
+        creds = server_credentials(self.config)
+        port = self.server.add_secure_port(address, creds) if creds else self.server.add_insecure_port(address)
+        if port == 0:
+            raise ConfigError(f"cannot bind {address} (in use, or not an address of this machine)")
+        self.port = port
+        await self._set_health(False)
+        await self.server.start()
+        if self.config.metrics_port is not None:
+            self.metrics_port = self.metrics.serve_http(self.config.host, self.config.metrics_port)
+        self._tasks.append(asyncio.create_task(self._load_then_watch()))
+        return port
+
+    async def _load_then_watch(self) -> None:
+        await self.registry.refresh()
+        if not self.registry.snapshot.models:
+            log.error(
+                "no model could be loaded from %s; health stays NOT_SERVING until one appears", self.config.repository
+            )
+        while not self.registry.snapshot.models and not self._stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), timeout=max(self.config.reload_interval_s, 0.5))
+            await self.registry.refresh()
+        if self._stop.is_set():
+            return
+        await self._set_health(True)
+        self.ready.set()
+        log.info(
+            "serving on %s:%d: %s",
+            self.config.host,
+            self.port,
+            ", ".join(f"{n} v{sorted(v)}" for n, v in self.registry.snapshot.models.items()),
+        )
+        await self.registry.watch(self._stop)
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Health NOT_SERVING, then let in-flight requests finish for ``grace`` seconds, then stop."""
+        await self._set_health(False)
+        self._stop.set()
+        await self.server.stop(self.config.grace_s if grace is None else grace)
+        for task in self._tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self.registry.close()
+
+    async def wait_for_termination(self) -> None:
+        """Until the server stops."""
+        await self.server.wait_for_termination()
+
+
+async def create_server(config: ServerConfig) -> tuple[OnnxrecServer, int]:
+    """Build and start a server for ``config``; returns it and the bound port."""
+    server = OnnxrecServer(config.validate())
+    port = await server.start()
+    return server, port
+
+
+async def _serve_one(config: ServerConfig) -> None:
+    server, port = await create_server(config)
+    loop = asyncio.get_running_loop()
+    stopping = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stopping.set)
+    print(f"onnxrec serving on {config.host}:{port} (pid {os.getpid()})", file=sys.stderr, flush=True)
+    await stopping.wait()
+    log.info("shutting down: draining for up to %.1f s", config.grace_s)
+    await server.stop()
+
+
+def serve(config: ServerConfig) -> None:
+    """Run the server until SIGTERM/SIGINT (``workers`` processes sharing the port)."""
+    config = config.validate()
+    load_tokens(config)  # fail before forking
+    if config.workers == 1:
+        asyncio.run(_serve_one(config))
+        return
+    if config.port == 0:
+        raise ConfigError("--workers needs a fixed --port (the processes share it)")
+    children = []
+    for _ in range(config.workers):
+        pid = os.fork()
+        if pid == 0:  # child: nothing gRPC or onnxruntime exists yet in this process
+            try:
+                asyncio.run(_serve_one(config))
+            finally:
+                os._exit(0)
+        children.append(pid)
+
+    def forward(signum: int, _frame: object) -> None:
+        for pid in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signum)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    for pid in children:
+        os.waitpid(pid, 0)

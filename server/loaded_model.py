@@ -1,0 +1,201 @@
+"""One model version loaded for serving: onnxruntime sessions, id maps, seen items, popularity.
+
+Everything here is read from the version directory the exporter wrote (never from a request), and
+checked against the manifest's hashes before any session is created.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+import pyarrow.parquet as pq
+
+from onnxrec.errors import OnnxrecError
+from onnxrec.exporter.repository import read_manifest, verify_files
+
+log = logging.getLogger("onnxrec.server")
+
+GRAPHS = ("recommend", "recommend_from_history", "score", "similar_items")
+
+
+class ModelLoadError(OnnxrecError):
+    """A version directory could not be loaded (bad manifest, hash mismatch, no CUDA, ...)."""
+
+
+def providers_for(device: str) -> list[str]:
+    """The execution providers for ``device`` (auto, cuda or cpu); cuda fails if CUDA is not there."""
+    available = ort.get_available_providers()
+    if device == "cpu":
+        return ["CPUExecutionProvider"]
+    if device == "cuda":
+        if "CUDAExecutionProvider" not in available:
+            raise ModelLoadError("--device cuda: onnxruntime has no CUDAExecutionProvider (install onnxruntime-gpu)")
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    if device == "auto":
+        return (
+            ["CUDAExecutionProvider", "CPUExecutionProvider"]
+            if "CUDAExecutionProvider" in available
+            else ["CPUExecutionProvider"]
+        )
+    raise ModelLoadError(f"unknown device {device!r} (use auto, cuda or cpu)")
+
+
+@dataclass(frozen=True)
+class TopK:
+    """A ranked answer: item indices and scores, best first."""
+
+    items: np.ndarray
+    scores: np.ndarray
+
+
+class LoadedModel:
+    """A model version ready to answer: sessions plus everything needed to map ids."""
+
+    def __init__(
+        self, version_dir: Path, *, device: str = "cpu", intra_op_threads: int = 0, precision: str = "fp32"
+    ) -> None:
+        self.path = Path(version_dir)
+        self.manifest = read_manifest(self.path)
+        try:
+            verify_files(self.path, self.manifest)
+        except OnnxrecError as exc:
+            raise ModelLoadError(str(exc)) from exc
+        m = self.manifest
+        self.name: str = m["name"]
+        self.version: int = int(m["version"])
+        self.model_type: str = m["model_type"]
+        self.k_max: int = int(m["k_max"])
+        self.num_users: int = int(m["num_users"])
+        self.num_items: int = int(m["num_items"])
+        self.history_len: int = int(m["history_len"])
+        providers = providers_for(device)
+        opts = ort.SessionOptions()
+        if intra_op_threads:
+            opts.intra_op_num_threads = intra_op_threads
+        opts.log_severity_level = 3
+        self.sessions: dict[str, ort.InferenceSession] = {}
+        for graph in GRAPHS:
+            file = m["graphs"][graph]["file"]
+            if precision != "fp32":
+                variant = f"{graph}.{precision}.onnx"
+                if variant not in m.get("files", {}):
+                    raise ModelLoadError(f"{self.path}: no {precision} variant (export with --precision {precision})")
+                file = variant
+            try:
+                session = ort.InferenceSession(str(self.path / file), opts, providers=providers)
+            except Exception as exc:  # onnxruntime raises its own exception types
+                raise ModelLoadError(f"{self.path / file}: onnxruntime cannot load it ({exc})") from exc
+            if device == "cuda" and session.get_providers()[0] != "CUDAExecutionProvider":
+                raise ModelLoadError(f"{self.path / file}: CUDA was asked for but {session.get_providers()[0]} runs")
+            self.sessions[graph] = session
+        self.provider: str = self.sessions["recommend"].get_providers()[0]
+        items = pq.read_table(self.path / "items.parquet")
+        users = pq.read_table(self.path / "users.parquet")
+        self.item_ids = np.asarray(items["item_id"].to_pylist(), dtype=object)
+        self.user_ids = np.asarray(users["user_id"].to_pylist(), dtype=object)
+        self.item_index = {str(v): i for i, v in enumerate(self.item_ids)}
+        self.user_index = {str(v): i for i, v in enumerate(self.user_ids)}
+        meta_cols = [c for c in items.column_names if c not in ("item_idx", "item_id", "popularity")]
+        columns = {c: items[c].to_pylist() for c in meta_cols}
+        self._metadata = [
+            {c: _as_text(columns[c][i]) for c in meta_cols if columns[c][i] is not None} for i in range(len(items))
+        ]
+        with np.load(self.path / "seen.npz", allow_pickle=False) as seen:
+            self.seen_indptr = seen["indptr"]
+            self.seen_indices = seen["indices"].astype(np.int64)
+        self.popular = np.load(self.path / "popular.npy", allow_pickle=False).astype(np.int64)
+        self.popularity = np.asarray(items["popularity"].to_numpy(), dtype=np.float64)
+        spec = m.get("feature_spec", {})
+        self.user_features = [f["name"] for f in spec.get("user", [])] if self.model_type == "twotower" else []
+        self._vocab = {f["name"]: {v: i + 1 for i, v in enumerate(f["vocabulary"])} for f in spec.get("user", [])}
+        log.info(
+            "loaded %s version %d (%s, %d users, %d items) on %s",
+            self.name,
+            self.version,
+            self.model_type,
+            self.num_users,
+            self.num_items,
+            self.provider,
+        )
+
+    # -- metadata -----------------------------------------------------------------------------------
+    def metadata(self, item: int) -> dict[str, str]:
+        """Item metadata as strings (lists joined with '|')."""
+        return self._metadata[item]
+
+    def seen(self, user: int) -> np.ndarray:
+        """Items the user is known to have, oldest first."""
+        return self.seen_indices[self.seen_indptr[user] : self.seen_indptr[user + 1]]
+
+    def encode_user_features(self, features: dict[str, str]) -> list[int]:
+        """Encoded user features in the graph's order; unknown names or values encode as 0."""
+        return [self._vocab.get(name, {}).get(features.get(name, ""), 0) for name in self.user_features]
+
+    # -- batched graph runs (blocking; called from the batcher's thread) ----------------------------
+    @staticmethod
+    def _pad(rows: list[np.ndarray]) -> np.ndarray:
+        width = max([1, *(len(r) for r in rows)])
+        out = np.full((len(rows), width), -1, dtype=np.int64)
+        for j, r in enumerate(rows):
+            out[j, : len(r)] = r
+        return out
+
+    def recommend(self, users: np.ndarray, exclude: list[np.ndarray]) -> list[TopK]:
+        """Top-k_max for known users, each with its own exclusion list."""
+        scores, items = self.sessions["recommend"].run(
+            None, {"user_idx": users.astype(np.int64), "exclude": self._pad(exclude)}
+        )
+        return _split(scores, items)
+
+    def recommend_from_history(
+        self, history: list[np.ndarray], exclude: list[np.ndarray], features: list[list[int]]
+    ) -> list[TopK]:
+        """Top-k_max for users the model does not know, from their recent items (newest first)."""
+        feed: dict[str, Any] = {"history": self._pad(history), "exclude": self._pad(exclude)}
+        for j, name in enumerate(self.user_features):
+            feed[f"user_{name}"] = np.array([f[j] for f in features], dtype=np.int64)
+        scores, items = self.sessions["recommend_from_history"].run(None, feed)
+        return _split(scores, items)
+
+    def score(self, users: np.ndarray, candidates: list[np.ndarray]) -> list[np.ndarray]:
+        """Scores of each user's candidates (rows padded to one width inside, cut back after)."""
+        width = max(len(c) for c in candidates)
+        padded = np.zeros((len(candidates), width), dtype=np.int64)
+        for j, c in enumerate(candidates):
+            padded[j, : len(c)] = c
+        (scores,) = self.sessions["score"].run(None, {"user_idx": users.astype(np.int64), "items": padded})
+        return [scores[j, : len(c)] for j, c in enumerate(candidates)]
+
+    def similar(self, items: np.ndarray) -> list[TopK]:
+        """The most similar items of each item."""
+        scores, out = self.sessions["similar_items"].run(None, {"item_idx": items.astype(np.int64)})
+        return _split(scores, out)
+
+    def warm_up(self, batch_sizes: tuple[int, ...] = (1, 8)) -> None:
+        """Run every graph once per batch size so no first request pays for initialisation."""
+        for b in batch_sizes:
+            users = np.arange(b) % max(self.num_users, 1)
+            rows = [np.array([], dtype=np.int64)] * b
+            self.recommend(users, rows)
+            self.recommend_from_history([np.array([0])] * b, rows, [[0] * len(self.user_features)] * b)
+            self.score(users, [np.array([0])] * b)
+            self.similar(np.arange(b) % self.num_items)
+
+
+def _split(scores: np.ndarray, items: np.ndarray) -> list[TopK]:
+    out = []
+    for s, i in zip(scores, items, strict=True):
+        keep = np.isfinite(s)
+        out.append(TopK(items=i[keep], scores=s[keep]))
+    return out
+
+
+def _as_text(value: Any) -> str:
+    if isinstance(value, list):
+        return "|".join(str(v) for v in value)
+    return str(value)

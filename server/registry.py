@@ -1,0 +1,230 @@
+"""The models a server answers with: loaded versions per model name, swapped atomically on reload.
+
+A request takes a reference to one :class:`ServedModel` when it starts and keeps it to the end, so a
+reload never changes an answer in flight. A new version directory is validated, loaded and warmed up
+off the event loop, then swapped in; a broken one is logged and skipped while the old one serves on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from onnxrec.errors import OnnxrecError
+from onnxrec.exporter.repository import check_model_name, list_versions
+from onnxrec.server.batcher import BatcherConfig, DynamicBatcher
+from onnxrec.server.config import ServerConfig
+from onnxrec.server.loaded_model import LoadedModel, TopK
+
+log = logging.getLogger("onnxrec.server")
+
+RecItem = tuple[int, np.ndarray]  # user index, exclusions
+HistItem = tuple[np.ndarray, np.ndarray, list[int]]  # history (newest first), exclusions, features
+ScoreItem = tuple[int, np.ndarray]  # user index, candidates
+RETIRE_AFTER_S = 5.0  # an unloaded version keeps serving requests that already hold it this long
+
+
+class ServedModel:
+    """A loaded version with one dynamic batcher per graph."""
+
+    def __init__(
+        self, model: LoadedModel, config: BatcherConfig, on_batch: Callable[[str, str, int, float], None] | None = None
+    ) -> None:
+        self.model = model
+
+        def hook(graph: str) -> Callable[[int, float], None] | None:
+            if on_batch is None:
+                return None
+            return lambda size, queued: on_batch(model.name, graph, size, queued)
+
+        self.recommend: DynamicBatcher[RecItem, TopK] = DynamicBatcher(
+            self._run_recommend, config, name=f"{model.name}/recommend", on_batch=hook("recommend")
+        )
+        self.history: DynamicBatcher[HistItem, TopK] = DynamicBatcher(
+            self._run_history, config, name=f"{model.name}/history", on_batch=hook("recommend_from_history")
+        )
+        self.score: DynamicBatcher[ScoreItem, np.ndarray] = DynamicBatcher(
+            self._run_score, config, name=f"{model.name}/score", on_batch=hook("score")
+        )
+        self.similar: DynamicBatcher[int, TopK] = DynamicBatcher(
+            self._run_similar, config, name=f"{model.name}/similar", on_batch=hook("similar_items")
+        )
+
+    def _run_recommend(self, items: list[RecItem]) -> list[TopK]:
+        return self.model.recommend(np.array([u for u, _ in items]), [e for _, e in items])
+
+    def _run_history(self, items: list[HistItem]) -> list[TopK]:
+        return self.model.recommend_from_history(
+            [h for h, _, _ in items], [e for _, e, _ in items], [f for _, _, f in items]
+        )
+
+    def _run_score(self, items: list[ScoreItem]) -> list[np.ndarray]:
+        return self.model.score(np.array([u for u, _ in items]), [c for _, c in items])
+
+    def _run_similar(self, items: list[int]) -> list[TopK]:
+        return self.model.similar(np.array(items))
+
+    async def close(self) -> None:
+        """Finish what is queued, then stop the batchers."""
+        for b in (self.recommend, self.history, self.score, self.similar):
+            await b.close(drain=True)
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """An immutable view of what is loaded: name -> version -> model."""
+
+    models: dict[str, dict[int, ServedModel]]
+
+    def names(self) -> list[str]:
+        """Loaded model names, sorted."""
+        return sorted(self.models)
+
+
+class ModelNotFound(OnnxrecError):
+    """The request names a model or version that is not loaded."""
+
+
+class ModelRegistry:
+    """Loads the repository's models by the version policy and keeps them current."""
+
+    def __init__(
+        self,
+        config: ServerConfig,
+        on_batch: Callable[[str, str, int, float], None] | None = None,
+        on_change: Callable[[Snapshot], None] | None = None,
+    ) -> None:
+        self.config = config
+        self.root = Path(config.repository)
+        self.snapshot = Snapshot({})
+        self._on_batch = on_batch
+        self._on_change = on_change
+        self._failed: dict[tuple[str, int], str] = {}
+        self._retiring: set[asyncio.Task[None]] = set()
+        self._batcher_config = BatcherConfig(
+            max_batch_size=config.max_batch_size,
+            max_queue_delay_s=config.max_queue_delay_us / 1e6,
+            max_queue_size=config.max_queue_size,
+        )
+
+    def get(self, name: str, version: int = 0) -> ServedModel:
+        """The model a request asked for (version 0 = latest); :class:`ModelNotFound` otherwise."""
+        versions = self.snapshot.models.get(name)
+        if not versions:
+            loaded = ", ".join(self.snapshot.names()) or "none"
+            raise ModelNotFound(f"unknown model {name!r} (loaded: {loaded})")
+        if version == 0:
+            return versions[max(versions)]
+        if version not in versions:
+            raise ModelNotFound(
+                f"model {name!r} has no loaded version {version} (loaded: "
+                f"{', '.join(str(v) for v in sorted(versions))})"
+            )
+        return versions[version]
+
+    def _wanted(self) -> dict[str, list[int]]:
+        if not self.root.is_dir():
+            return {}
+        out: dict[str, list[int]] = {}
+        for d in sorted(self.root.iterdir()):
+            if not d.is_dir() or d.name.startswith("."):
+                continue
+            try:
+                check_model_name(d.name)
+            except OnnxrecError:
+                continue
+            versions = list_versions(d)
+            if self.config.version_policy == "latest":
+                versions = versions[-1:]
+            elif self.config.version_policy == "specific":
+                versions = [v for v in versions if v in self.config.versions]
+            if versions:
+                out[d.name] = versions
+        return out
+
+    def _load(self, name: str, version: int) -> ServedModel:
+        model = LoadedModel(
+            self.root / name / str(version),
+            device=self.config.device,
+            intra_op_threads=self.config.intra_op_threads,
+            precision=self.config.precision,
+        )
+        if model.name != name or model.version != version:
+            raise OnnxrecError(
+                f"{self.root / name / str(version)}: manifest names {model.name} version {model.version}"
+            )
+        if self.config.warmup:
+            model.warm_up((1, min(8, self.config.max_batch_size), self.config.max_batch_size))
+        return ServedModel(model, self._batcher_config, self._on_batch)
+
+    async def refresh(self) -> bool:
+        """Load what the repository has and the policy wants, drop what it no longer wants; swap
+        atomically. Returns whether anything changed."""
+        loop = asyncio.get_running_loop()
+        wanted = await loop.run_in_executor(None, self._wanted)
+        current = self.snapshot.models
+        new: dict[str, dict[int, ServedModel]] = {}
+        changed = False
+        for name, versions in wanted.items():
+            for version in versions:
+                served = current.get(name, {}).get(version)
+                if served is None:
+                    if (name, version) in self._failed:
+                        continue
+                    try:
+                        served = await loop.run_in_executor(None, self._load, name, version)
+                    except Exception as exc:  # any failure to load must leave the old versions serving
+                        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                        self._failed[(name, version)] = reason
+                        log.error("rejected %s version %d: %s", name, version, reason)
+                        continue
+                    log.info("serving %s version %d", name, version)
+                    changed = True
+                new.setdefault(name, {})[version] = served
+        # under "latest", keep the old version if the new one failed to load
+        for name, kept in current.items():
+            if name not in new and name in wanted:
+                new[name] = kept
+        dropped = [(n, v, s) for n, vs in current.items() for v, s in vs.items() if new.get(n, {}).get(v) is not s]
+        self.snapshot = Snapshot(new)
+        if dropped or changed:
+            changed = True
+            if self._on_change:
+                self._on_change(self.snapshot)
+        for name, version, served in dropped:
+            # requests that picked this version just before the swap may still submit to it: let them
+            task = asyncio.create_task(self._retire(name, version, served))
+            self._retiring.add(task)
+            task.add_done_callback(self._retiring.discard)
+        return changed
+
+    async def _retire(self, name: str, version: int, served: ServedModel) -> None:
+        await asyncio.sleep(RETIRE_AFTER_S)
+        log.info("unloading %s version %d", name, version)
+        await served.close()
+
+    async def watch(self, stop: asyncio.Event) -> None:
+        """Refresh every ``reload_interval_s`` until ``stop`` is set."""
+        interval = self.config.reload_interval_s
+        if interval <= 0:
+            await stop.wait()
+            return
+        while not stop.is_set():
+            try:
+                await asyncio.wait_for(stop.wait(), timeout=interval)
+            except TimeoutError:
+                await self.refresh()
+
+    async def close(self) -> None:
+        """Drain and stop every loaded model (and those being retired)."""
+        for task in list(self._retiring):
+            task.cancel()
+        for versions in self.snapshot.models.values():
+            for served in versions.values():
+                await served.close()
+        self.snapshot = Snapshot({})

@@ -1,0 +1,413 @@
+"""DynamicBatcher: real asyncio loops and real executor threads, nothing of the batcher mocked."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Coroutine, Sequence
+from typing import Any, TypeVar
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from onnxrec.server.batcher import (
+    BatcherClosedError,
+    BatcherConfig,
+    DeadlineExpiredError,
+    DynamicBatcher,
+    QueueFullError,
+)
+
+V = TypeVar("V")
+
+
+def run(coro: Coroutine[Any, Any, V]) -> V:
+    """Run a coroutine in a fresh event loop (pytest-asyncio is not a dependency)."""
+    return asyncio.run(coro)
+
+
+class Recorder:
+    """A run_batch that doubles its items, records every batch, and can be held inside a batch."""
+
+    def __init__(self, sleep_s: float = 0.0, hold_first: bool = False) -> None:
+        self.sleep_s = sleep_s
+        self.batches: list[list[Any]] = []
+        self.started = threading.Event()
+        self.release = threading.Event()
+        if not hold_first:
+            self.release.set()
+        self._lock = threading.Lock()
+
+    def __call__(self, items: list[Any]) -> Sequence[Any]:
+        with self._lock:
+            self.batches.append(list(items))
+        self.started.set()
+        assert self.release.wait(timeout=10), "test never released the held batch"
+        if self.sleep_s:
+            time.sleep(self.sleep_s)
+        return [x * 2 for x in items]
+
+    @property
+    def seen(self) -> list[Any]:
+        return [x for batch in self.batches for x in batch]
+
+    async def wait_started(self) -> None:
+        """Wait (without blocking the loop) until a batch is inside run_batch."""
+        for _ in range(5000):
+            if self.started.is_set():
+                return
+            await asyncio.sleep(0.001)
+        raise AssertionError("run_batch never started")
+
+
+async def settle(n: int = 5) -> None:
+    """Let just-created tasks run up to their first await."""
+    for _ in range(n):
+        await asyncio.sleep(0)
+
+
+async def held_first(batcher: DynamicBatcher[Any, Any], rec: Recorder) -> asyncio.Task[Any]:
+    """Submit 0 and wait until the model is busy with it (so later submits queue up)."""
+    task = asyncio.ensure_future(batcher.submit(0))
+    await rec.wait_started()
+    return task
+
+
+def test_config_validation() -> None:
+    with pytest.raises(ValueError):
+        BatcherConfig(max_batch_size=0)
+    with pytest.raises(ValueError):
+        BatcherConfig(max_queue_delay_s=-0.1)
+    with pytest.raises(ValueError):
+        BatcherConfig(max_queue_size=0)
+    assert BatcherConfig() == BatcherConfig(64, 0.0, 1024)
+
+
+def test_results_match_run_batch() -> None:
+    async def main() -> None:
+        rec = Recorder(sleep_s=0.005)
+        batcher: DynamicBatcher[int, int] = DynamicBatcher(rec, BatcherConfig(max_batch_size=4), name="m")
+        results = await asyncio.gather(*(batcher.submit(i) for i in range(30)))
+        assert results == [2 * i for i in range(30)]
+        assert sorted(rec.seen) == list(range(30))
+        assert all(1 <= len(b) <= 4 for b in rec.batches)
+        assert batcher.queue_depth == 0
+        with pytest.raises(ValueError):
+            await batcher.submit(1, weight=0)
+        await batcher.close()
+
+    run(main())
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    items=st.lists(st.tuples(st.integers(-1000, 1000), st.integers(1, 6)), min_size=1, max_size=25),
+    max_batch_size=st.integers(1, 8),
+    delay=st.sampled_from([0.0, 0.0005, 0.002]),
+    run_sleep=st.sampled_from([0.0, 0.001]),
+    gaps=st.lists(st.booleans(), min_size=25, max_size=25),
+)
+def test_batched_result_equals_single_result(
+    items: list[tuple[int, int]], max_batch_size: int, delay: float, run_sleep: float, gaps: list[bool]
+) -> None:
+    """Whatever the batching, every caller gets f(its item) and every batch respects the row limit."""
+
+    def f(x: int) -> int:
+        return 3 * x + 1
+
+    batches: list[list[tuple[int, int]]] = []
+
+    def run_batch(batch: list[tuple[int, int]]) -> list[int]:
+        batches.append(list(batch))
+        if run_sleep:
+            time.sleep(run_sleep)
+        return [f(x) for x, _ in batch]
+
+    async def main() -> None:
+        config = BatcherConfig(max_batch_size=max_batch_size, max_queue_delay_s=delay)
+        batcher: DynamicBatcher[tuple[int, int], int] = DynamicBatcher(run_batch, config)
+        tasks = []
+        for (x, w), gap in zip(items, gaps, strict=False):
+            tasks.append(asyncio.ensure_future(batcher.submit((x, w), weight=w)))
+            if gap:
+                await asyncio.sleep(0)
+        results = await asyncio.gather(*tasks)
+        await batcher.close()
+        assert results == [f(x) for x, _ in items]
+
+    run(main())
+    # each item ran exactly once
+    assert sorted(it for b in batches for it in b) == sorted(items)
+    for batch in batches:
+        rows = sum(w for _, w in batch)
+        assert rows <= max_batch_size or len(batch) == 1, (batch, max_batch_size)
+
+
+def test_sequential_calls_run_alone_without_added_delay() -> None:
+    async def main() -> None:
+        rec = Recorder(sleep_s=0.05)
+        batcher: DynamicBatcher[int, int] = DynamicBatcher(rec, BatcherConfig(max_batch_size=64))
+        t0 = time.perf_counter()
+        for i in range(5):
+            assert await batcher.submit(i) == 2 * i
+        total = time.perf_counter() - t0
+        await batcher.close()
+        assert [len(b) for b in rec.batches] == [1] * 5
+        # 5 x 50 ms of model time; greedy scheduling adds only loop/thread hops (slack for a loaded machine)
+        assert total < 5 * 0.05 + 0.2, total
+
+    run(main())
+
+
+def test_concurrent_load_forms_batches() -> None:
+    async def main() -> None:
+        rec = Recorder(sleep_s=0.02)
+        sizes: list[tuple[int, float]] = []
+        batcher: DynamicBatcher[int, int] = DynamicBatcher(
+            rec, BatcherConfig(max_batch_size=8), on_batch=lambda n, q: sizes.append((n, q))
+        )
+        results = await asyncio.gather(*(batcher.submit(i) for i in range(40)))
+        await batcher.close()
+        assert results == [2 * i for i in range(40)]
+        assert max(len(b) for b in rec.batches) > 1
+        assert all(len(b) <= 8 for b in rec.batches)
+        assert len(rec.batches) < 40
+        assert [n for n, _ in sizes] == [len(b) for b in rec.batches]
+        assert all(q >= 0 for _, q in sizes)
+
+    run(main())
+
+
+def test_queue_delay_collects_a_fuller_batch() -> None:
+    async def main() -> None:
+        rec = Recorder()
+        batcher: DynamicBatcher[int, int] = DynamicBatcher(rec, BatcherConfig(max_batch_size=8, max_queue_delay_s=0.2))
+        tasks = []
+        for i in range(3):
+            tasks.append(asyncio.ensure_future(batcher.submit(i)))
+            await asyncio.sleep(0.005)
+        assert await asyncio.gather(*tasks) == [0, 2, 4]
+        assert [len(b) for b in rec.batches] == [3]
+        # a full batch does not wait for the delay
+        t0 = time.perf_counter()
+        assert await asyncio.gather(*(batcher.submit(i) for i in range(8))) == [2 * i for i in range(8)]
+        assert time.perf_counter() - t0 < 0.15
+        await batcher.close()
+
+    run(main())
+
+
+def test_weights_bound_rows_and_heavy_item_runs_alone() -> None:
+    async def main() -> None:
+        rec = Recorder(hold_first=True)
+        batcher: DynamicBatcher[int, int] = DynamicBatcher(rec, BatcherConfig(max_batch_size=4))
+        first = await held_first(batcher, rec)
+        tasks = [
+            asyncio.ensure_future(batcher.submit(x, weight=w)) for x, w in [(1, 2), (2, 2), (3, 10), (4, 1), (5, 3)]
+        ]
+        await settle()
+        rec.release.set()
+        assert await first == 0
+        assert await asyncio.gather(*tasks) == [2, 4, 6, 8, 10]
+        await batcher.close()
+        assert rec.batches == [[0], [1, 2], [3], [4, 5]]
+
+    run(main())
+
+
+def test_queue_full_raises_at_once() -> None:
+    async def main() -> None:
+        rec = Recorder(hold_first=True)
+        batcher: DynamicBatcher[int, int] = DynamicBatcher(rec, BatcherConfig(max_queue_size=2))
+        try:
+            first = await held_first(batcher, rec)  # running: not counted as waiting
+            queued = [asyncio.ensure_future(batcher.submit(i)) for i in (1, 2)]
+            await settle()
+            assert batcher.queue_depth == 2
+            t0 = time.perf_counter()
+            with pytest.raises(QueueFullError):
+                await batcher.submit(3)
+            assert time.perf_counter() - t0 < 0.05
+        finally:
+            rec.release.set()
+        assert await first == 0
+        assert await asyncio.gather(*queued) == [2, 4]
+        assert await batcher.submit(5) == 10  # room again
+        await batcher.close()
+
+    run(main())
+
+
+def test_expired_deadline_never_reaches_the_model() -> None:
+    async def main() -> None:
+        rec = Recorder(hold_first=True)
+        batcher: DynamicBatcher[int, int] = DynamicBatcher(rec, BatcherConfig())
+        with pytest.raises(DeadlineExpiredError):
+            await batcher.submit(7, deadline=time.monotonic() - 1.0)
+        # a deadline that passes while the request waits behind a running batch
+        first = await held_first(batcher, rec)
+        late = asyncio.ensure_future(batcher.submit(8, deadline=time.monotonic() + 0.03))
+        ok = asyncio.ensure_future(batcher.submit(9, deadline=time.monotonic() + 30.0))
+        await asyncio.sleep(0.08)
+        rec.release.set()
+        assert await first == 0
+        with pytest.raises(DeadlineExpiredError):
+            await late
+        assert await ok == 18
+        await batcher.close()
+        assert rec.seen == [0, 9]
+
+    run(main())
+
+
+def test_per_item_exception_fails_only_that_item() -> None:
+    def run_batch(items: list[int]) -> list[int | Exception]:
+        return [ValueError(f"bad {x}") if x % 3 == 0 else x * 2 for x in items]
+
+    async def main() -> None:
+        batcher: DynamicBatcher[int, int] = DynamicBatcher(run_batch, BatcherConfig(max_batch_size=16))
+
+        async def outcome(i: int) -> tuple[str, object]:
+            try:
+                return "ok", await batcher.submit(i)
+            except ValueError as exc:  # raised by submit, not returned
+                return "raised", str(exc)
+
+        results = await asyncio.gather(*(outcome(i) for i in range(12)))
+        await batcher.close()
+        assert results == [("raised", f"bad {i}") if i % 3 == 0 else ("ok", 2 * i) for i in range(12)]
+
+    run(main())
+
+
+def test_run_batch_raising_fails_that_batch_only() -> None:
+    rec = Recorder(hold_first=True)
+
+    def run_batch(items: list[int]) -> Sequence[int]:
+        if any(x < 0 for x in items):
+            raise RuntimeError("model exploded")
+        return rec(items)
+
+    async def main() -> None:
+        batcher: DynamicBatcher[int, int] = DynamicBatcher(run_batch, BatcherConfig(max_batch_size=2))
+        first = await held_first(batcher, rec)
+        tasks = [asyncio.ensure_future(batcher.submit(x)) for x in (1, -1, 3, 4)]
+        await settle()
+        rec.release.set()
+        assert await first == 0
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+        assert all(isinstance(r, RuntimeError) for r in results[:2])
+        assert results[2:] == [6, 8]
+        assert await batcher.submit(5) == 10  # still serving
+        await batcher.close()
+
+    run(main())
+
+
+def test_cancelled_waiting_caller_is_dropped() -> None:
+    async def main() -> None:
+        rec = Recorder(hold_first=True)
+        batcher: DynamicBatcher[int, int] = DynamicBatcher(rec, BatcherConfig())
+        first = await held_first(batcher, rec)
+        gone = asyncio.ensure_future(batcher.submit(1))
+        kept = asyncio.ensure_future(batcher.submit(2))
+        await settle()
+        assert batcher.queue_depth == 2
+        gone.cancel()
+        await settle()
+        assert gone.cancelled()
+        assert batcher.queue_depth == 1
+        rec.release.set()
+        assert await first == 0
+        assert await kept == 4
+        await batcher.close()
+        assert rec.seen == [0, 2]
+
+    run(main())
+
+
+def test_cancelled_running_caller_does_not_affect_others() -> None:
+    async def main() -> None:
+        rec = Recorder(hold_first=True)
+        batcher: DynamicBatcher[int, int] = DynamicBatcher(rec, BatcherConfig())
+        tasks = [asyncio.ensure_future(batcher.submit(i)) for i in range(3)]
+        await rec.wait_started()
+        tasks[1].cancel()
+        await settle()
+        rec.release.set()
+        assert await tasks[0] == 0
+        assert await tasks[2] == 4
+        assert tasks[1].cancelled()
+        assert await batcher.submit(5) == 10
+        await batcher.close()
+
+    run(main())
+
+
+def test_close_drains_queued_work_then_refuses() -> None:
+    async def main() -> None:
+        rec = Recorder(hold_first=True)
+        batcher: DynamicBatcher[int, int] = DynamicBatcher(rec, BatcherConfig(max_batch_size=2, max_queue_delay_s=0.3))
+        first = await held_first(batcher, rec)
+        tasks = [asyncio.ensure_future(batcher.submit(i)) for i in range(1, 6)]
+        await settle()
+        closing = asyncio.ensure_future(batcher.close(drain=True))
+        await settle()
+        assert batcher.closed
+        assert not closing.done()
+        with pytest.raises(BatcherClosedError):
+            await batcher.submit(99)
+        rec.release.set()
+        t0 = time.perf_counter()
+        await closing
+        assert time.perf_counter() - t0 < 0.2  # draining does not wait out the queue delay
+        assert await first == 0
+        assert await asyncio.gather(*tasks) == [2, 4, 6, 8, 10]
+        assert batcher.queue_depth == 0
+        with pytest.raises(BatcherClosedError):
+            await batcher.submit(1)
+        await batcher.close()  # idempotent
+
+    run(main())
+
+
+def test_close_without_drain_fails_queued_and_finishes_running() -> None:
+    async def main() -> None:
+        rec = Recorder(hold_first=True)
+        batcher: DynamicBatcher[int, int] = DynamicBatcher(rec, BatcherConfig())
+        first = await held_first(batcher, rec)
+        queued = [asyncio.ensure_future(batcher.submit(i)) for i in (1, 2)]
+        await settle()
+        closing = asyncio.ensure_future(batcher.close(drain=False))
+        await settle()
+        for task in queued:
+            assert task.done()
+            with pytest.raises(BatcherClosedError):
+                task.result()
+        rec.release.set()
+        await closing
+        assert await first == 0
+        assert rec.seen == [0]
+
+    run(main())
+
+
+def test_close_before_any_submit_and_shared_executor() -> None:
+    import concurrent.futures
+
+    async def main(pool: concurrent.futures.Executor) -> None:
+        idle: DynamicBatcher[int, int] = DynamicBatcher(Recorder(), BatcherConfig())
+        await idle.close()
+        with pytest.raises(BatcherClosedError):
+            await idle.submit(1)
+        a: DynamicBatcher[int, int] = DynamicBatcher(Recorder(), BatcherConfig(), executor=pool, name="a")
+        b: DynamicBatcher[int, int] = DynamicBatcher(Recorder(), BatcherConfig(), executor=pool, name="b")
+        assert await asyncio.gather(a.submit(1), b.submit(2)) == [2, 4]
+        await a.close()
+        assert await b.submit(3) == 6  # a's close left the shared executor alone
+        await b.close()
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
+        run(main(pool))

@@ -1,0 +1,211 @@
+"""The gRPC server end to end: a real server process on 127.0.0.1 loading real exported models."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+
+from onnxrec.exporter.export import ExportOptions, export
+from onnxrec.server.loaded_model import LoadedModel
+from onnxrec.trainer.config import TrainConfig
+from onnxrec.trainer.data.dataset import Dataset, save_dataset
+from onnxrec.trainer.train import train
+from onnxrec.v1 import recommender_pb2 as pb
+from onnxrec.v1 import recommender_pb2_grpc as pb_grpc
+from tests.serverproc import ServerProcess, start_server
+
+
+@pytest.fixture(scope="module")
+def trained(synthetic: Dataset, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("srv-runs")
+    data = save_dataset(synthetic, root / "data")
+    return {
+        m: train(
+            TrainConfig(data=str(data), out=str(root / m), model=m, epochs=2, progress=False, dim=16, history_len=8)
+        )
+        for m in ("twotower", "mf")
+    }
+
+
+@pytest.fixture(scope="module")
+def repository(trained: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    repo = tmp_path_factory.mktemp("srv-repo")
+    for name, run in trained.items():
+        export(run, repo, name, options=ExportOptions(k_max=50, max_batch=32))
+    return repo
+
+
+@pytest.fixture(scope="module")
+def server(repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    log = tmp_path_factory.mktemp("srv-log") / "server.log"
+    proc = start_server(repository, log, "--max-message-bytes", str(1024 * 1024))
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture()
+def stub(server: ServerProcess) -> Iterator[pb_grpc.RecommenderServiceStub]:
+    with grpc.insecure_channel(server.address) as channel:
+        yield pb_grpc.RecommenderServiceStub(channel)
+
+
+def rec(name: str, user: str, k: int = 10, **kw: object) -> pb.RecommendRequest:
+    return pb.RecommendRequest(model=pb.ModelRef(name=name), user_id=user, k=k, **kw)  # type: ignore[arg-type]
+
+
+def test_answers_equal_in_process_onnxruntime(
+    stub: pb_grpc.RecommenderServiceStub, repository: Path, synthetic: Dataset
+) -> None:
+    for name in ("twotower", "mf"):
+        model = LoadedModel(repository / name / "1", device="cpu")
+        users = np.arange(0, synthetic.num_users, 7)
+        expected = model.recommend(users, [model.seen(int(u)) for u in users])
+        for u, top in zip(users, expected, strict=True):
+            reply = stub.Recommend(rec(name, str(model.user_ids[u])), timeout=10)
+            assert reply.source == pb.SOURCE_MODEL and reply.model_version == 1
+            got = [i.item_id for i in reply.items]
+            want = [str(model.item_ids[i]) for i in top.items[:10]]
+            assert got == want
+            np.testing.assert_allclose([i.score for i in reply.items], top.scores[:10], rtol=1e-5, atol=1e-5)
+            assert not set(got) & {str(model.item_ids[i]) for i in model.seen(int(u))}
+
+
+def test_batch_equals_single_and_recommend_batch(stub: pb_grpc.RecommenderServiceStub, synthetic: Dataset) -> None:
+    users = [str(u) for u in synthetic.user_ids[:64]]
+    singles = [[i.item_id for i in stub.Recommend(rec("twotower", u), timeout=10).items] for u in users]
+    with concurrent.futures.ThreadPoolExecutor(16) as pool:  # concurrent calls get batched together
+        concurrent_ = list(
+            pool.map(lambda u: [i.item_id for i in stub.Recommend(rec("twotower", u), timeout=10).items], users)
+        )
+    batch = stub.RecommendBatch(pb.RecommendBatchRequest(requests=[rec("twotower", u) for u in users]), timeout=30)
+    assert concurrent_ == singles
+    assert [[i.item_id for i in r.items] for r in batch.responses] == singles
+
+
+def test_unknown_users_history_and_popularity(stub: pb_grpc.RecommenderServiceStub, synthetic: Dataset) -> None:
+    items = [str(i) for i in synthetic.item_ids[:5]]
+    r = stub.Recommend(rec("twotower", "never-seen", history=items, include_metadata=True), timeout=10)
+    assert r.source == pb.SOURCE_HISTORY and len(r.items) == 10
+    assert not {i.item_id for i in r.items} & set(items)  # the history counts as seen
+    assert r.items[0].metadata["title"]
+    p = stub.Recommend(rec("mf", "never-seen", exclude_item_ids=items[:1]), timeout=10)
+    assert p.source == pb.SOURCE_POPULARITY and len(p.items) == 10 and items[0] not in {i.item_id for i in p.items}
+    h = stub.Recommend(rec("mf", "never-seen", history=items), timeout=10)
+    assert h.source == pb.SOURCE_HISTORY
+
+
+def test_score_similar_and_metadata(stub: pb_grpc.RecommenderServiceStub, synthetic: Dataset) -> None:
+    user = str(synthetic.user_ids[3])
+    top = stub.Recommend(rec("mf", user, k=5), timeout=10)
+    ids = [i.item_id for i in top.items]
+    scored = stub.Score(pb.ScoreRequest(model=pb.ModelRef(name="mf"), user_id=user, item_ids=ids[::-1]), timeout=10)
+    assert [i.item_id for i in scored.items] == ids[::-1]
+    assert [round(i.score, 4) for i in scored.items][::-1] == sorted(
+        [round(i.score, 4) for i in scored.items], reverse=True
+    )
+    sim = stub.SimilarItems(pb.SimilarItemsRequest(model=pb.ModelRef(name="mf"), item_id=ids[0], k=4), timeout=10)
+    assert len(sim.items) == 4 and ids[0] not in {i.item_id for i in sim.items}
+    models = stub.ListModels(pb.ListModelsRequest(), timeout=10)
+    assert [m.name for m in models.models] == ["mf", "twotower"]
+    meta = stub.GetModelMetadata(pb.GetModelMetadataRequest(model=pb.ModelRef(name="twotower")), timeout=10)
+    assert meta.k_max == 50 and meta.num_items == synthetic.num_items and meta.execution_provider
+    assert "test/sampled/hr@10" in meta.metrics
+
+
+@pytest.mark.parametrize(
+    ("request_", "code", "needle"),
+    [
+        (rec("mf", "1", k=0), grpc.StatusCode.INVALID_ARGUMENT, "k must be between 1 and 50"),
+        (rec("mf", "1", k=51), grpc.StatusCode.INVALID_ARGUMENT, "k must be between 1 and 50"),
+        (rec("nope", "1"), grpc.StatusCode.NOT_FOUND, "unknown model 'nope'"),
+        (
+            pb.RecommendRequest(model=pb.ModelRef(name="mf", version=9), user_id="1", k=3),
+            grpc.StatusCode.NOT_FOUND,
+            "no loaded version 9",
+        ),
+        (rec("mf", "1", history=["no-such-item"]), grpc.StatusCode.INVALID_ARGUMENT, "unknown item id(s) in history"),
+        (rec("mf", "1", exclude_item_ids=["x1", "x2"]), grpc.StatusCode.INVALID_ARGUMENT, "exclude_item_ids"),
+        (rec("mf", ""), grpc.StatusCode.INVALID_ARGUMENT, "user_id is empty"),
+        (rec("../../etc/passwd", "1"), grpc.StatusCode.NOT_FOUND, "unknown model"),
+        (rec("", "1"), grpc.StatusCode.INVALID_ARGUMENT, "model.name is empty"),
+    ],
+)
+def test_bad_requests_get_clear_status(
+    stub: pb_grpc.RecommenderServiceStub, request_: pb.RecommendRequest, code: grpc.StatusCode, needle: str
+) -> None:
+    with pytest.raises(grpc.RpcError) as err:
+        stub.Recommend(request_, timeout=10)
+    assert err.value.code() == code  # type: ignore[attr-defined]
+    assert needle in err.value.details()  # type: ignore[attr-defined]
+
+
+def test_oversized_and_malformed_requests(server: ServerProcess, stub: pb_grpc.RecommenderServiceStub) -> None:
+    big = rec("mf", "1", history=["x" * 1000] * 10_000)  # about 10 MB
+    with pytest.raises(grpc.RpcError) as err:
+        stub.Recommend(big, timeout=10)
+    assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED  # type: ignore[attr-defined]
+    with grpc.insecure_channel(server.address) as channel:
+        raw = channel.unary_unary("/onnxrec.v1.RecommenderService/Recommend")
+        with pytest.raises(grpc.RpcError) as err:
+            raw(b"\xff\xff\xff\xff not protobuf", timeout=10)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT  # type: ignore[attr-defined]
+        assert "not a valid Recommend request" in err.value.details()  # type: ignore[attr-defined]
+    # the server is still fine, and answers as before
+    assert stub.Recommend(rec("mf", "1"), timeout=10).items
+
+
+def test_many_concurrent_clients_all_answered(server: ServerProcess, synthetic: Dataset) -> None:
+    users = [str(u) for u in synthetic.user_ids[:50]]
+    with grpc.insecure_channel(server.address) as channel:
+        s = pb_grpc.RecommenderServiceStub(channel)
+        expected = {u: [i.item_id for i in s.Recommend(rec("twotower", u), timeout=10).items] for u in users}
+
+    def client(seed: int) -> int:
+        rng = np.random.default_rng(seed)
+        ok = 0
+        with grpc.insecure_channel(server.address) as ch:
+            st = pb_grpc.RecommenderServiceStub(ch)
+            for _ in range(200):
+                u = users[int(rng.integers(len(users)))]
+                if [i.item_id for i in st.Recommend(rec("twotower", u), timeout=30).items] == expected[u]:
+                    ok += 1
+        return ok
+
+    with concurrent.futures.ThreadPoolExecutor(64) as pool:
+        answered = list(pool.map(client, range(64)))
+    assert answered == [200] * 64
+
+
+def test_hot_reload_and_broken_version(repository: Path, trained: dict[str, Path], tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    shutil.copytree(repository / "mf", repo / "mf")
+    srv = start_server(repo, tmp_path / "server.log")
+    try:
+        with grpc.insecure_channel(srv.address) as channel:
+            s = pb_grpc.RecommenderServiceStub(channel)
+            assert s.Recommend(rec("mf", "1"), timeout=10).model_version == 1
+            # a broken version 2: a graph file damaged after export -> hash mismatch -> rejected
+            shutil.copytree(repository / "mf" / "1", tmp_path / "v2")
+            (tmp_path / "v2" / "recommend.onnx").write_bytes(b"broken")
+            manifest = (tmp_path / "v2" / "manifest.json").read_text().replace('"version": 1', '"version": 2')
+            (tmp_path / "v2" / "manifest.json").write_text(manifest)
+            (tmp_path / "v2").rename(repo / "mf" / "2")
+            import time
+
+            time.sleep(2.0)
+            assert s.Recommend(rec("mf", "1"), timeout=10).model_version == 1
+            assert "rejected mf version 2" in srv.log.read_text()
+            # a good version 3 is picked up while the old keeps serving meanwhile
+            export(trained["mf"], repo, "mf", version=3, options=ExportOptions(k_max=50, max_batch=16))
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline and s.Recommend(rec("mf", "1"), timeout=10).model_version != 3:
+                time.sleep(0.2)
+            assert s.Recommend(rec("mf", "1"), timeout=10).model_version == 3
+    finally:
+        assert srv.stop() == 0
