@@ -214,6 +214,8 @@ async def _serve_one(config: ServerConfig) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stopping.set)
     print(f"onnxrec serving on {config.host}:{port} (pid {os.getpid()})", file=sys.stderr, flush=True)
+    if server.metrics_port is not None:
+        print(f"onnxrec metrics on http://{config.host}:{server.metrics_port}/metrics", file=sys.stderr, flush=True)
     await stopping.wait()
     log.info("shutting down: draining for up to %.1f s", config.grace_s)
     await server.stop()

@@ -1,0 +1,124 @@
+"""TLS, mutual TLS and bearer tokens: the server refuses what it should, and health stays open."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from onnxrec.exporter.export import ExportOptions, export
+from onnxrec.trainer.config import TrainConfig
+from onnxrec.trainer.data.dataset import Dataset, save_dataset
+from onnxrec.trainer.train import train
+from onnxrec.v1 import recommender_pb2 as pb
+from onnxrec.v1 import recommender_pb2_grpc as pb_grpc
+from tests.certs import make_certs
+from tests.serverproc import start_server, wait_health
+
+
+@pytest.fixture(scope="module")
+def repo(synthetic: Dataset, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("sec")
+    data = save_dataset(synthetic, root / "data")
+    run = train(TrainConfig(data=str(data), out=str(root / "run"), model="mf", epochs=1, progress=False, dim=8))
+    export(run, root / "repo", "mf", options=ExportOptions(k_max=20, max_batch=8))
+    return root / "repo"
+
+
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    return make_certs(tmp_path_factory.mktemp("certs"))
+
+
+LIST = pb.ListModelsRequest()
+
+
+def test_token_auth(repo: Path, tmp_path: Path) -> None:
+    tokens = tmp_path / "tokens"
+    tokens.write_text("alpha-token\nbeta-token\n")
+    srv = start_server(repo, tmp_path / "log", "--auth-tokens-file", str(tokens))
+    try:
+        with grpc.insecure_channel(srv.address) as ch:
+            stub = pb_grpc.RecommenderServiceStub(ch)
+            for metadata in ((), (("authorization", "Bearer wrong"),), (("authorization", "alpha-token"),)):
+                with pytest.raises(grpc.RpcError) as err:
+                    stub.ListModels(LIST, metadata=metadata, timeout=10)
+                assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED  # type: ignore[attr-defined]
+            assert stub.ListModels(LIST, metadata=(("authorization", "Bearer beta-token"),), timeout=10).models
+            # health is open without a token
+            status = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=10).status
+            assert status == health_pb2.HealthCheckResponse.SERVING
+    finally:
+        srv.stop()
+
+
+def test_tls_and_mutual_tls(repo: Path, certs: dict[str, Path], tmp_path: Path) -> None:
+    srv = start_server(
+        repo,
+        tmp_path / "log",
+        "--tls-cert",
+        str(certs["server"]),
+        "--tls-key",
+        str(certs["server.key"]),
+        "--tls-client-ca",
+        str(certs["ca"]),
+        wait_serving=False,
+    )
+    try:
+        ca = certs["ca"].read_bytes()
+        good = grpc.ssl_channel_credentials(ca, certs["client.key"].read_bytes(), certs["client"].read_bytes())
+        wait_health(srv.address, health_pb2.HealthCheckResponse.SERVING, 60, good)
+        with grpc.secure_channel(srv.address, good) as ch:
+            assert pb_grpc.RecommenderServiceStub(ch).ListModels(LIST, timeout=10).models
+        refused = [
+            grpc.ssl_channel_credentials(ca),  # no client certificate
+            grpc.ssl_channel_credentials(
+                ca, certs["other-client.key"].read_bytes(), certs["other-client"].read_bytes()
+            ),  # signed by another CA
+            grpc.ssl_channel_credentials(
+                certs["other-ca"].read_bytes(), certs["client.key"].read_bytes(), certs["client"].read_bytes()
+            ),  # does not trust the server
+        ]
+        for creds in refused:
+            with grpc.secure_channel(srv.address, creds) as ch, pytest.raises(grpc.RpcError) as err:
+                pb_grpc.RecommenderServiceStub(ch).ListModels(LIST, timeout=5)
+            assert err.value.code() == grpc.StatusCode.UNAVAILABLE  # type: ignore[attr-defined]
+        with grpc.insecure_channel(srv.address) as ch, pytest.raises(grpc.RpcError):
+            pb_grpc.RecommenderServiceStub(ch).ListModels(LIST, timeout=5)  # plaintext to a TLS port
+    finally:
+        srv.stop()
+
+
+def test_bad_server_config_is_one_line(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    p = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "onnxrec",
+            "serve",
+            "--repository",
+            str(tmp_path),
+            "--tls-cert",
+            str(tmp_path / "none.pem"),
+            "--tls-key",
+            str(tmp_path / "none.key"),
+        ],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert p.returncode == 2 and "none.pem: no such file" in p.stderr and "Traceback" not in p.stderr
+    p = subprocess.run(
+        [sys.executable, "-m", "onnxrec", "serve", "--port", "eighty"],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert p.returncode == 2 and "'port'" in p.stderr
