@@ -42,7 +42,7 @@ proto-lint: $(BUF)
 	$(BUF) lint
 
 typecheck: setup
-	$(BIN)/mypy core trainer exporter server
+	$(BIN)/mypy core trainer exporter server clients
 
 unit: setup
 	$(BIN)/python -m pytest -q

@@ -27,6 +27,11 @@ COMMANDS = {
     "export": "onnxrec.exporter.cli:export_command",
     "inspect": "onnxrec.exporter.cli:inspect_command",
     "serve": "onnxrec.server.cli:serve_command",
+    "recommend": "onnxrec.clients.cli:recommend_command",
+    "score": "onnxrec.clients.cli:score_command",
+    "similar": "onnxrec.clients.cli:similar_command",
+    "models": "onnxrec.clients.cli:models_command",
+    "health": "onnxrec.clients.cli:health_command",
     "demo": "onnxrec.demo:demo_command",
 }
 

@@ -1,0 +1,21 @@
+"""Clients of the onnxrec gRPC API: :class:`RecommenderClient` and :class:`AsyncRecommenderClient`.
+
+Callers never import the generated ``*_pb2`` modules: results come back as plain dataclasses and
+every failure as one :class:`RecommenderError` carrying the gRPC status code and message.
+"""
+
+from onnxrec.clients.aio import AsyncRecommenderClient
+from onnxrec.clients.client import RecommenderClient
+from onnxrec.clients.errors import RecommenderError
+from onnxrec.clients.results import Item, ModelInfo, ModelMetadata, Recommendation, Scores
+
+__all__ = [
+    "AsyncRecommenderClient",
+    "Item",
+    "ModelInfo",
+    "ModelMetadata",
+    "Recommendation",
+    "RecommenderClient",
+    "RecommenderError",
+    "Scores",
+]

@@ -1,0 +1,182 @@
+"""Client CLI commands: ``recommend``, ``score``, ``similar``, ``models``, ``health``.
+
+A readable table by default, JSON with ``--json``. Exit codes: 0 answered; 1 the server answered
+with an error or could not be reached (one line naming the address and the status code); 2 bad
+arguments.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import click
+
+from onnxrec.clients.client import RecommenderClient
+from onnxrec.clients.errors import RecommenderError
+from onnxrec.clients.results import Recommendation
+
+
+def _connection(func: Any) -> Any:
+    options = [
+        click.option(
+            "--server",
+            default="127.0.0.1:50051",
+            show_default=True,
+            help="host:port, dns:///name:port, or several host:port separated by commas.",
+        ),
+        click.option("--timeout", type=float, default=5.0, show_default=True, help="Deadline per call (s)."),
+        click.option("--token", envvar="ONNXREC_TOKEN", default=None, help="Bearer token (or $ONNXREC_TOKEN)."),
+        click.option("--tls", is_flag=True, help="Use TLS (system roots unless --ca-cert)."),
+        click.option("--ca-cert", type=click.Path(exists=True, dir_okay=False), default=None),
+        click.option("--client-cert", type=click.Path(exists=True, dir_okay=False), default=None),
+        click.option("--client-key", type=click.Path(exists=True, dir_okay=False), default=None),
+        click.option("--json", "as_json", is_flag=True, help="Machine-readable output."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+@contextmanager
+def _client(kw: dict[str, Any]) -> Iterator[RecommenderClient]:
+    client = RecommenderClient(
+        kw["server"],
+        timeout=kw["timeout"],
+        token=kw["token"],
+        tls=kw["tls"],
+        ca_cert=kw["ca_cert"],
+        client_cert=kw["client_cert"],
+        client_key=kw["client_key"],
+    )
+    try:
+        yield client
+    except RecommenderError as err:
+        click.echo(f"error: {err}", err=True)
+        sys.exit(1)
+    finally:
+        client.close()
+
+
+def _model(client: RecommenderClient, model: str | None) -> str:
+    if model:
+        return model
+    names = [m.name for m in client.list_models()]
+    if len(names) != 1:
+        raise click.UsageError(f"the server has {len(names)} models ({', '.join(names) or 'none'}): pass --model")
+    return names[0]
+
+
+def _split(value: str | None) -> list[str]:
+    return [v.strip() for v in value.split(",") if v.strip()] if value else []
+
+
+def _print(result: Recommendation, as_json: bool, title: Callable[[], str]) -> None:
+    if as_json:
+        click.echo(json.dumps(dataclasses.asdict(result), indent=2))
+        return
+    click.echo(title())
+    width = max([7, *(len(i.item_id) for i in result.items)])
+    for rank, item in enumerate(result.items, 1):
+        extra = item.metadata.get("title", "")
+        click.echo(f"{rank:>3}  {item.item_id:<{width}}  {item.score:>10.4f}  {extra}".rstrip())
+
+
+@click.command("recommend")
+@click.option("--user", required=True, help="Raw user id.")
+@click.option("--model", default=None, help="Model name (default: the server's only model).")
+@click.option("-k", "k", type=click.IntRange(min=1), default=10, show_default=True)
+@click.option("--history", default=None, help="Recent item ids, oldest first, comma-separated (unknown users).")
+@click.option("--exclude", default=None, help="Item ids never to return, comma-separated.")
+@click.option("--include-seen", is_flag=True, help="Do not leave out items the user already has.")
+@click.option("--metadata/--no-metadata", default=True, show_default=True, help="Ask for item metadata.")
+@_connection
+def recommend_command(
+    user: str,
+    model: str | None,
+    k: int,
+    history: str | None,
+    exclude: str | None,
+    include_seen: bool,
+    metadata: bool,
+    **kw: Any,
+) -> None:
+    """Top-k recommendations for one user."""
+    with _client(kw) as client:
+        name = _model(client, model)
+        r = client.recommend(
+            name,
+            user,
+            k,
+            history=_split(history),
+            exclude=_split(exclude),
+            exclude_seen=False if include_seen else None,
+            include_metadata=metadata,
+        )
+        _print(r, kw["as_json"], lambda: f"user {user}: {name} version {r.model_version} ({r.source})")
+
+
+@click.command("similar")
+@click.option("--item", required=True, help="Raw item id.")
+@click.option("--model", default=None, help="Model name (default: the server's only model).")
+@click.option("-k", "k", type=click.IntRange(min=1), default=10, show_default=True)
+@_connection
+def similar_command(item: str, model: str | None, k: int, **kw: Any) -> None:
+    """Items most similar to one item."""
+    with _client(kw) as client:
+        name = _model(client, model)
+        r = client.similar(name, item, k, include_metadata=True)
+        _print(r, kw["as_json"], lambda: f"similar to {item}: {name} version {r.model_version}")
+
+
+@click.command("score")
+@click.option("--user", required=True, help="Raw user id.")
+@click.option("--items", "items", required=True, help="Candidate item ids, comma-separated.")
+@click.option("--model", default=None, help="Model name (default: the server's only model).")
+@_connection
+def score_command(user: str, items: str, model: str | None, **kw: Any) -> None:
+    """Scores of candidate items for one user, in the order given."""
+    ids = _split(items)
+    if not ids:
+        raise click.UsageError("--items needs at least one item id")
+    with _client(kw) as client:
+        name = _model(client, model)
+        s = client.score(name, user, ids)
+        if kw["as_json"]:
+            click.echo(json.dumps(dataclasses.asdict(s), indent=2))
+            return
+        click.echo(f"user {user}: {name} version {s.model_version} ({s.source})")
+        for item in s.items:
+            click.echo(f"{item.item_id}\t{item.score:.6f}")
+
+
+@click.command("models")
+@_connection
+def models_command(**kw: Any) -> None:
+    """The models the server has loaded."""
+    with _client(kw) as client:
+        models = client.list_models()
+        if kw["as_json"]:
+            click.echo(json.dumps([dataclasses.asdict(m) for m in models], indent=2))
+            return
+        for m in models:
+            meta = client.model_metadata(m.name)
+            click.echo(
+                f"{m.name}\t{m.model_type}\tversions {','.join(map(str, m.versions))}\t"
+                f"{meta.num_items:,} items\tk_max {meta.k_max}\t{meta.execution_provider}"
+            )
+
+
+@click.command("health")
+@_connection
+def health_command(**kw: Any) -> None:
+    """SERVING or NOT_SERVING (exit status 0 only when SERVING)."""
+    with _client(kw) as client:
+        status = client.health()
+        click.echo(json.dumps({"status": status}) if kw["as_json"] else status)
+        if status != "SERVING":
+            sys.exit(1)

@@ -1,0 +1,25 @@
+"""The one error type of the clients."""
+
+from __future__ import annotations
+
+import grpc
+
+from onnxrec.errors import OnnxrecError
+
+
+class RecommenderError(OnnxrecError):
+    """A call failed: ``code`` is the gRPC status code, ``details`` the server's message."""
+
+    def __init__(self, code: grpc.StatusCode, details: str, target: str = "") -> None:
+        self.code = code
+        self.details = details
+        self.target = target
+        where = f" from {target}" if target else ""
+        super().__init__(f"{code.name}{where}: {details}")
+
+    @classmethod
+    def from_rpc(cls, err: grpc.RpcError, target: str) -> RecommenderError:
+        """Wrap a grpc error (sync or asyncio)."""
+        code = err.code() if hasattr(err, "code") else grpc.StatusCode.UNKNOWN
+        details = err.details() if hasattr(err, "details") else str(err)
+        return cls(code or grpc.StatusCode.UNKNOWN, details or "", target)

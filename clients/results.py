@@ -1,0 +1,66 @@
+"""Typed results of client calls (plain dataclasses; no protobuf types leak to callers)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Item:
+    """One recommended or scored item."""
+
+    item_id: str
+    score: float
+    metadata: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Recommendation:
+    """The answer to a Recommend call: items best first, and who answered how."""
+
+    items: list[Item]
+    model_name: str
+    model_version: int
+    source: str  # "model", "history" or "popularity"
+
+    @property
+    def item_ids(self) -> list[str]:
+        """The item ids, best first."""
+        return [i.item_id for i in self.items]
+
+
+@dataclass(frozen=True)
+class Scores:
+    """The answer to a Score call: one item per requested id, in request order."""
+
+    items: list[Item]
+    model_name: str
+    model_version: int
+    source: str
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """One loaded model."""
+
+    name: str
+    versions: list[int]
+    latest_version: int
+    model_type: str
+
+
+@dataclass(frozen=True)
+class ModelMetadata:
+    """What one model version is."""
+
+    name: str
+    version: int
+    model_type: str
+    num_users: int
+    num_items: int
+    k_max: int
+    history_len: int
+    user_features: list[str]
+    graphs: list[str]
+    metrics: dict[str, float]
+    execution_provider: str
