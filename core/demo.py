@@ -1,15 +1,24 @@
-"""``onnxrec demo``: the whole path on the embedded default data, for a newcomer.
+"""``onnxrec demo``: the whole product on the embedded default data, for a newcomer.
 
-Today the path is data -> train -> evaluate -> export; serving and clients join it as those stages land.
+data -> train -> evaluate -> export -> start ``onnxrec serve`` -> query it with ``onnxrec recommend``
+-> stop the server; then print where everything went and the commands to do it again.
 """
 
 from __future__ import annotations
 
 import json
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
 import click
+
+from onnxrec.errors import OnnxrecError
 
 
 def run_demo(out: Path, data: str = "synthetic", epochs: int | None = None, overwrite: bool = True) -> dict[str, Any]:
@@ -30,6 +39,65 @@ def run_demo(out: Path, data: str = "synthetic", epochs: int | None = None, over
     return report
 
 
+def serve_and_query(repository: Path, user: str, timeout: float = 120.0) -> tuple[str, str]:
+    """Start ``onnxrec serve`` on a free port, run ``onnxrec recommend`` against it, stop the server.
+
+    Returns the server address and the client's output.
+    """
+    with tempfile.TemporaryFile("w+") as log:
+        server = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "onnxrec",
+                "serve",
+                "--repository",
+                str(repository),
+                "--port",
+                "0",
+                "--device",
+                "cpu",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        try:
+            address = ""
+            deadline = time.monotonic() + timeout
+            while not address and time.monotonic() < deadline:
+                if server.poll() is not None:
+                    log.seek(0)
+                    raise OnnxrecError(f"the server stopped: {log.read().strip().splitlines()[-1:]}")
+                log.seek(0)
+                m = re.search(r"onnxrec serving on (\S+:\d+)", log.read())
+                address = m.group(1) if m else ""
+                time.sleep(0.1)
+            if not address:
+                raise OnnxrecError("the server did not start in time")
+            health = [sys.executable, "-m", "onnxrec", "health", "--server", address]
+            while subprocess.run(health, capture_output=True, check=False, timeout=30).returncode != 0:
+                if time.monotonic() > deadline:
+                    raise OnnxrecError(f"the server at {address} did not become SERVING in time")
+                time.sleep(0.2)
+            client = subprocess.run(
+                [sys.executable, "-m", "onnxrec", "recommend", "--server", address, "--user", user, "-k", "10"],
+                capture_output=True,
+                text=True,
+                check=False,
+                timeout=60,
+            )
+            if client.returncode != 0:
+                raise OnnxrecError(f"the client failed: {client.stderr.strip()}")
+            return address, client.stdout
+        finally:
+            server.send_signal(signal.SIGTERM)
+            try:
+                server.wait(30)
+            except subprocess.TimeoutExpired:
+                server.kill()
+
+
 @click.command("demo")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("demo-out"), show_default=True)
 @click.option(
@@ -46,8 +114,21 @@ def demo_command(out: Path, data: str, epochs: int | None) -> None:
     report = run_demo(out, data, epochs)
     click.echo("")
     click.echo(format_table(report))
-    click.echo("")
+    repository = out / "repository"
+    user = _first_user(Path(report["exported"]))
+    click.echo(f"\nstarting the server on {repository} and asking it for user {user}:")
+    address, answer = serve_and_query(repository, user)
+    click.echo(f"$ onnxrec recommend --server {address} --user {user} -k 10")
+    click.echo(answer.rstrip())
+    click.echo("(server stopped)\n")
     click.echo(f"model run:      {out / 'run'} (checkpoint.pt, config.toml, metrics.jsonl, eval.json)")
-    click.echo(f"evaluation:     {out / 'evaluation.json'}")
-    click.echo(f"evaluate again: onnxrec evaluate {out / 'run'}")
-    click.echo(f"exported model: {report['exported']} (inspect it: onnxrec inspect {report['exported']})")
+    click.echo(f"evaluation:     {out / 'evaluation.json'}  (again: onnxrec evaluate {out / 'run'})")
+    click.echo(f"exported model: {report['exported']}  (inspect: onnxrec inspect {report['exported']})")
+    click.echo(f"serve it:       onnxrec serve --repository {repository} --port 50051")
+    click.echo(f"ask it:         onnxrec recommend --server 127.0.0.1:50051 --user {user}")
+
+
+def _first_user(version_dir: Path) -> str:
+    import pyarrow.parquet as pq
+
+    return str(pq.read_table(version_dir / "users.parquet", columns=["user_id"])["user_id"][0])
