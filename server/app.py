@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import signal
@@ -27,6 +28,7 @@ from grpc_reflection.v1alpha import reflection
 from onnxrec.errors import ConfigError
 from onnxrec.server.config import ServerConfig
 from onnxrec.server.interceptors import MetricsInterceptor, TokenAuthInterceptor
+from onnxrec.server.loaded_model import resolve_device
 from onnxrec.server.metrics import ServerMetrics
 from onnxrec.server.registry import ModelRegistry, Snapshot
 from onnxrec.server.servicer import RecommenderServicer
@@ -114,6 +116,11 @@ class OnnxrecServer:
     """A running onnxrec server: the grpc.aio server, the model registry, health and metrics."""
 
     def __init__(self, config: ServerConfig) -> None:
+        device = resolve_device(config.device)  # cuda fails here, before any port is bound
+        threads = config.intra_op_threads
+        if threads == 0 and config.workers > 1 and device == "cpu":
+            threads = max(1, (os.cpu_count() or 1) // config.workers)  # share the cores between the workers
+        config = dataclasses.replace(config, device=device, intra_op_threads=threads)
         self.config = config
         self.metrics = ServerMetrics()
         self.health = health.aio.HealthServicer()

@@ -6,6 +6,8 @@ checked against the manifest's hashes before any session is created.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +27,57 @@ GRAPHS = ("recommend", "recommend_from_history", "score", "similar_items")
 
 class ModelLoadError(OnnxrecError):
     """A version directory could not be loaded (bad manifest, hash mismatch, no CUDA, ...)."""
+
+
+def _probe_model() -> bytes:
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "probe", [x], [y])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 10
+    return bytes(model.SerializeToString())
+
+
+def cuda_status() -> tuple[bool, str]:
+    """Whether onnxruntime really runs on CUDA here (a session is created and its providers checked),
+    and why not."""
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        return False, "onnxruntime has no CUDAExecutionProvider (install onnxruntime-gpu)"
+    preload = getattr(ort, "preload_dlls", None)
+    if preload is not None:
+        quiet = io.StringIO()  # it prints what it cannot find; the probe below reports that in one line
+        with contextlib.suppress(Exception), contextlib.redirect_stdout(quiet), contextlib.redirect_stderr(quiet):
+            preload()
+    ort.set_default_logger_severity(4)  # the probe's expected failure on CPU machines is not news
+    try:
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 4
+        session = ort.InferenceSession(_probe_model(), opts, providers=["CUDAExecutionProvider"])
+        active = session.get_providers()[0]
+    except Exception as exc:  # onnxruntime's own error types
+        return False, f"creating a CUDA session failed ({str(exc).splitlines()[0]})"
+    finally:
+        ort.set_default_logger_severity(2)
+    if active != "CUDAExecutionProvider":
+        return False, f"onnxruntime fell back to {active} (no GPU, or CUDA/cuDNN libraries missing)"
+    return True, "CUDAExecutionProvider is active"
+
+
+def resolve_device(device: str) -> str:
+    """``cuda`` or ``cpu`` for ``device`` (auto, cuda, cpu): auto takes CUDA when it really works;
+    cuda raises :class:`ModelLoadError` when it does not (never a silent CPU fallback)."""
+    if device == "cpu":
+        return "cpu"
+    if device not in ("auto", "cuda"):
+        raise ModelLoadError(f"unknown device {device!r} (use auto, cuda or cpu)")
+    ok, why = cuda_status()
+    if device == "cuda" and not ok:
+        raise ModelLoadError(f"--device cuda: CUDA is not usable: {why}")
+    chosen = "cuda" if ok else "cpu"
+    log.info("device %s: running on %s (%s)", device, chosen, why)
+    return chosen
 
 
 def providers_for(device: str) -> list[str]:

@@ -122,3 +122,24 @@ def test_bad_server_config_is_one_line(tmp_path: Path) -> None:
         timeout=60,
     )
     assert p.returncode == 2 and "'port'" in p.stderr
+
+
+def test_device_cuda_without_cuda_fails_clearly(tmp_path: Path) -> None:
+    """No silent CPU fallback: on a machine without a usable GPU, --device cuda refuses to start."""
+    import subprocess
+    import sys
+
+    from onnxrec.server.loaded_model import cuda_status
+
+    if cuda_status()[0]:
+        pytest.skip("this machine has a working CUDA execution provider")
+    p = subprocess.run(
+        [sys.executable, "-m", "onnxrec", "serve", "--repository", str(tmp_path), "--device", "cuda", "--port", "0"],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert p.returncode == 2, p.stderr
+    assert "--device cuda: CUDA is not usable" in p.stderr and "Traceback" not in p.stderr
+    assert len([ln for ln in p.stderr.splitlines() if ln.strip()]) == 1, p.stderr
