@@ -12,6 +12,7 @@ import json
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import click
@@ -180,3 +181,110 @@ def health_command(**kw: Any) -> None:
         click.echo(json.dumps({"status": status}) if kw["as_json"] else status)
         if status != "SERVING":
             sys.exit(1)
+
+
+@click.command("bench")
+@click.option("--server", default="127.0.0.1:50051", show_default=True, help="host:port of the server.")
+@click.option("--model", default=None, help="Model name (default: the server's only model).")
+@click.option(
+    "--users-from",
+    "users_from",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="User ids to ask for: a model version directory, users.parquet, or a text file.",
+)
+@click.option(
+    "--concurrency",
+    default="16",
+    show_default=True,
+    help="Closed loop: outstanding requests; a comma-separated list runs a sweep.",
+)
+@click.option("--rate", default=None, help="Open loop: Poisson arrivals per second (list = sweep).")
+@click.option("--duration", type=float, default=10.0, show_default=True, help="Seconds measured per level.")
+@click.option("--warmup", type=float, default=2.0, show_default=True, help="Seconds of load not measured.")
+@click.option(
+    "--processes", type=click.IntRange(min=1), default=1, show_default=True, help="Load-generating processes."
+)
+@click.option(
+    "--batch-users",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="> 0: RecommendBatch with this many users per call.",
+)
+@click.option("-k", "k", type=click.IntRange(min=1), default=10, show_default=True)
+@click.option("--metrics-url", default=None, help="The server's /metrics URL, for batch size and queue time.")
+@click.option("--token", envvar="ONNXREC_TOKEN", default=None, help="Bearer token (or $ONNXREC_TOKEN).")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("--plot", type=click.Path(path_type=Path), default=None, help="PNG of latency against load.")
+def bench_command(
+    server: str,
+    model: str | None,
+    users_from: Path,
+    concurrency: str,
+    rate: str | None,
+    duration: float,
+    warmup: float,
+    processes: int,
+    batch_users: int,
+    k: int,
+    metrics_url: str | None,
+    token: str | None,
+    as_json: bool,
+    plot: Path | None,
+) -> None:
+    """Load-test a server: QPS, latency percentiles, errors, server batch size and queue time."""
+    from onnxrec.clients.bench import BenchConfig, load_user_ids, plot_sweep, run_bench
+
+    try:
+        levels = [float(v) for v in (rate or concurrency).split(",") if v.strip()]
+    except ValueError as exc:
+        raise click.UsageError(f"--concurrency/--rate take numbers, not {rate or concurrency!r}") from exc
+    if not levels or min(levels) <= 0:
+        raise click.UsageError("--concurrency/--rate need positive values")
+    users = load_user_ids(users_from)
+    if model is None:
+        with _client(
+            {
+                "server": server,
+                "timeout": 5.0,
+                "token": token,
+                "tls": False,
+                "ca_cert": None,
+                "client_cert": None,
+                "client_key": None,
+            }
+        ) as client:
+            model = _model(client, None)
+    results = []
+    for level in levels:
+        cfg = BenchConfig(
+            server=server,
+            model=model,
+            users=users,
+            k=k,
+            concurrency=None if rate else int(level),
+            rate=level if rate else None,
+            duration_s=duration,
+            warmup_s=warmup,
+            processes=processes,
+            batch_users=batch_users,
+            token=token,
+        )
+        r = run_bench(cfg, metrics_url)
+        results.append(r)
+        if not as_json:
+            batch = (
+                f"  server batch {r.server_mean_batch:.1f}, queue {r.server_mean_queue_ms:.2f} ms"
+                if (r.server_mean_batch is not None and r.server_mean_queue_ms is not None)
+                else ""
+            )
+            click.echo(
+                f"{r.mode} {r.offered:g}: {r.qps:,.0f} req/s ({r.users_per_s:,.0f} users/s), p50 "
+                f"{r.p50_ms:.2f} ms, p90 {r.p90_ms:.2f}, p99 {r.p99_ms:.2f}, p99.9 {r.p999_ms:.2f}; "
+                f"errors {r.errors or 'none'}{batch}"
+            )
+    if as_json:
+        click.echo(json.dumps([r.to_dict() for r in results], indent=2))
+    if plot is not None:
+        plot_sweep(results, plot, f"onnxrec serve, model {model}")
