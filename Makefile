@@ -9,7 +9,7 @@ DEMO_DIR ?= demo-out
 BUF_VERSION ?= 1.75.0
 BUF := .tools/node_modules/.bin/buf
 
-.PHONY: setup demo test lint typecheck unit clean proto proto-check proto-lint
+.PHONY: setup demo test lint typecheck unit clean proto proto-check proto-lint clients
 
 $(BIN)/onnxrec: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -30,6 +30,15 @@ lint: setup proto-check proto-lint
 # Python stubs are generated from proto/ (never edited by hand); proto-check fails if they are stale.
 proto: setup
 	$(BIN)/python scripts/gen_proto.py
+
+# Stubs for every language from proto/ with the standard tools, and the example clients built:
+# Python (grpcio-tools), Node.js (@grpc/proto-loader at run time), C++ and Java (protoc plugins), Go.
+clients: proto
+	scripts/ci/install_node_go.sh
+	scripts/ci/install_cpp_java.sh
+	clients/cpp/build.sh
+	clients/java/build.sh
+	clients/go/build.sh
 
 proto-check: setup
 	$(BIN)/python scripts/gen_proto.py --check
