@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import grpc
@@ -143,3 +144,42 @@ def test_device_cuda_without_cuda_fails_clearly(tmp_path: Path) -> None:
     assert p.returncode == 2, p.stderr
     assert "--device cuda: CUDA is not usable" in p.stderr and "Traceback" not in p.stderr
     assert len([ln for ln in p.stderr.splitlines() if ln.strip()]) == 1, p.stderr
+
+
+def test_python_client_tls_and_token(repo: Path, certs: dict[str, Path], tmp_path: Path) -> None:
+    """The client's TLS, mutual TLS and token options against a server that requires all three."""
+    from onnxrec.clients import RecommenderClient, RecommenderError
+
+    tokens = tmp_path / "tokens"
+    tokens.write_text("t0k3n\n")
+    srv = start_server(
+        repo,
+        tmp_path / "log",
+        "--tls-cert",
+        str(certs["server"]),
+        "--tls-key",
+        str(certs["server.key"]),
+        "--tls-client-ca",
+        str(certs["ca"]),
+        "--auth-tokens-file",
+        str(tokens),
+        wait_serving=False,
+    )
+    try:
+        tls = {"ca_cert": certs["ca"], "client_cert": certs["client"], "client_key": certs["client.key"]}
+        with RecommenderClient(srv.address, token="t0k3n", **tls) as client:
+            deadline = time.monotonic() + 60
+            while client.health() != "SERVING" and time.monotonic() < deadline:
+                time.sleep(0.2)
+            assert [m.name for m in client.list_models()] == ["mf"]
+        with RecommenderClient(srv.address, token="wrong", **tls) as client, pytest.raises(RecommenderError) as err:
+            client.list_models()
+        assert err.value.code == grpc.StatusCode.UNAUTHENTICATED
+        with (
+            RecommenderClient(srv.address, token="t0k3n", ca_cert=certs["ca"], retries=0) as client,
+            pytest.raises(RecommenderError) as err,
+        ):
+            client.list_models()  # no client certificate: the TLS handshake fails
+        assert err.value.code == grpc.StatusCode.UNAVAILABLE
+    finally:
+        srv.stop()
