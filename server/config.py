@@ -24,6 +24,7 @@ class ServerConfig:
     device: str = "auto"  # auto | cuda | cpu
     precision: str = "fp32"  # fp32 | fp16 | int8 (the exported variant to load)
     intra_op_threads: int = 0  # 0 = onnxruntime's default (all cores)
+    ort_spinning: bool = False  # let onnxruntime's idle threads spin (burns the cores the event loop needs)
     max_batch_size: int = 64
     max_queue_delay_us: int = 0  # 0 = run as soon as the model is free (no added latency at low load)
     max_queue_size: int = 2048

@@ -110,7 +110,13 @@ class LoadedModel:
     """A model version ready to answer: sessions plus everything needed to map ids."""
 
     def __init__(
-        self, version_dir: Path, *, device: str = "cpu", intra_op_threads: int = 0, precision: str = "fp32"
+        self,
+        version_dir: Path,
+        *,
+        device: str = "cpu",
+        intra_op_threads: int = 0,
+        precision: str = "fp32",
+        spinning: bool = False,
     ) -> None:
         self.path = Path(version_dir)
         self.manifest = read_manifest(self.path)
@@ -130,6 +136,9 @@ class LoadedModel:
         opts = ort.SessionOptions()
         if intra_op_threads:
             opts.intra_op_num_threads = intra_op_threads
+        if not spinning:  # idle onnxruntime threads otherwise spin on the cores the gRPC event loop needs
+            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+            opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
         opts.log_severity_level = 3
         self.sessions: dict[str, ort.InferenceSession] = {}
         for graph in GRAPHS:
