@@ -7,16 +7,11 @@ toolchain that cannot be installed FAILS these tests: CI installs it, so a skip 
 from __future__ import annotations
 
 import shutil
-import socket
-import subprocess
 from pathlib import Path
 
-import grpc
 import pytest
 
-from onnxrec.v1 import recommender_pb2 as pb
-from onnxrec.v1 import recommender_pb2_grpc as pb_grpc
-from tests.serverproc import ServerProcess
+from tests.example_clients import ExampleClientContract, run_step
 
 REPO = Path(__file__).resolve().parents[1]
 CLIENT_DIR = REPO / "clients" / "java"
@@ -28,17 +23,6 @@ JARS = Path("/usr/share/java")  # Debian's jars, as build.sh uses them
 # a sample of the jars build.sh needs, from each Debian package that ships them
 KEY_JARS = ["protobuf", "grpc-core", "grpc-netty", "guava", "gson", "perfmark-api", "netty-codec-http2"]
 INSTALL = REPO / "scripts" / "ci" / "install_cpp_java.sh"
-# too few arguments, K not an integer, K not positive
-USAGE_ERRORS = [[], ["127.0.0.1:1", "demo"], ["127.0.0.1:1", "demo", "u1", "ten"], ["127.0.0.1:1", "demo", "u1", "0"]]
-
-
-def _run_step(cmd: list[str], what: str, timeout: float) -> None:
-    try:
-        p = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=timeout, cwd=REPO)
-    except subprocess.TimeoutExpired:
-        pytest.fail(f"{what} timed out after {timeout:.0f} s: {' '.join(cmd)}")
-    if p.returncode != 0:
-        pytest.fail(f"{what} failed (exit {p.returncode}): {' '.join(cmd)}\n{p.stdout[-2000:]}\n{p.stderr[-3000:]}")
 
 
 def _missing_toolchain() -> list[str]:
@@ -49,77 +33,18 @@ def _missing_toolchain() -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def java_client() -> Path:
+def client_command() -> list[str]:
     """clients/java/bin/recommend (a launcher), installed and (re)built when missing or older than its sources."""
     missing = _missing_toolchain()
     if missing:
-        _run_step(["bash", str(INSTALL), "java"], f"installing the Java toolchain (missing: {', '.join(missing)})", 900)
+        run_step(["bash", str(INSTALL), "java"], f"installing the Java toolchain (missing: {', '.join(missing)})", 900)
         still = _missing_toolchain()
         assert not still, f"Java toolchain still missing after {INSTALL}: {', '.join(still)}"
     if not BINARY.exists() or not CLASS.exists() or BINARY.stat().st_mtime < max(p.stat().st_mtime for p in INPUTS):
-        _run_step(["bash", str(CLIENT_DIR / "build.sh")], "building the Java client", 600)
+        run_step(["bash", str(CLIENT_DIR / "build.sh")], "building the Java client", 600)
     assert BINARY.is_file(), f"{BINARY} was not built"
-    return BINARY
+    return [str(BINARY)]
 
 
-def _client(binary: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(binary), *args], check=False, capture_output=True, text=True, timeout=60)
-
-
-def _expected(address: str, model: str, user: str, k: int) -> str:
-    """What the client must print: the Python stub's answer to the same request."""
-    with grpc.insecure_channel(address) as channel:
-        response = pb_grpc.RecommenderServiceStub(channel).Recommend(
-            pb.RecommendRequest(model=pb.ModelRef(name=model), user_id=user, k=k), timeout=10
-        )
-    return "".join(f"{item.item_id}\t{item.score:.6f}\n" for item in response.items)
-
-
-def _expected_error(address: str, model: str, user: str, k: int) -> str:
-    with grpc.insecure_channel(address) as channel:
-        stub = pb_grpc.RecommenderServiceStub(channel)
-        with pytest.raises(grpc.RpcError) as err:
-            stub.Recommend(pb.RecommendRequest(model=pb.ModelRef(name=model), user_id=user, k=k), timeout=10)
-    return f"error: {err.value.code().name}: {err.value.details()}\n"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def test_java_client_prints_the_servers_answer(java_client: Path, live_server: ServerProcess) -> None:
-    address = live_server.address
-    for user in ("u1", "u2", "u7"):
-        p = _client(java_client, address, "demo", user)  # K defaults to 10
-        assert p.returncode == 0, p.stderr
-        assert p.stdout == _expected(address, "demo", user, 10)
-        assert len(p.stdout.splitlines()) == 10 and p.stderr == ""
-    p = _client(java_client, address, "demo", "u3", "3")
-    assert p.returncode == 0, p.stderr
-    assert p.stdout == _expected(address, "demo", "u3", 3) and len(p.stdout.splitlines()) == 3
-
-
-def test_java_client_reports_grpc_errors(java_client: Path, live_server: ServerProcess) -> None:
-    address = live_server.address
-    p = _client(java_client, address, "nope", "u1")
-    assert p.returncode == 1 and p.stdout == ""
-    assert p.stderr.startswith("error: NOT_FOUND: unknown model 'nope'")
-    assert p.stderr == _expected_error(address, "nope", "u1", 10)
-    p = _client(java_client, address, "demo", "u1", "1000")  # above the model's k_max
-    assert p.returncode == 1 and p.stdout == ""
-    assert p.stderr == _expected_error(address, "demo", "u1", 1000)
-    assert p.stderr.startswith("error: INVALID_ARGUMENT: ")
-    p = _client(java_client, f"127.0.0.1:{_free_port()}", "demo", "u1")  # nobody listens
-    assert p.returncode == 1 and p.stdout == ""
-    assert p.stderr.startswith("error: UNAVAILABLE: ") and len(p.stderr.splitlines()) == 1
-
-
-@pytest.mark.parametrize(
-    "args", [[], ["127.0.0.1:1", "demo"], ["127.0.0.1:1", "demo", "u1", "ten"], ["a", "b", "c", "0"]]
-)
-def test_java_client_usage_errors(java_client: Path, args: list[str]) -> None:
-    p = _client(java_client, *args)
-    assert p.returncode == 2 and p.stdout == ""
-    assert "usage:" in p.stderr
+class TestJavaClient(ExampleClientContract):
+    """The example-client contract for clients/java."""
