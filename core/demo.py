@@ -7,7 +7,6 @@ data -> train -> evaluate -> export -> start ``onnxrec serve`` -> query it with 
 from __future__ import annotations
 
 import json
-import re
 import signal
 import subprocess
 import sys
@@ -44,37 +43,12 @@ def serve_and_query(repository: Path, user: str, timeout: float = 120.0) -> tupl
 
     Returns the server address and the client's output.
     """
-    with tempfile.TemporaryFile("w+") as log:
-        server = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "onnxrec",
-                "serve",
-                "--repository",
-                str(repository),
-                "--port",
-                "0",
-                "--device",
-                "cpu",
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
+    from onnxrec.server.process import launch_server
+
+    with tempfile.TemporaryDirectory() as tmp:
+        server, address = launch_server(repository, Path(tmp) / "server.log", timeout=timeout)
+        deadline = time.monotonic() + timeout
         try:
-            address = ""
-            deadline = time.monotonic() + timeout
-            while not address and time.monotonic() < deadline:
-                if server.poll() is not None:
-                    log.seek(0)
-                    raise OnnxrecError(f"the server stopped: {log.read().strip().splitlines()[-1:]}")
-                log.seek(0)
-                m = re.search(r"onnxrec serving on (\S+:\d+)", log.read())
-                address = m.group(1) if m else ""
-                time.sleep(0.1)
-            if not address:
-                raise OnnxrecError("the server did not start in time")
             health = [sys.executable, "-m", "onnxrec", "health", "--server", address]
             while subprocess.run(health, capture_output=True, check=False, timeout=30).returncode != 0:
                 if time.monotonic() > deadline:

@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import os
-import re
 import signal
 import subprocess
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from onnxrec.server.process import launch_server
 
 
 @dataclass
@@ -45,42 +44,11 @@ def start_server(
     wait_serving: bool = True,
 ) -> ServerProcess:
     """Run ``onnxrec serve --port 0`` and wait until it says where it listens (and is SERVING)."""
-    fh = log.open("w")
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "onnxrec",
-            "serve",
-            "--repository",
-            str(repository),
-            "--port",
-            "0",
-            "--device",
-            "cpu",
-            "--reload-interval-s",
-            "0.5",
-            *args,
-        ],
-        stdout=fh,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env={**os.environ, **(env or {})},
-    )
     deadline = time.monotonic() + ready_timeout
-    port = 0
-    while time.monotonic() < deadline and not port:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode}: {log.read_text()[-2000:]}")
-        m = re.search(r"onnxrec serving on 127\.0\.0\.1:(\d+)", log.read_text())
-        if m:
-            port = int(m.group(1))
-        else:
-            time.sleep(0.1)
-    if not port:
-        proc.kill()
-        raise RuntimeError(f"server did not start: {log.read_text()[-2000:]}")
-    server = ServerProcess(proc, port, log)
+    proc, address = launch_server(
+        repository, log, ["--reload-interval-s", "0.5", *args], env=env, timeout=ready_timeout
+    )
+    server = ServerProcess(proc, int(address.rsplit(":", 1)[1]), log)
     if wait_serving:
         wait_health(server.address, health_pb2.HealthCheckResponse.SERVING, deadline - time.monotonic())
     return server
