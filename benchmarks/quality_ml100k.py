@@ -33,8 +33,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import subprocess
 import sys
 import tempfile
 import time
@@ -44,6 +42,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import bench_common
 import numpy as np
 import scipy.sparse as sp
 import torch
@@ -135,32 +134,14 @@ class Row:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def default_data() -> Path:
-    """``$ONNXREC_SHARED_DATA/ml-100k``, else ``<repo>/../shared/data/ml-100k``."""
-    base = os.environ.get("ONNXREC_SHARED_DATA")
-    return (Path(base) if base else REPO.parent / "shared" / "data") / "ml-100k"
+default_data = bench_common.default_data
 
 
 def machine_info() -> dict[str, Any]:
-    """CPU, core count, library versions and load, for the record."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
-        cpu = next((line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name")), cpu)
-    except OSError:
-        pass
+    """The machine, library versions and load, for the record."""
     import implicit
 
-    return {
-        "cpu": cpu,
-        "nproc": os.cpu_count(),
-        "gpu": torch.cuda.is_available(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "numpy": np.__version__,
-        "implicit": implicit.__version__,
-        "loadavg_start": [round(x, 2) for x in os.getloadavg()],
-    }
+    return bench_common.machine_info(numpy=np.__version__, implicit=implicit.__version__)
 
 
 def _slim(metrics: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:

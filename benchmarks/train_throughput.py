@@ -18,14 +18,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
+import bench_common
 import torch
 
 from onnxrec.trainer.checkpoint import CHECKPOINT_FILE, load_checkpoint
@@ -37,29 +36,12 @@ REPO = Path(__file__).resolve().parents[1]
 DISPLAY = {"mf": "MF", "mlp": "MLP", "neumf": "NeuMF", "twotower": "TwoTower"}
 
 
-def default_data() -> Path:
-    """``$ONNXREC_SHARED_DATA/ml-100k``, else ``<repo>/../shared/data/ml-100k``."""
-    base = os.environ.get("ONNXREC_SHARED_DATA")
-    return (Path(base) if base else REPO.parent / "shared" / "data") / "ml-100k"
+default_data = bench_common.default_data
 
 
 def machine_info() -> dict[str, Any]:
-    """CPU, core count, library versions and load, for the record."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
-        cpu = next((line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name")), cpu)
-    except OSError:
-        pass
-    return {
-        "cpu": cpu,
-        "nproc": os.cpu_count(),
-        "gpu": torch.cuda.is_available(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "torch_default_threads": torch.get_num_threads(),
-        "loadavg_start": [round(x, 2) for x in os.getloadavg()],
-    }
+    """The machine, torch's default thread count and load, for the record."""
+    return bench_common.machine_info(torch_default_threads=torch.get_num_threads())
 
 
 def measure(model: str, data: Path, out: Path, epochs: int, threads: int, default_threads: int) -> dict[str, Any]:
