@@ -6,9 +6,9 @@ provider at batch 1, 64 and 256. fp32 and int8 are timed in alternating rounds i
 so machine noise hits both alike. The int8 quality change is the one the exporter measured on the
 validation split and wrote into the manifest.
 
-The synthetic log has 20,000 users with about 20 interactions each; 40,863 of the requested 100,000
-items get at least one and form the model's catalog. (100,000 users made the full-ranking evaluations,
-which grow with users x items, take the run past 30 minutes on 2 shared cores.)
+The synthetic log has 20,000 users with about 100 interactions each (2.0M in all); 90,299 of the
+requested 100,000 items get at least one and form the model's catalog. (100,000 users made the
+full-ranking evaluations, which grow with users x items, take the run past 30 minutes on 2 cores.)
 
     python benchmarks/export_latency.py                # full run (about 10 minutes on 2 cores)
     python benchmarks/export_latency.py --quick        # smoke run
@@ -115,7 +115,7 @@ def main() -> None:
             (f"ml100k-{m}", ml, {"model": m, "epochs": 2 if args.quick else 5})
             for m in ("mf", "mlp", "neumf", "twotower")
         ]
-        users, items, per_user = (2000, 20_000, 20) if args.quick else (20_000, 100_000, 20)
+        users, items, per_user = (2000, 20_000, 20) if args.quick else (20_000, 100_000, 100)
         big = generate_synthetic(num_users=users, num_items=items, interactions_per_user=per_user, seed=0)
         big_dir = save_dataset(build_dataset(big, PreprocessSpec(), SplitSpec(), "synthetic-100k"), tmp / "big")
         jobs.append(
