@@ -10,7 +10,7 @@ The synthetic log has 20,000 users with about 100 interactions each (2.0M in all
 requested 100,000 items get at least one and form the model's catalog. (100,000 users made the
 full-ranking evaluations, which grow with users x items, take the run past 30 minutes on 2 cores.)
 
-    python benchmarks/export_latency.py                # full run (about 10 minutes on 2 cores)
+    python benchmarks/export_latency.py                # full run (about 20 minutes on 2 cores)
     python benchmarks/export_latency.py --quick        # smoke run
 """
 
