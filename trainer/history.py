@@ -31,12 +31,7 @@ class UserSequences:
     def recent(self, users: np.ndarray, length: int) -> np.ndarray:
         """The last ``length`` items of each user, newest first, padded with -1: [B, length]."""
         users = np.asarray(users, dtype=np.int64)
-        end = self.indptr[users + 1]
-        start = self.indptr[users]
-        pos = end[:, None] - 1 - np.arange(length)[None, :]
-        ok = pos >= start[:, None]
-        out = np.where(ok, self.items[np.clip(pos, 0, max(len(self.items) - 1, 0))], -1)
-        return out.astype(np.int64)
+        return _items_before(self.items, self.indptr[users + 1], self.indptr[users], length)
 
     def of(self, user: int) -> np.ndarray:
         """All items of ``user``, oldest first."""
@@ -56,7 +51,13 @@ def training_histories(seq: UserSequences, length: int, positions: np.ndarray) -
     newest first, never crossing into another user's sequence, padded with -1: [B, length]."""
     positions = np.asarray(positions, dtype=np.int64)
     owner = np.searchsorted(seq.indptr, positions, side="right") - 1
-    start = seq.indptr[owner]
-    pos = positions[:, None] - 1 - np.arange(length)[None, :]
-    ok = pos >= start[:, None]
-    return np.where(ok, seq.items[np.clip(pos, 0, None)], -1).astype(np.int64)
+    return _items_before(seq.items, positions, seq.indptr[owner], length)
+
+
+def _items_before(items: np.ndarray, ends: np.ndarray, starts: np.ndarray, length: int) -> np.ndarray:
+    """Per row, ``items[start:end]``'s last ``length`` entries, newest first, padded with -1."""
+    pos = ends[:, None] - 1 - np.arange(length)[None, :]
+    ok = pos >= starts[:, None]
+    if not len(items):
+        return np.full(pos.shape, -1, dtype=np.int64)
+    return np.where(ok, items[np.clip(pos, 0, len(items) - 1)], -1).astype(np.int64)
