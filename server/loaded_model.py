@@ -81,20 +81,15 @@ def resolve_device(device: str) -> str:
 
 
 def providers_for(device: str) -> list[str]:
-    """The execution providers for ``device`` (auto, cuda or cpu); cuda fails if CUDA is not there."""
-    available = ort.get_available_providers()
+    """The execution providers for ``device`` (auto, cuda or cpu). ``auto`` is resolved by a real
+    probe (:func:`resolve_device`); with ``cuda`` each session's active provider is checked after
+    creation, so CUDA never falls back to the CPU silently."""
+    if device == "auto":
+        device = resolve_device(device)
+    if device == "cuda":
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
     if device == "cpu":
         return ["CPUExecutionProvider"]
-    if device == "cuda":
-        if "CUDAExecutionProvider" not in available:
-            raise ModelLoadError("--device cuda: onnxruntime has no CUDAExecutionProvider (install onnxruntime-gpu)")
-        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
-    if device == "auto":
-        return (
-            ["CUDAExecutionProvider", "CPUExecutionProvider"]
-            if "CUDAExecutionProvider" in available
-            else ["CPUExecutionProvider"]
-        )
     raise ModelLoadError(f"unknown device {device!r} (use auto, cuda or cpu)")
 
 
