@@ -23,9 +23,8 @@ from onnxrec.trainer.models.two_tower import TwoTower
 def masked_topk(scores: torch.Tensor, exclude: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Top-k of ``scores`` [B, N] after setting the ``exclude`` [B, E] columns (-1 pads) to -inf."""
     n = scores.shape[1]
-    pad = torch.full_like(scores[:, :1], float("-inf"))
-    extended = torch.cat([scores, pad], dim=1)
-    index = torch.where((exclude < 0) | (exclude >= n), torch.full_like(exclude, n), exclude)
+    extended = F.pad(scores, (0, 1), value=float("-inf"))  # column n absorbs the pads
+    index = torch.remainder(exclude, n + 1)  # -1 -> n (floored modulo, ONNX Mod with fmod=0)
     extended = extended.scatter(1, index, float("-inf"))
     values, items = torch.topk(extended[:, :n], k, dim=1)
     return values, items
@@ -91,18 +90,46 @@ class _Base(nn.Module):
     def factor_scores(self, user_vectors: torch.Tensor) -> torch.Tensor:
         return user_vectors @ self.item_matrix.T + self.item_bias
 
+    def known_user_matrix(self, chunk: int = 4096) -> torch.Tensor:
+        """Every known user's vector [num_users, D] (factorized models), computed once at export.
+
+        A known user's vector depends only on tables fixed at export time (their embedding, recent
+        history and side features), so the serving graphs gather it instead of running the user tower
+        per request: the known-user graphs become Gather -> MatMul -> TopK."""
+        model = cast(FactorizedRecommender, self.model)
+        rows = []
+        with torch.no_grad():
+            for start in range(0, model.cfg.num_users, chunk):
+                users = torch.arange(start, min(start + chunk, model.cfg.num_users))
+                rows.append(model.user_vectors(users, self.known_user_inputs(users)).detach().float())
+        return torch.cat(rows) if rows else torch.zeros(0, self.item_matrix.shape[1])
+
+    def drop_user_tables(self) -> None:
+        """Forget the per-user tables once :meth:`known_user_matrix` replaced them (smaller graphs)."""
+        for name in [*(f"uf_{n}" for n in self.feature_names), "history_table"]:
+            if name in self._buffers:
+                del self._buffers[name]
+
 
 class RecommendGraph(_Base):
     """(user_idx [B], exclude [B, E]) -> (scores [B, K], items [B, K])."""
 
+    user_matrix: torch.Tensor  # [num_users, D + 1]: user vectors and a column of ones
+    scoring_matrix: torch.Tensor  # [D + 1, num_items]: item vectors (transposed) and the item biases
+
     def __init__(self, model: Recommender, tables: ServingTables, k: int) -> None:
         super().__init__(model, tables)
         self.k = k
+        if self.factorized:  # score = [u, 1] . [v, b]: one Gather and one MatMul, the bias folded in
+            users = self.known_user_matrix()
+            self.register_buffer("user_matrix", torch.cat([users, torch.ones(len(users), 1)], dim=1))
+            self.register_buffer("scoring_matrix", torch.cat([self.item_matrix, self.item_bias[:, None]], dim=1).T)
+            self.drop_user_tables()
+            del self._buffers["item_matrix"], self._buffers["item_bias"]
 
     def forward(self, user_idx: torch.Tensor, exclude: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self.factorized:
-            model = cast(FactorizedRecommender, self.model)
-            scores = self.factor_scores(model.user_vectors(user_idx, self.known_user_inputs(user_idx)))
+            scores = torch.index_select(self.user_matrix, 0, user_idx) @ self.scoring_matrix
         else:
             scores = self.model.score_all(user_idx, {})
         return masked_topk(scores, exclude, self.k)
@@ -144,7 +171,19 @@ class HistoryGraph(_Base):
 class ScoreGraph(_Base):
     """(user_idx [B], items [B, N]) -> scores [B, N]."""
 
+    user_matrix: torch.Tensor
+
+    def __init__(self, model: Recommender, tables: ServingTables) -> None:
+        super().__init__(model, tables)
+        if self.factorized:
+            self.register_buffer("user_matrix", self.known_user_matrix())
+            self.drop_user_tables()
+
     def forward(self, user_idx: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        if self.factorized:
+            u = torch.index_select(self.user_matrix, 0, user_idx)  # [B, D]
+            v = self.item_matrix[items]  # [B, N, D]
+            return (v @ u.unsqueeze(-1)).squeeze(-1) + self.item_bias[items]
         return self.model.score_candidates(user_idx, items, self.known_user_inputs(user_idx))
 
 

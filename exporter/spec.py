@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 BATCH = "batch"
+EXCLUDE_DOC = "item indices in [0, num_items) never to return; -1 pads"
 
 
 @dataclass(frozen=True)
@@ -58,7 +59,7 @@ def recommend_spec(k: int, extra_inputs: tuple[TensorSpec, ...] = ()) -> GraphSp
         "recommend",
         (
             TensorSpec("user_idx", "int64", (BATCH,), "user indices"),
-            TensorSpec("exclude", "int64", (BATCH, "num_exclude"), "item indices never to return; -1 pads"),
+            TensorSpec("exclude", "int64", (BATCH, "num_exclude"), EXCLUDE_DOC),
             *extra_inputs,
         ),
         _topk_outputs(k),
@@ -72,7 +73,7 @@ def history_spec(k: int, user_features: tuple[str, ...] = ()) -> GraphSpec:
         "recommend_from_history",
         (
             TensorSpec("history", "int64", (BATCH, "history_len"), "recent item indices, newest first; -1 pads"),
-            TensorSpec("exclude", "int64", (BATCH, "num_exclude"), "item indices never to return; -1 pads"),
+            TensorSpec("exclude", "int64", (BATCH, "num_exclude"), EXCLUDE_DOC),
             *(
                 TensorSpec(f"user_{f}", "int64", (BATCH,), f"encoded user feature {f}; 0 = unknown")
                 for f in user_features

@@ -23,11 +23,12 @@ class ServerConfig:
     port: int = 50051  # 0 picks a free port (tests)
     device: str = "auto"  # auto | cuda | cpu
     precision: str = "fp32"  # fp32 | fp16 | int8 (the exported variant to load)
-    intra_op_threads: int = 0  # 0 = onnxruntime's default (all cores)
+    intra_op_threads: int = 0  # 0 = auto: 1 on the CPU for catalogs under 100k items, else all cores
     ort_spinning: bool = False  # let onnxruntime's idle threads spin (burns the cores the event loop needs)
     max_batch_size: int = 64
     max_queue_delay_us: int = 0  # 0 = run as soon as the model is free (no added latency at low load)
     max_queue_size: int = 2048
+    inline_max_us: int = 500  # run batches expected to take at most this on the event loop (no thread hop)
     max_request_items: int = 1024  # users per RecommendBatch, candidates per Score
     max_message_bytes: int = 4 * 1024 * 1024
     workers: int = 1
@@ -55,6 +56,7 @@ class ServerConfig:
             (self.max_batch_size >= 1, "max_batch_size must be at least 1"),
             (self.max_queue_delay_us >= 0, "max_queue_delay_us must be 0 or more"),
             (self.max_queue_size >= 1, "max_queue_size must be at least 1"),
+            (self.inline_max_us >= 0, "inline_max_us must be 0 or more"),
             (self.max_request_items >= 1, "max_request_items must be at least 1"),
             (self.workers >= 1, "workers must be at least 1"),
             (self.version_policy in ("latest", "all", "specific"), "version_policy must be latest, all or specific"),

@@ -23,6 +23,7 @@ from onnxrec.exporter.repository import read_manifest, verify_files
 log = logging.getLogger("onnxrec.server")
 
 GRAPHS = ("recommend", "recommend_from_history", "score", "similar_items")
+SMALL_CATALOG = 100_000  # below this many items, intra_op_threads=0 means one onnxruntime thread on the CPU
 
 
 class ModelLoadError(OnnxrecError):
@@ -129,6 +130,8 @@ class LoadedModel:
         self.history_len: int = int(m["history_len"])
         providers = providers_for(device)
         opts = ort.SessionOptions()
+        if intra_op_threads == 0 and providers[0] == "CPUExecutionProvider" and self.num_items < SMALL_CATALOG:
+            intra_op_threads = 1  # a small catalog's run is shorter than waking a second thread
         if intra_op_threads:
             opts.intra_op_num_threads = intra_op_threads
         if not spinning:  # idle onnxruntime threads otherwise spin on the cores the gRPC event loop needs
@@ -155,7 +158,8 @@ class LoadedModel:
         users = pq.read_table(self.path / "users.parquet")
         self.item_ids = np.asarray(items["item_id"].to_pylist(), dtype=object)
         self.user_ids = np.asarray(users["user_id"].to_pylist(), dtype=object)
-        self.item_index = {str(v): i for i, v in enumerate(self.item_ids)}
+        self.item_id_text: list[str] = [str(v) for v in self.item_ids]  # what responses carry
+        self.item_index = {text: i for i, text in enumerate(self.item_id_text)}
         self.user_index = {str(v): i for i, v in enumerate(self.user_ids)}
         meta_cols = [c for c in items.column_names if c not in ("item_idx", "item_id", "popularity")]
         columns = {c: items[c].to_pylist() for c in meta_cols}
@@ -245,10 +249,15 @@ class LoadedModel:
 
 
 def _split(scores: np.ndarray, items: np.ndarray) -> list[TopK]:
+    """One TopK per row, without the -inf entries (excluded items, or fewer items than k)."""
+    complete = np.isfinite(scores).all(axis=1)
     out = []
-    for s, i in zip(scores, items, strict=True):
-        keep = np.isfinite(s)
-        out.append(TopK(items=i[keep], scores=s[keep]))
+    for j in range(len(scores)):
+        s, i = scores[j], items[j]
+        if not complete[j]:
+            keep = np.isfinite(s)
+            s, i = s[keep], i[keep]
+        out.append(TopK(items=i, scores=s))
     return out
 
 

@@ -110,6 +110,7 @@ class ModelRegistry:
             max_batch_size=config.max_batch_size,
             max_queue_delay_s=config.max_queue_delay_us / 1e6,
             max_queue_size=config.max_queue_size,
+            inline_max_s=config.inline_max_us / 1e6,
         )
 
     def get(self, name: str, version: int = 0) -> ServedModel:

@@ -77,12 +77,11 @@ class RecommenderServicer(pb_grpc.RecommenderServiceServicer):
             raise _invalid(f"k must be between 1 and {model.k_max} for model {model.name}, got {k}")
 
     def _items(self, model: LoadedModel, top: TopK, k: int, metadata: bool) -> list[pb.ScoredItem]:
-        return [
-            pb.ScoredItem(
-                item_id=str(model.item_ids[i]), score=float(s), metadata=model.metadata(int(i)) if metadata else None
-            )
-            for i, s in zip(top.items[:k].tolist(), top.scores[:k].tolist(), strict=True)
-        ]
+        ids = model.item_id_text
+        pairs = zip(top.items[:k].tolist(), top.scores[:k].tolist(), strict=True)
+        if metadata:
+            return [pb.ScoredItem(item_id=ids[i], score=s, metadata=model.metadata(i)) for i, s in pairs]
+        return [pb.ScoredItem(item_id=ids[i], score=s) for i, s in pairs]
 
     async def _abort(self, context: grpc.aio.ServicerContext, exc: Exception) -> None:
         if isinstance(exc, RequestError):
@@ -110,7 +109,10 @@ class RecommenderServicer(pb_grpc.RecommenderServiceServicer):
         history = _items_to_indices(model, request.history, "history")
         user = model.user_index.get(request.user_id)
         if user is not None:
-            exclude = np.concatenate([model.seen(user), excluded]) if exclude_seen else excluded
+            if exclude_seen:
+                exclude = np.concatenate([model.seen(user), excluded]) if len(excluded) else model.seen(user)
+            else:
+                exclude = excluded
             top = await served.recommend.submit((user, exclude), deadline=deadline)
             source = pb.SOURCE_MODEL
         elif len(history):

@@ -76,6 +76,8 @@ async def held_first(batcher: DynamicBatcher[Any, Any], rec: Recorder) -> asynci
 
 
 def test_config_validation() -> None:
+    with pytest.raises(ValueError, match="inline_max_s"):
+        BatcherConfig(inline_max_s=-1.0)
     with pytest.raises(ValueError):
         BatcherConfig(max_batch_size=0)
     with pytest.raises(ValueError):
@@ -108,9 +110,10 @@ def test_results_match_run_batch() -> None:
     delay=st.sampled_from([0.0, 0.0005, 0.002]),
     run_sleep=st.sampled_from([0.0, 0.001]),
     gaps=st.lists(st.booleans(), min_size=25, max_size=25),
+    inline=st.sampled_from([0.0, 0.0005, 1.0]),
 )
 def test_batched_result_equals_single_result(
-    items: list[tuple[int, int]], max_batch_size: int, delay: float, run_sleep: float, gaps: list[bool]
+    items: list[tuple[int, int]], max_batch_size: int, delay: float, run_sleep: float, gaps: list[bool], inline: float
 ) -> None:
     """Whatever the batching, every caller gets f(its item) and every batch respects the row limit."""
 
@@ -126,7 +129,7 @@ def test_batched_result_equals_single_result(
         return [f(x) for x, _ in batch]
 
     async def main() -> None:
-        config = BatcherConfig(max_batch_size=max_batch_size, max_queue_delay_s=delay)
+        config = BatcherConfig(max_batch_size=max_batch_size, max_queue_delay_s=delay, inline_max_s=inline)
         batcher: DynamicBatcher[tuple[int, int], int] = DynamicBatcher(run_batch, config)
         tasks = []
         for (x, w), gap in zip(items, gaps, strict=False):
@@ -176,6 +179,43 @@ def test_concurrent_load_forms_batches() -> None:
         assert len(rec.batches) < 40
         assert [n for n, _ in sizes] == [len(b) for b in rec.batches]
         assert all(q >= 0 for _, q in sizes)
+
+    run(main())
+
+
+def test_cheap_runs_go_inline_and_slow_runs_to_the_executor() -> None:
+    """With inline_max_s, after a first measured run a cheap batch runs on the loop's own thread (an idle
+    batcher lets the caller run it directly); a run measured slower than the bound goes back to the
+    executor, and requests arriving while it runs are batched."""
+
+    async def main() -> None:
+        loop_thread = threading.get_ident()
+        threads: list[int] = []
+        sleep = {"s": 0.0}
+
+        def run_batch(items: list[int]) -> list[int]:
+            threads.append(threading.get_ident())
+            time.sleep(sleep["s"])
+            return [x + 1 for x in items]
+
+        sizes: list[int] = []
+        batcher: DynamicBatcher[int, int] = DynamicBatcher(
+            run_batch, BatcherConfig(max_batch_size=16, inline_max_s=0.005), on_batch=lambda n, q: sizes.append(n)
+        )
+        assert await batcher.submit(0) == 1  # first run: no estimate yet, so the executor
+        assert threads[-1] != loop_thread
+        for i in range(5):
+            assert await batcher.submit(i) == i + 1
+        assert threads[1:] == [loop_thread] * 5
+        sleep["s"] = 0.05  # now slower than the bound: the estimate moves up and runs leave the loop again
+        for i in range(10):
+            assert await batcher.submit(i) == i + 1
+        assert threads[-1] != loop_thread
+        before = len(sizes)
+        results = await asyncio.gather(*(batcher.submit(i) for i in range(20)))
+        assert results == [i + 1 for i in range(20)]
+        assert max(sizes[before:]) > 1  # queued behind an executor run, they were batched
+        await batcher.close()
 
     run(main())
 
