@@ -52,7 +52,7 @@ def _inputs(version: Path, batch: int, rng: np.random.Generator) -> dict[str, np
     exclude = np.full((batch, width), -1, dtype=np.int64)
     for j, r in enumerate(rows):
         exclude[j, : len(r)] = r
-    return {"user_idx": users.astype(np.int64), "exclude": exclude}
+    return {"user_idx": users.astype(np.int64), "exclude": exclude, "k": np.array([10], dtype=np.int64)}
 
 
 def time_variants(version: Path, rounds: int, per_round: float) -> dict[str, dict[str, float]]:

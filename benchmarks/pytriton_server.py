@@ -93,7 +93,10 @@ def serve(args: argparse.Namespace) -> None:
         exclude = np.full((len(users), max([1, *(len(r) for r in rows)])), -1, dtype=np.int64)
         for j, r in enumerate(rows):
             exclude[j, : len(r)] = r
-        scores, items = session.run(["scores", "items"], {"user_idx": users, "exclude": exclude})
+        feed = {"user_idx": users, "exclude": exclude}
+        if "k" in {i.name for i in session.get_inputs()}:  # graphs exported with a runtime k
+            feed["k"] = np.array([k], dtype=np.int64)
+        scores, items = session.run(["scores", "items"], feed)
         return {"scores": scores[:, :k].astype(np.float32), "items": items[:, :k].astype(np.int64)}
 
     config = TritonConfig(

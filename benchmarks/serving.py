@@ -265,6 +265,8 @@ def inprocess_sweep(version: Path, batches: list[int], per_batch_s: float) -> di
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(version / "recommend.onnx"), providers=["CPUExecutionProvider"])
+    runtime_k = "k" in {i.name for i in session.get_inputs()}
+    k_feed = {"k": np.array([K], dtype=np.int64)} if runtime_k else {}
     with np.load(version / "seen.npz", allow_pickle=False) as seen:
         indptr, indices = seen["indptr"], seen["indices"].astype(np.int64)
     rng = np.random.default_rng(0)
@@ -277,7 +279,7 @@ def inprocess_sweep(version: Path, batches: list[int], per_batch_s: float) -> di
             exclude = np.full((b, max([1, *(len(r) for r in rows)])), -1, dtype=np.int64)
             for j, r in enumerate(rows):
                 exclude[j, : len(r)] = r
-            feeds.append({"user_idx": users.astype(np.int64), "exclude": exclude})
+            feeds.append({"user_idx": users.astype(np.int64), "exclude": exclude, **k_feed})
         for f in feeds[:2]:
             session.run(None, f)
         times: list[float] = []

@@ -253,7 +253,7 @@ def export(
             "ir_version": IR_VERSION,
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "export_seconds": round(time.perf_counter() - t0, 2),
-            "k_max": graphs[0].spec.outputs[0].shape[1],
+            "k_max": graphs[0].spec.k_max,
             "num_users": ds.num_users,
             "num_items": ds.num_items,
             "history_len": int(getattr(model.cfg, "history_len", 0)) or FOLD_IN_HISTORY,

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from onnxrec.errors import ExportError
-from onnxrec.exporter.spec import GraphSpec
+from onnxrec.exporter.spec import GraphSpec, K
 
 OPSET = 18
 IR_VERSION = 10  # readable by every onnxruntime >= 1.16
@@ -41,7 +41,7 @@ def export_module(module: nn.Module, spec: GraphSpec, example: tuple[torch.Tenso
     module.eval()
     dims: dict[str, torch.export.Dim] = {}
     dynamic: list[dict[int, torch.export.Dim]] = []
-    for tensor in spec.inputs:
+    for tensor in spec.module_inputs:
         axes = {}
         for axis, name in enumerate(tensor.shape):
             if isinstance(name, str):
@@ -60,7 +60,7 @@ def export_module(module: nn.Module, spec: GraphSpec, example: tuple[torch.Tenso
                 module,
                 example,
                 dynamo=True,
-                input_names=[t.name for t in spec.inputs],
+                input_names=[t.name for t in spec.module_inputs],
                 output_names=[t.name for t in spec.outputs],
                 dynamic_shapes=shapes,
                 opset_version=OPSET,
@@ -76,7 +76,42 @@ def export_module(module: nn.Module, spec: GraphSpec, example: tuple[torch.Tenso
         raise ExportError(f"{spec.name}: ONNX export failed: {_summary(exc)}") from exc
     model = onnx.load(str(path))
     model.ir_version = min(model.ir_version, IR_VERSION)
+    if spec.k_max:
+        add_k_input(model, spec)
     onnx.save(model, str(path))
+
+
+def add_k_input(model: onnx.ModelProto, spec: GraphSpec) -> None:
+    """Make the graph's top-k take its k at run time: a new int64 input ``k`` [1], clamped to
+    ``[1, spec.k_max]``, feeds the TopK node instead of the constant PyTorch traced, and the outputs'
+    k axis becomes symbolic. A caller asking for 10 of a k_max=100 graph then pays for a top-10 (the
+    sort is most of the graph's time at large batches)."""
+    graph = model.graph
+    topks = [n for n in graph.node if n.op_type == "TopK"]
+    if len(topks) != 1:
+        raise ExportError(f"{spec.name}: expected one TopK node in the exported graph, found {len(topks)}")
+    k_name, lo_name, hi_name, clamped = "k", "k_min_1", "k_max", "k_clamped"
+    graph.input.append(onnx.helper.make_tensor_value_info(k_name, onnx.TensorProto.INT64, [1]))
+    graph.initializer.extend(
+        [
+            onnx.helper.make_tensor(lo_name, onnx.TensorProto.INT64, [1], [1]),
+            onnx.helper.make_tensor(hi_name, onnx.TensorProto.INT64, [1], [spec.k_max]),
+        ]
+    )
+    index = list(graph.node).index(topks[0])
+    clamp = [
+        onnx.helper.make_node("Min", [k_name, hi_name], ["k_upper"], name="k_clamp_upper"),
+        onnx.helper.make_node("Max", ["k_upper", lo_name], [clamped], name="k_clamp_lower"),
+    ]
+    for offset, node in enumerate(clamp):
+        graph.node.insert(index + offset, node)
+    topks[0].input[1] = clamped
+    del graph.value_info[:]  # shapes recorded with the traced k; onnxruntime infers them again
+    for out in graph.output:
+        dims = out.type.tensor_type.shape.dim
+        if len(dims) == 2:
+            dims[1].Clear()
+            dims[1].dim_param = K
 
 
 def _summary(exc: Exception) -> str:

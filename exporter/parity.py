@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from onnxrec.errors import ParityError
-from onnxrec.exporter.spec import GraphSpec
+from onnxrec.exporter.spec import GraphSpec, K
 
 _NP_DTYPES = {"int64": np.int64, "float32": np.float32, "float16": np.float16}
 _ORT_TYPES = {"int64": "tensor(int64)", "float32": "tensor(float)", "float16": "tensor(float16)"}
@@ -77,6 +77,23 @@ def _topk_agree(
     return out
 
 
+def check_runtime_k(session: ort.InferenceSession, spec: GraphSpec, feed: dict[str, np.ndarray], atol: float) -> None:
+    """A smaller runtime ``k`` returns the first k of the k_max answer (ties at the cut-off aside), and
+    a ``k`` above k_max gives k_max columns."""
+    full_s, full_i = session.run(["scores", "items"], feed)
+    small = max(1, spec.k_max // 3)
+    part_s, part_i = session.run(["scores", "items"], {**feed, K: np.array([small], dtype=np.int64)})
+    if part_s.shape[1] != small:
+        raise ParityError(f"{spec.name}: k={small} returned {part_s.shape[1]} columns")
+    if not np.allclose(part_s, full_s[:, :small], atol=atol, equal_nan=True):
+        raise ParityError(f"{spec.name}: the top-{small} scores are not the first {small} of the top-{spec.k_max}")
+    if not _topk_agree(full_s.astype(np.float64), full_i, part_s.astype(np.float64), part_i, small, atol).all():
+        raise ParityError(f"{spec.name}: the top-{small} items are not the first {small} of the top-{spec.k_max}")
+    over_s, _ = session.run(["scores", "items"], {**feed, K: np.array([spec.k_max + 7], dtype=np.int64)})
+    if over_s.shape[1] != spec.k_max:
+        raise ParityError(f"{spec.name}: k above k_max returned {over_s.shape[1]} columns, not {spec.k_max}")
+
+
 def check_values(
     session: ort.InferenceSession,
     module: nn.Module,
@@ -94,11 +111,15 @@ def check_values(
     module.eval()
     for batch in batches:
         feed = {
-            t.name: np.ascontiguousarray(a, dtype=_NP_DTYPES[t.dtype]) for t, a in zip(spec.inputs, batch, strict=True)
+            t.name: np.ascontiguousarray(a, dtype=_NP_DTYPES[t.dtype])
+            for t, a in zip(spec.module_inputs, batch, strict=True)
         }
-        got = session.run([t.name for t in spec.outputs], feed)
         with torch.no_grad():
-            ref = module(*(torch.from_numpy(feed[t.name]) for t in spec.inputs))
+            ref = module(*(torch.from_numpy(feed[t.name]) for t in spec.module_inputs))
+        if spec.k_max:
+            feed[K] = np.array([spec.k_max], dtype=np.int64)
+            check_runtime_k(session, spec, feed, atol)
+        got = session.run([t.name for t in spec.outputs], feed)
         ref = [r.numpy() for r in (ref if isinstance(ref, tuple) else (ref,))]
         b = len(next(iter(feed.values())))
         sizes.add(b)

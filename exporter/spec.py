@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 BATCH = "batch"
+K = "k"  # the input, and the output axis, of a graph's runtime top-k
 EXCLUDE_DOC = "item indices in [0, num_items) never to return; -1 pads"
 
 
@@ -31,6 +32,13 @@ class GraphSpec:
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
     doc: str = ""
+    k_max: int = 0  # graphs ending in a top-k: the largest k (their input ``k`` is clamped to it); 0 = none
+
+    @property
+    def module_inputs(self) -> tuple[TensorSpec, ...]:
+        """The inputs of the PyTorch module the graph is exported from: all but the runtime ``k``, which
+        the exporter adds to the ONNX graph after export (PyTorch's top-k takes a fixed k)."""
+        return tuple(t for t in self.inputs if not (self.k_max and t.name == K))
 
     @property
     def file(self) -> str:
@@ -46,11 +54,15 @@ class GraphSpec:
         return {t.name: {i: d for i, d in enumerate(t.shape) if isinstance(d, str)} for t in self.inputs}
 
 
-def _topk_outputs(k: int) -> tuple[TensorSpec, ...]:
+def _topk_outputs() -> tuple[TensorSpec, ...]:
     return (
-        TensorSpec("scores", "float32", (BATCH, k), "scores of the top-k items, best first"),
-        TensorSpec("items", "int64", (BATCH, k), "item indices of the top-k items"),
+        TensorSpec("scores", "float32", (BATCH, K), "scores of the top-k items, best first"),
+        TensorSpec("items", "int64", (BATCH, K), "item indices of the top-k items"),
     )
+
+
+def _k_input(k_max: int) -> TensorSpec:
+    return TensorSpec(K, "int64", (1,), f"how many items to return; values above {k_max} (k_max) give {k_max}")
 
 
 def recommend_spec(k: int, extra_inputs: tuple[TensorSpec, ...] = ()) -> GraphSpec:
@@ -61,9 +73,11 @@ def recommend_spec(k: int, extra_inputs: tuple[TensorSpec, ...] = ()) -> GraphSp
             TensorSpec("user_idx", "int64", (BATCH,), "user indices"),
             TensorSpec("exclude", "int64", (BATCH, "num_exclude"), EXCLUDE_DOC),
             *extra_inputs,
+            _k_input(k),
         ),
-        _topk_outputs(k),
+        _topk_outputs(),
         "top-k items for known users",
+        k_max=k,
     )
 
 
@@ -78,9 +92,11 @@ def history_spec(k: int, user_features: tuple[str, ...] = ()) -> GraphSpec:
                 TensorSpec(f"user_{f}", "int64", (BATCH,), f"encoded user feature {f}; 0 = unknown")
                 for f in user_features
             ),
+            _k_input(k),
         ),
-        _topk_outputs(k),
+        _topk_outputs(),
         "top-k items from a history (fold-in) for users unknown to the model",
+        k_max=k,
     )
 
 
@@ -101,10 +117,11 @@ def similar_spec(k: int) -> GraphSpec:
     """Item indices -> the k most similar other items (cosine)."""
     return GraphSpec(
         "similar_items",
-        (TensorSpec("item_idx", "int64", (BATCH,), "item indices"),),
+        (TensorSpec("item_idx", "int64", (BATCH,), "item indices"), _k_input(k)),
         (
-            TensorSpec("scores", "float32", (BATCH, k), "cosine similarity, best first"),
-            TensorSpec("items", "int64", (BATCH, k), "item indices of the most similar items"),
+            TensorSpec("scores", "float32", (BATCH, K), "cosine similarity, best first"),
+            TensorSpec("items", "int64", (BATCH, K), "item indices of the most similar items"),
         ),
         "items most similar to each given item",
+        k_max=k,
     )

@@ -113,6 +113,7 @@ class LoadedModel:
         intra_op_threads: int = 0,
         precision: str = "fp32",
         spinning: bool = False,
+        io_binding: bool | None = None,
     ) -> None:
         self.path = Path(version_dir)
         self.manifest = read_manifest(self.path)
@@ -154,6 +155,12 @@ class LoadedModel:
                 raise ModelLoadError(f"{self.path / file}: CUDA was asked for but {session.get_providers()[0]} runs")
             self.sessions[graph] = session
         self.provider: str = self.sessions["recommend"].get_providers()[0]
+        # CUDA: inputs copied to the GPU and outputs allocated there by onnxruntime through an IO binding
+        # (the item tables are initializers, resident on the GPU); outputs are copied back once per run
+        self.io_binding = self.provider == "CUDAExecutionProvider" if io_binding is None else io_binding
+        self._output_device = "cuda" if self.provider == "CUDAExecutionProvider" else "cpu"
+        self._outputs = {g: [o.name for o in sess.get_outputs()] for g, sess in self.sessions.items()}
+        self._runtime_k = {g for g, sess in self.sessions.items() if "k" in {i.name for i in sess.get_inputs()}}
         items = pq.read_table(self.path / "items.parquet")
         users = pq.read_table(self.path / "users.parquet")
         self.item_ids = np.asarray(items["item_id"].to_pylist(), dtype=object)
@@ -206,21 +213,44 @@ class LoadedModel:
             out[j, : len(r)] = r
         return out
 
-    def recommend(self, users: np.ndarray, exclude: list[np.ndarray]) -> list[TopK]:
-        """Top-k_max for known users, each with its own exclusion list."""
-        scores, items = self.sessions["recommend"].run(
-            None, {"user_idx": users.astype(np.int64), "exclude": self._pad(exclude)}
-        )
+    def _run(self, graph: str, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+        """One run of ``graph``: plain ``run``, or through an IO binding (inputs copied to the session's
+        device by onnxruntime, outputs allocated there and copied back in one step)."""
+        session = self.sessions[graph]
+        if not self.io_binding:
+            return session.run(None, feed)
+        binding = session.io_binding()
+        for name, value in feed.items():
+            binding.bind_cpu_input(name, np.ascontiguousarray(value))
+        for name in self._outputs[graph]:
+            binding.bind_output(name, self._output_device)
+        session.run_with_iobinding(binding)
+        return binding.copy_outputs_to_cpu()
+
+    def _k(self, graph: str, k: int | None) -> dict[str, np.ndarray]:
+        """The ``k`` input of a top-k graph (graphs exported before runtime k have none: they give k_max)."""
+        if graph not in self._runtime_k:
+            return {}
+        return {"k": np.array([self.k_max if k is None else min(k, self.k_max)], dtype=np.int64)}
+
+    def recommend(self, users: np.ndarray, exclude: list[np.ndarray], k: int | None = None) -> list[TopK]:
+        """Top-k (default k_max) for known users, each with its own exclusion list."""
+        feed = {"user_idx": users.astype(np.int64), "exclude": self._pad(exclude), **self._k("recommend", k)}
+        scores, items = self._run("recommend", feed)
         return _split(scores, items)
 
     def recommend_from_history(
-        self, history: list[np.ndarray], exclude: list[np.ndarray], features: list[list[int]]
+        self, history: list[np.ndarray], exclude: list[np.ndarray], features: list[list[int]], k: int | None = None
     ) -> list[TopK]:
-        """Top-k_max for users the model does not know, from their recent items (newest first)."""
-        feed: dict[str, Any] = {"history": self._pad(history), "exclude": self._pad(exclude)}
+        """Top-k (default k_max) for users the model does not know, from their recent items (newest first)."""
+        feed: dict[str, Any] = {
+            "history": self._pad(history),
+            "exclude": self._pad(exclude),
+            **self._k("recommend_from_history", k),
+        }
         for j, name in enumerate(self.user_features):
             feed[f"user_{name}"] = np.array([f[j] for f in features], dtype=np.int64)
-        scores, items = self.sessions["recommend_from_history"].run(None, feed)
+        scores, items = self._run("recommend_from_history", feed)
         return _split(scores, items)
 
     def score(self, users: np.ndarray, candidates: list[np.ndarray]) -> list[np.ndarray]:
@@ -229,17 +259,26 @@ class LoadedModel:
         padded = np.zeros((len(candidates), width), dtype=np.int64)
         for j, c in enumerate(candidates):
             padded[j, : len(c)] = c
-        (scores,) = self.sessions["score"].run(None, {"user_idx": users.astype(np.int64), "items": padded})
+        (scores,) = self._run("score", {"user_idx": users.astype(np.int64), "items": padded})
         return [scores[j, : len(c)] for j, c in enumerate(candidates)]
 
-    def similar(self, items: np.ndarray) -> list[TopK]:
-        """The most similar items of each item."""
-        scores, out = self.sessions["similar_items"].run(None, {"item_idx": items.astype(np.int64)})
+    def similar(self, items: np.ndarray, k: int | None = None) -> list[TopK]:
+        """The k (default k_max) most similar items of each item."""
+        feed = {"item_idx": items.astype(np.int64), **self._k("similar_items", k)}
+        scores, out = self._run("similar_items", feed)
         return _split(scores, out)
 
-    def warm_up(self, batch_sizes: tuple[int, ...] = (1, 8)) -> None:
-        """Run every graph once per batch size so no first request pays for initialisation."""
-        for b in batch_sizes:
+    def warm_up(self, max_batch_size: int = 8) -> None:
+        """Run every graph at the batch sizes the batcher will form, so no first request pays for
+        initialisation: on CUDA every power of two up to ``max_batch_size`` (kernels are chosen per
+        shape), on the CPU 1, 8 and ``max_batch_size``."""
+        if self.provider == "CUDAExecutionProvider":
+            sizes = sorted(
+                {*(2**j for j in range(max_batch_size.bit_length()) if 2**j <= max_batch_size), max_batch_size}
+            )
+        else:
+            sizes = sorted({1, min(8, max_batch_size), max_batch_size})
+        for b in sizes:
             users = np.arange(b) % max(self.num_users, 1)
             rows = [np.array([], dtype=np.int64)] * b
             self.recommend(users, rows)

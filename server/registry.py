@@ -23,8 +23,9 @@ from onnxrec.server.loaded_model import LoadedModel, TopK
 
 log = logging.getLogger("onnxrec.server")
 
-RecItem = tuple[int, np.ndarray]  # user index, exclusions
-HistItem = tuple[np.ndarray, np.ndarray, list[int]]  # history (newest first), exclusions, features
+RecItem = tuple[int, np.ndarray, int]  # user index, exclusions, k
+HistItem = tuple[np.ndarray, np.ndarray, list[int], int]  # history (newest first), exclusions, features, k
+SimItem = tuple[int, int]  # item index, k
 ScoreItem = tuple[int, np.ndarray]  # user index, candidates
 RETIRE_AFTER_S = 5.0  # an unloaded version keeps serving requests that already hold it this long
 
@@ -51,23 +52,26 @@ class ServedModel:
         self.score: DynamicBatcher[ScoreItem, np.ndarray] = DynamicBatcher(
             self._run_score, config, name=f"{model.name}/score", on_batch=hook("score")
         )
-        self.similar: DynamicBatcher[int, TopK] = DynamicBatcher(
+        self.similar: DynamicBatcher[SimItem, TopK] = DynamicBatcher(
             self._run_similar, config, name=f"{model.name}/similar", on_batch=hook("similar_items")
         )
 
     def _run_recommend(self, items: list[RecItem]) -> list[TopK]:
-        return self.model.recommend(np.array([u for u, _ in items]), [e for _, e in items])
+        # a batch runs with its largest k; each caller keeps its own first k
+        return self.model.recommend(
+            np.array([u for u, _, _ in items]), [e for _, e, _ in items], max(k for *_, k in items)
+        )
 
     def _run_history(self, items: list[HistItem]) -> list[TopK]:
         return self.model.recommend_from_history(
-            [h for h, _, _ in items], [e for _, e, _ in items], [f for _, _, f in items]
+            [h for h, *_ in items], [e for _, e, *_ in items], [f for _, _, f, _ in items], max(k for *_, k in items)
         )
 
     def _run_score(self, items: list[ScoreItem]) -> list[np.ndarray]:
         return self.model.score(np.array([u for u, _ in items]), [c for _, c in items])
 
-    def _run_similar(self, items: list[int]) -> list[TopK]:
-        return self.model.similar(np.array(items))
+    def _run_similar(self, items: list[SimItem]) -> list[TopK]:
+        return self.model.similar(np.array([i for i, _ in items]), max(k for _, k in items))
 
     async def close(self) -> None:
         """Finish what is queued, then stop the batchers."""
@@ -154,13 +158,14 @@ class ModelRegistry:
             device=self.config.device,
             intra_op_threads=self.config.intra_op_threads,
             precision=self.config.precision,
+            spinning=self.config.ort_spinning,
         )
         if model.name != name or model.version != version:
             raise OnnxrecError(
                 f"{self.root / name / str(version)}: manifest names {model.name} version {model.version}"
             )
         if self.config.warmup:
-            model.warm_up((1, min(8, self.config.max_batch_size), self.config.max_batch_size))
+            model.warm_up(self.config.max_batch_size)
         return ServedModel(model, self._batcher_config, self._on_batch)
 
     async def refresh(self) -> bool:

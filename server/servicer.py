@@ -113,13 +113,13 @@ class RecommenderServicer(pb_grpc.RecommenderServiceServicer):
                 exclude = np.concatenate([model.seen(user), excluded]) if len(excluded) else model.seen(user)
             else:
                 exclude = excluded
-            top = await served.recommend.submit((user, exclude), deadline=deadline)
+            top = await served.recommend.submit((user, exclude, request.k), deadline=deadline)
             source = pb.SOURCE_MODEL
         elif len(history):
             recent = history[::-1][: model.history_len]  # newest first
             exclude = np.concatenate([history, excluded]) if exclude_seen else excluded
             features = model.encode_user_features(dict(request.user_features))
-            top = await served.history.submit((recent, exclude, features), deadline=deadline)
+            top = await served.history.submit((recent, exclude, features, request.k), deadline=deadline)
             source = pb.SOURCE_HISTORY
         else:
             drop = set(excluded.tolist())
@@ -203,7 +203,7 @@ class RecommenderServicer(pb_grpc.RecommenderServiceServicer):
                     grpc.StatusCode.NOT_FOUND,
                     f"unknown item id {request.item_id!r} (model {model.name} version {model.version})",
                 )
-            top = await served.similar.submit(item, deadline=_deadline(context))
+            top = await served.similar.submit((item, request.k), deadline=_deadline(context))
             return pb.SimilarItemsResponse(
                 items=self._items(model, top, request.k, request.include_metadata),
                 model_name=model.name,

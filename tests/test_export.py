@@ -18,9 +18,10 @@ from onnxrec.errors import ExportError, ParityError, TrainingError
 from onnxrec.exporter.export import ExportOptions, export, serving_tables
 from onnxrec.exporter.graphs import RecommendGraph, ScoreGraph
 from onnxrec.exporter.inspect import inspect_version
+from onnxrec.exporter.onnx_io import add_k_input
 from onnxrec.exporter.parity import check_values
 from onnxrec.exporter.repository import list_versions
-from onnxrec.exporter.spec import score_spec
+from onnxrec.exporter.spec import recommend_spec, score_spec
 from onnxrec.trainer.checkpoint import load_checkpoint, model_from_checkpoint
 from onnxrec.trainer.config import TrainConfig
 from onnxrec.trainer.data.dataset import Dataset, save_dataset
@@ -89,13 +90,46 @@ def test_every_model_exports_with_parity(model: str, repo: Path, runs: dict[str,
     for u in users:
         row = seen["indices"][seen["indptr"][u] : seen["indptr"][u + 1]]
         exclude[u, : len(row)] = row
-    _, onnx_items = _session(version / "recommend.onnx").run(None, {"user_idx": users, "exclude": exclude})
+    feed = {"user_idx": users, "exclude": exclude, "k": np.array([10])}
+    _, onnx_items = _session(version / "recommend.onnx").run(None, feed)
+    assert onnx_items.shape == (len(users), 10)  # the runtime k, not k_max
     ref = ModelScorer(torch_model, ds)(users, "serve")
     for u in users:
         ref[u, exclude[u][exclude[u] >= 0]] = -np.inf
     ref_top = np.argsort(-ref, axis=1, kind="stable")[:, :10]
     agree = np.mean([set(a) == set(b) for a, b in zip(ref_top.tolist(), onnx_items[:, :10].tolist(), strict=True)])
     assert agree >= 0.999
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_top_k_graphs_take_k_at_run_time(model: str, repo: Path) -> None:
+    """recommend and similar_items return min(k, k_max) columns, the first columns of the k_max answer."""
+    version = repo / model / "1"
+    rec = _session(version / "recommend.onnx")
+    users = np.arange(12, dtype=np.int64)
+    base = {"user_idx": users, "exclude": np.full((12, 1), -1, dtype=np.int64)}
+    full_s, full_i = rec.run(None, {**base, "k": np.array([20])})
+    for k in (1, 5, 19, 20, 21, 1000):
+        s, i = rec.run(None, {**base, "k": np.array([k])})
+        assert s.shape == i.shape == (12, min(k, 20))
+        np.testing.assert_allclose(s, full_s[:, : min(k, 20)], rtol=1e-6)
+        assert (i[:, 0] == full_i[:, 0]).all()
+    sim = _session(version / "similar_items.onnx")
+    s, i = sim.run(None, {"item_idx": np.arange(4, dtype=np.int64), "k": np.array([3])})
+    assert s.shape == (4, 3) and not (i == np.arange(4)[:, None]).any()
+
+
+def test_a_graph_without_top_k_gets_no_k_input(tmp_path: Path) -> None:
+    model = onnx.helper.make_model(
+        onnx.helper.make_graph(
+            [onnx.helper.make_node("Identity", ["x"], ["y"])],
+            "g",
+            [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])],
+            [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])],
+        )
+    )
+    with pytest.raises(ExportError, match="one TopK node"):
+        add_k_input(model, recommend_spec(10))
 
 
 def test_real_ml100k_model_exports(ml100k: Dataset, tmp_path: Path) -> None:
@@ -118,8 +152,10 @@ class _OnnxBackend:
         self.score_s = _session(version / "score.onnx")
 
     def recommend(self, users: np.ndarray, k: int, exclude: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        s, i = self.rec.run(None, {"user_idx": users.astype(np.int64), "exclude": exclude.astype(np.int64)})
-        return s[:, :k], i[:, :k]
+        feed = {"user_idx": users.astype(np.int64), "exclude": exclude.astype(np.int64), "k": np.array([k])}
+        s, i = self.rec.run(None, feed)
+        assert s.shape == (len(users), k)
+        return s, i
 
     def score(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
         return np.asarray(

@@ -85,6 +85,43 @@ def test_answers_equal_in_process_onnxruntime(
             assert not set(got) & {str(model.item_ids[i]) for i in model.seen(int(u))}
 
 
+def test_io_binding_and_runtime_k_give_the_same_answers(repository: Path, synthetic: Dataset) -> None:
+    """The IO-binding path (CUDA's) run on the CPU EP answers exactly like plain runs, for every graph,
+    and a smaller k returns the first k of the k_max answer."""
+    plain = LoadedModel(repository / "twotower" / "1", device="cpu")
+    bound = LoadedModel(repository / "twotower" / "1", device="cpu", io_binding=True)
+    assert bound.io_binding and not plain.io_binding
+    users = np.arange(0, synthetic.num_users, 3)
+    exclude = [plain.seen(int(u)) for u in users]
+    for a, b, small in zip(
+        plain.recommend(users, exclude),
+        bound.recommend(users, exclude),
+        plain.recommend(users, exclude, 5),
+        strict=True,
+    ):
+        np.testing.assert_array_equal(a.items, b.items)
+        np.testing.assert_array_equal(a.scores, b.scores)
+        assert len(small.items) == min(5, len(a.items))
+        np.testing.assert_array_equal(small.scores, a.scores[: len(small.items)])
+    history = [np.array([1, 2, 3])] * 4
+    feats = [[0] * len(plain.user_features)] * 4
+    for a, b in zip(
+        plain.recommend_from_history(history, [np.array([], dtype=np.int64)] * 4, feats, 7),
+        bound.recommend_from_history(history, [np.array([], dtype=np.int64)] * 4, feats, 7),
+        strict=True,
+    ):
+        assert len(a.items) == 7
+        np.testing.assert_array_equal(a.items, b.items)
+    for a, b in zip(
+        plain.score(users[:4], [np.arange(6)] * 4), bound.score(users[:4], [np.arange(6)] * 4), strict=True
+    ):
+        np.testing.assert_array_equal(a, b)
+    for a, b in zip(plain.similar(np.arange(5), 3), bound.similar(np.arange(5), 3), strict=True):
+        assert len(a.items) == 3
+        np.testing.assert_array_equal(a.items, b.items)
+    bound.warm_up(16)
+
+
 def test_batch_equals_single_and_recommend_batch(stub: pb_grpc.RecommenderServiceStub, synthetic: Dataset) -> None:
     users = [str(u) for u in synthetic.user_ids[:64]]
     singles = [[i.item_id for i in stub.Recommend(rec("twotower", u), timeout=10).items] for u in users]
