@@ -40,6 +40,12 @@ clients: proto
 	clients/java/build.sh
 	clients/go/build.sh
 
+# The client-only distribution onnxrec-client (grpcio + protobuf, no torch): wheel and sdist into dist/
+# (packaging/onnxrec-client). Install it or onnxrec, never both: onnxrec already contains the client.
+.PHONY: client-dist
+client-dist: setup
+	$(BIN)/python scripts/build_client_dist.py --out dist
+
 proto-check: setup
 	$(BIN)/python scripts/gen_proto.py --check
 

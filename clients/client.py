@@ -8,7 +8,6 @@ from types import TracebackType
 from typing import Any, TypeVar
 
 import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from onnxrec.clients import requests as rq
 from onnxrec.clients.channel import settings_for
@@ -61,7 +60,11 @@ class RecommenderClient:
             else grpc.insecure_channel(s.target, options=s.options)
         )
         self._stub = pb_grpc.RecommenderServiceStub(self._channel)
-        self._health = health_pb2_grpc.HealthStub(self._channel)
+        self._health = self._channel.unary_unary(
+            rq.HEALTH_CHECK,
+            request_serializer=rq.HealthCheckRequest.SerializeToString,
+            response_deserializer=rq.HealthCheckResponse.FromString,
+        )
 
     def _call(self, method: Callable[..., T], request: Any, timeout: float | None) -> T:
         try:
@@ -148,8 +151,8 @@ class RecommenderClient:
 
     def health(self, *, service: str = "", timeout: float | None = None) -> str:
         """The server's health status name (SERVING, NOT_SERVING, ...)."""
-        reply = self._call(self._health.Check, health_pb2.HealthCheckRequest(service=service), timeout)
-        return str(health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status))
+        reply = self._call(self._health, rq.health_request(service), timeout)
+        return rq.health_status(reply)
 
     def close(self) -> None:
         """Close the channel."""

@@ -1,13 +1,15 @@
-"""The one error type of the clients."""
+"""The one error type of the clients.
+
+It derives from :class:`Exception` directly, not from ``onnxrec.errors.OnnxrecError``: this module is
+also shipped by the client-only distribution ``onnxrec-client``, which has no ``onnxrec.errors``.
+"""
 
 from __future__ import annotations
 
 import grpc
 
-from onnxrec.errors import OnnxrecError
 
-
-class RecommenderError(OnnxrecError):
+class RecommenderError(Exception):
     """A call failed: ``code`` is the gRPC status code, ``details`` the server's message."""
 
     def __init__(self, code: grpc.StatusCode, details: str, target: str = "") -> None:

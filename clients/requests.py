@@ -1,14 +1,54 @@
-"""Request builders and response converters shared by the sync and the asyncio client."""
+"""Request builders and response converters shared by the sync and the asyncio client.
+
+The health check (``grpc.health.v1.Health/Check``) uses two messages built here from a descriptor in
+a private pool, so the clients need only grpcio and protobuf (not grpcio-health-checking).
+"""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
+from typing import Any
+
+from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 
 from onnxrec.clients.results import Item, ModelInfo, ModelMetadata, Recommendation, Scores
 from onnxrec.v1 import recommender_pb2 as pb
 
 _SOURCES = {pb.SOURCE_MODEL: "model", pb.SOURCE_HISTORY: "history", pb.SOURCE_POPULARITY: "popularity"}
+
+HEALTH_CHECK = "/grpc.health.v1.Health/Check"
+"""The full method name of the standard gRPC health check."""
+
+
+def _health_messages() -> tuple[Any, Any]:
+    """HealthCheckRequest and HealthCheckResponse of grpc/health/v1/health.proto (same wire format)."""
+    field = descriptor_pb2.FieldDescriptorProto
+    proto = descriptor_pb2.FileDescriptorProto(
+        name="grpc/health/v1/health.proto", package="grpc.health.v1", syntax="proto3"
+    )
+    request = proto.message_type.add(name="HealthCheckRequest")
+    request.field.add(name="service", number=1, type=field.TYPE_STRING, label=field.LABEL_OPTIONAL)
+    response = proto.message_type.add(name="HealthCheckResponse")
+    status = response.enum_type.add(name="ServingStatus")
+    for number, name in enumerate(("UNKNOWN", "SERVING", "NOT_SERVING", "SERVICE_UNKNOWN")):
+        status.value.add(name=name, number=number)
+    response.field.add(
+        name="status",
+        number=1,
+        type=field.TYPE_ENUM,
+        type_name=".grpc.health.v1.HealthCheckResponse.ServingStatus",
+        label=field.LABEL_OPTIONAL,
+    )
+    pool = descriptor_pool.DescriptorPool()  # private: no clash with grpcio-health-checking's registration
+    pool.Add(proto)
+    return (
+        message_factory.GetMessageClass(pool.FindMessageTypeByName("grpc.health.v1.HealthCheckRequest")),
+        message_factory.GetMessageClass(pool.FindMessageTypeByName("grpc.health.v1.HealthCheckResponse")),
+    )
+
+
+HealthCheckRequest, HealthCheckResponse = _health_messages()
 
 
 def model_ref(model: str, version: int = 0) -> pb.ModelRef:
@@ -96,6 +136,17 @@ def to_metadata(r: pb.GetModelMetadataResponse) -> ModelMetadata:
         dict(r.metrics),
         r.execution_provider,
     )
+
+
+def health_request(service: str = "") -> Any:
+    """A HealthCheckRequest (``service`` empty: the whole server)."""
+    return HealthCheckRequest(service=service)
+
+
+def health_status(reply: Any) -> str:
+    """The status name of a HealthCheckResponse (SERVING, NOT_SERVING, ...)."""
+    value = HealthCheckResponse.DESCRIPTOR.enum_types_by_name["ServingStatus"].values_by_number.get(reply.status)
+    return str(value.name) if value is not None else f"UNKNOWN_STATUS_{reply.status}"
 
 
 def channel_target(servers: str | Sequence[str]) -> tuple[str, bool]:

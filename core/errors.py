@@ -2,7 +2,9 @@
 
 Every error a user can cause derives from :class:`OnnxrecError`. Its message is one line that names
 the problem; the CLI prints it as ``error: <message>`` and exits with status 2, without a traceback
-(``--debug`` shows one).
+(``--debug`` shows one). The one exception is the gRPC client's
+:class:`onnxrec.clients.RecommenderError` (a failed call, carrying its status code): it derives from
+:class:`Exception` because the client-only distribution ``onnxrec-client`` ships without this module.
 """
 
 from __future__ import annotations
