@@ -207,6 +207,8 @@ class LoadedModel:
     # -- batched graph runs (blocking; called from the batcher's thread) ----------------------------
     @staticmethod
     def _pad(rows: list[np.ndarray]) -> np.ndarray:
+        if len(rows) == 1 and len(rows[0]):  # a lone request (the common case at low load): no copy
+            return np.asarray(rows[0], dtype=np.int64).reshape(1, -1)
         width = max([1, *(len(r) for r in rows)])
         out = np.full((len(rows), width), -1, dtype=np.int64)
         for j, r in enumerate(rows):

@@ -39,7 +39,13 @@ def _deadline(context: grpc.aio.ServicerContext) -> float | None:
     return None if remaining is None else time.monotonic() + remaining
 
 
+_NO_ITEMS = np.empty(0, dtype=np.int64)
+_NO_ITEMS.flags.writeable = False
+
+
 def _items_to_indices(model: LoadedModel, ids: Any, what: str) -> np.ndarray:
+    if not ids:
+        return _NO_ITEMS
     out = np.empty(len(ids), dtype=np.int64)
     unknown = []
     for j, raw in enumerate(ids):
