@@ -178,7 +178,7 @@ class DynamicBatcher(Generic[T, R]):
         """Whether :meth:`close` has been called (new submits are refused)."""
         return self._closed
 
-    async def submit(self, item: T, *, deadline: float | None = None, weight: int = 1) -> R:
+    async def submit(self, item: T, *, deadline: float | None = None, weight: int = 1, direct: bool = True) -> R:
         """Queue ``item`` for the next batch and return its result.
 
         Args:
@@ -187,6 +187,9 @@ class DynamicBatcher(Generic[T, R]):
                 (or already at submit), the item is not run and this raises :class:`DeadlineExpiredError`.
             weight: rows this item occupies in a batch (>= 1); a batch holds items whose weights sum to at
                 most ``max_batch_size``, except that a single item heavier than that runs alone.
+            direct: whether an idle batcher may let this caller run its item at once on the event loop
+                (see ``inline_max_s``); pass False when more submits are coming in the same loop pass (one
+                caller's many items), so they queue and run as one batch.
 
         Raises:
             BatcherClosedError: the batcher is closed (or was closed without draining while this waited).
@@ -205,7 +208,13 @@ class DynamicBatcher(Generic[T, R]):
         now = time.monotonic()
         if deadline is not None and deadline <= now:
             raise DeadlineExpiredError(f"batcher {self._name!r}: deadline passed before the request was queued")
-        if not self._queue and not self._inflight and self._config.max_queue_delay_s == 0 and self._inline_ok(weight):
+        if (
+            direct
+            and not self._queue
+            and not self._inflight
+            and self._config.max_queue_delay_s == 0
+            and self._inline_ok(weight)
+        ):
             return self._run_direct(item, weight)
         wakeup = self._ensure_started()
         future: asyncio.Future[R] = asyncio.get_running_loop().create_future()

@@ -104,7 +104,9 @@ class RecommenderServicer(pb_grpc.RecommenderServiceServicer):
         await context.abort(grpc.StatusCode.INTERNAL, f"internal error ({type(exc).__name__}); see the server log")
 
     # -- recommend ------------------------------------------------------------------------------------
-    async def _recommend_one(self, request: pb.RecommendRequest, deadline: float | None) -> pb.RecommendResponse:
+    async def _recommend_one(
+        self, request: pb.RecommendRequest, deadline: float | None, direct: bool = True
+    ) -> pb.RecommendResponse:
         served = self._model(request.model)
         model = served.model
         if not request.user_id:
@@ -119,13 +121,13 @@ class RecommenderServicer(pb_grpc.RecommenderServiceServicer):
                 exclude = np.concatenate([model.seen(user), excluded]) if len(excluded) else model.seen(user)
             else:
                 exclude = excluded
-            top = await served.recommend.submit((user, exclude, request.k), deadline=deadline)
+            top = await served.recommend.submit((user, exclude, request.k), deadline=deadline, direct=direct)
             source = pb.SOURCE_MODEL
         elif len(history):
             recent = history[::-1][: model.history_len]  # newest first
             exclude = np.concatenate([history, excluded]) if exclude_seen else excluded
             features = model.encode_user_features(dict(request.user_features))
-            top = await served.history.submit((recent, exclude, features, request.k), deadline=deadline)
+            top = await served.history.submit((recent, exclude, features, request.k), deadline=deadline, direct=direct)
             source = pb.SOURCE_HISTORY
         else:
             drop = set(excluded.tolist())
@@ -154,7 +156,8 @@ class RecommenderServicer(pb_grpc.RecommenderServiceServicer):
             if n == 0 or n > self.config.max_request_items:
                 raise _invalid(f"requests must hold 1 to {self.config.max_request_items} entries, got {n}")
             deadline = _deadline(context)
-            tasks = [self._recommend_one(r, deadline) for r in request.requests]
+            # direct=False: the entries queue together and run as batches, not one by one
+            tasks = [self._recommend_one(r, deadline, direct=False) for r in request.requests]
             results = await asyncio.gather(*tasks, return_exceptions=True)
             for j, res in enumerate(results):
                 if isinstance(res, RequestError):

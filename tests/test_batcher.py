@@ -220,6 +220,23 @@ def test_cheap_runs_go_inline_and_slow_runs_to_the_executor() -> None:
     run(main())
 
 
+def test_submits_that_opt_out_of_the_direct_path_batch_together() -> None:
+    """One caller's many items (RecommendBatch) submitted with direct=False run as one batch even when
+    the batcher is idle and inlining is on; with direct=True each would run alone."""
+
+    async def main() -> None:
+        rec = Recorder()
+        batcher: DynamicBatcher[int, int] = DynamicBatcher(rec, BatcherConfig(max_batch_size=64, inline_max_s=1.0))
+        assert await batcher.submit(0) == 0  # calibrates the run-time estimate
+        assert await asyncio.gather(*(batcher.submit(i, direct=False) for i in range(20))) == [2 * i for i in range(20)]
+        assert [len(b) for b in rec.batches[1:]] == [20]
+        assert await asyncio.gather(*(batcher.submit(i) for i in range(3))) == [0, 2, 4]
+        assert [len(b) for b in rec.batches[2:]] == [1, 1, 1]
+        await batcher.close()
+
+    run(main())
+
+
 def test_queue_delay_collects_a_fuller_batch() -> None:
     async def main() -> None:
         rec = Recorder()
