@@ -16,7 +16,7 @@ import re
 import time
 import urllib.request
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -162,6 +162,7 @@ class BenchResult:
     errors: dict[str, int] = field(default_factory=dict)
     server_mean_batch: float | None = None
     server_mean_queue_ms: float | None = None
+    processes: int = 1  # load processes that ran (closed loop: never more than the concurrency)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready."""
@@ -174,6 +175,9 @@ def run_bench(cfg: BenchConfig, metrics_url: str | None = None) -> BenchResult:
         raise ConfigError("processes must be >= 1, duration > 0 and warm-up >= 0")
     if not cfg.rate and (cfg.concurrency or 0) < 1:
         raise ConfigError("give --concurrency >= 1 or --rate > 0")
+    if not cfg.rate and cfg.processes > (cfg.concurrency or 1):
+        # each process keeps at least one request in flight: more processes than requests would raise the load
+        cfg = replace(cfg, processes=cfg.concurrency or 1)
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
     t0 = time.monotonic() + 1.0  # time for the processes to start
@@ -209,6 +213,7 @@ def run_bench(cfg: BenchConfig, metrics_url: str | None = None) -> BenchResult:
         p999_ms=pct(99.9),
         requests=sum(codes.values()),
         errors={c: n for c, n in codes.items() if c != "OK"},
+        processes=cfg.processes,
     )
     if before and after:
         batches = after["onnxrec_batch_size_count"] - before["onnxrec_batch_size_count"]

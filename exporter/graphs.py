@@ -149,7 +149,7 @@ class HistoryGraph(_Base):
     def forward(
         self, history: torch.Tensor, exclude: torch.Tensor, *features: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        mask = (history >= 0).unsqueeze(-1).float()
+        mask = (history >= 0).unsqueeze(-1)
         safe = history.clamp_min(0)
         if self.two_tower:
             model = cast(TwoTower, self.model)
@@ -163,7 +163,8 @@ class HistoryGraph(_Base):
             rows = []
             for j in range(self.num_centroids):
                 c = getattr(self, f"centroid_{j}")[safe]  # [B, H, d]
-                rows.append((c * mask).sum(1) / mask.sum(1).clamp_min(1.0))
+                m = mask.to(c.dtype)  # the tables' dtype: float32, or float16 in the fp16 variant
+                rows.append((c * m).sum(1) / m.sum(1).clamp_min(1.0))
             scores = self.model.score_with_user(rows, None)
         return masked_topk(scores, exclude, self.k)
 

@@ -33,10 +33,11 @@ def test_closed_and_open_loop_tiny_runs(live_server: ServerProcess, served_repo:
         "--warmup",
         "0.5",
     ]
-    p = _bench(*common, "--concurrency", "1,4", "--json", "--plot", str(tmp_path / "sweep.png"))
+    p = _bench(*common, "--concurrency", "1,4", "--processes", "2", "--json", "--plot", str(tmp_path / "sweep.png"))
     assert p.returncode == 0, p.stderr
     results = json.loads(p.stdout)
     assert [r["offered"] for r in results] == [1.0, 4.0]
+    assert [r["processes"] for r in results] == [1, 2]  # concurrency 1 stays 1 request in flight
     for r in results:
         assert r["mode"] == "closed" and r["qps"] > 0 and r["errors"] == {}
         assert 0 < r["p50_ms"] <= r["p90_ms"] <= r["p99_ms"] <= r["p999_ms"]

@@ -132,6 +132,19 @@ def test_a_graph_without_top_k_gets_no_k_input(tmp_path: Path) -> None:
         add_k_input(model, recommend_spec(10))
 
 
+@pytest.mark.parametrize("model", ["mf", "neumf"])
+def test_fp16_variant_of_every_model_family(model: str, runs: dict[str, Path], tmp_path: Path) -> None:
+    """fp16 variants load in onnxruntime for factorized and MLP models alike (their fold-in graph mixes
+    its history mask with the half-precision tables) and answer close to fp32."""
+    out = export(runs[model], tmp_path, model, options=ExportOptions(k_max=10, max_batch=16, precisions=("fp16",)))
+    history = np.array([[1, 2, 3, -1, -1]], dtype=np.int64)
+    feed = {"history": history, "exclude": np.full((1, 1), -1, dtype=np.int64), "k": np.array([10])}
+    s32, _ = _session(out / "recommend_from_history.onnx").run(None, feed)
+    s16, _ = _session(out / "recommend_from_history.fp16.onnx").run(None, feed)
+    assert s16.dtype == np.float32
+    np.testing.assert_allclose(s16, s32, rtol=2e-2, atol=2e-2)
+
+
 def test_real_ml100k_model_exports(ml100k: Dataset, tmp_path: Path) -> None:
     data = save_dataset(ml100k, tmp_path / "ml100k")
     run = train(TrainConfig(data=str(data), out=str(tmp_path / "run"), epochs=1, progress=False))
