@@ -20,6 +20,8 @@ against catalog size, log x) and prints a markdown table. ``--quick`` writes ``c
     python benchmarks/catalog_scaling.py                        # 10k, 100k, 1M: about 7-8 minutes on 2 cores
     python benchmarks/catalog_scaling.py --quick                # 10k and 100k, short points: about 1.5 minutes
     python benchmarks/catalog_scaling.py --sizes 10000,50000
+    python benchmarks/catalog_scaling.py --sizes 100000 --unbatched --out benchmarks/results/catalog_batching_100k.json
+                                                                # batched vs --max-batch-size 1 at c1/16/64
 
 The 1M catalog dominates: building its run directory takes 30-50 s and exporting it 3.5-5.5 minutes (four
 graphs of 250-500 MB each, with the exporter's parity checks), with a peak of about 11 GB of memory, on a
@@ -162,9 +164,16 @@ def served_point(
 
 
 def served(
-    repo: Path, version: Path, model: str, log: Path, concurrency: list[int], duration: float, warmup: float
+    repo: Path,
+    version: Path,
+    model: str,
+    log: Path,
+    concurrency: list[int],
+    duration: float,
+    warmup: float,
+    extra: tuple[str, ...] = (),
 ) -> dict[str, Any]:
-    """Start ``onnxrec serve --device cpu`` on ``repo`` and measure each concurrency."""
+    """Start ``onnxrec serve --device cpu [extra]`` on ``repo`` and measure each concurrency."""
     import grpc
 
     from onnxrec.clients.bench import load_user_ids
@@ -183,7 +192,7 @@ def served(
 
     metrics_port = free_port()
     cmd = [sys.executable, "-m", "onnxrec", "serve", "--repository", str(repo), "--device", "cpu"]
-    cmd += ["--port", "0", "--metrics-port", str(metrics_port)]
+    cmd += ["--port", "0", "--metrics-port", str(metrics_port), *extra]
     t0 = time.perf_counter()
     out: dict[str, Any] = {"points": {}}
     with start_server(
@@ -203,13 +212,18 @@ def main() -> None:
     ap.add_argument("--out", type=Path, help="JSON path (the PNG goes beside it)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--skip-served", action="store_true", help="in-process figures only")
+    ap.add_argument(
+        "--unbatched",
+        action="store_true",
+        help="also serve each catalog with --max-batch-size 1 and compare, at concurrency 1, 16 and 64",
+    )
     args = ap.parse_args()
     default_sizes = QUICK_SIZES if args.quick else DEFAULT_SIZES
     sizes = [int(s) for s in args.sizes.split(",")] if args.sizes else list(default_sizes)
     out = args.out or RESULTS / ("catalog_scaling_quick.json" if args.quick else "catalog_scaling.json")
     seconds, min_calls = (1.0, 20) if args.quick else (4.0, 100)
     duration, warmup = (2.0, 1.0) if args.quick else (8.0, 2.0)
-    concurrency = [1, 64]
+    concurrency = [1, 16, 64] if args.unbatched else [1, 64]
     t_begin = time.perf_counter()
 
     def log(msg: str) -> None:
@@ -257,12 +271,31 @@ def main() -> None:
                 row["served"] = served(
                     tmp / "repo", version, model_name(size), tmp / f"serve{size}.log", concurrency, duration, warmup
                 )
-                for name, p in row["served"]["points"].items():
-                    log(
-                        f"{size:,} items served {name}: {p['qps']:,.0f} QPS p50 {p['p50_ms']:.2f} p99 "
-                        f"{p['p99_ms']:.2f} ms, server {p['server_cores']:.2f} cores, batch {p['server_mean_batch']}, "
-                        f"errors {p['errors']}"
+                if args.unbatched:
+                    row["served_unbatched"] = served(
+                        tmp / "repo",
+                        version,
+                        model_name(size),
+                        tmp / f"serve{size}-unbatched.log",
+                        concurrency,
+                        duration,
+                        warmup,
+                        ("--max-batch-size", "1"),
                     )
+                    row["batched_over_unbatched"] = {
+                        name: {
+                            "qps": p["qps"] / row["served_unbatched"]["points"][name]["qps"],
+                            "p99": p["p99_ms"] / row["served_unbatched"]["points"][name]["p99_ms"],
+                        }
+                        for name, p in row["served"]["points"].items()
+                    }
+                for key in ("served", "served_unbatched"):
+                    for name, p in row.get(key, {}).get("points", {}).items():
+                        log(
+                            f"{size:,} items {key} {name}: {p['qps']:,.0f} QPS p50 {p['p50_ms']:.2f} p99 "
+                            f"{p['p99_ms']:.2f} ms, server {p['server_cores']:.2f} cores, "
+                            f"batch {p['server_mean_batch']}, errors {p['errors']}"
+                        )
             report["sizes"][str(size)] = row
             for path in (version.parent, tmp / f"run{size}"):  # free the disk before the next size
                 _rmtree(path)
@@ -273,7 +306,27 @@ def main() -> None:
     png = out.with_suffix(".png")
     plot(report, png)
     print(format_table(report))
+    if args.unbatched:
+        print(format_batching(report))
     log(f"wrote {out} and {png}")
+
+
+def format_batching(report: dict[str, Any]) -> str:
+    """Markdown: batched against --max-batch-size 1, per catalog size and concurrency."""
+    lines = [
+        "| items | concurrency | batched QPS | p99 ms | mean batch | unbatched QPS | p99 ms | QPS ratio | p99 ratio |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for size, r in report["sizes"].items():
+        for name, p in r["served"]["points"].items():
+            u = r["served_unbatched"]["points"][name]
+            ratio = r["batched_over_unbatched"][name]
+            lines.append(
+                f"| {int(size):,} | {name[1:]} | {p['qps']:,.0f} | {p['p99_ms']:.1f} "
+                f"| {_fmt(p['server_mean_batch'], '.1f')} "
+                f"| {u['qps']:,.0f} | {u['p99_ms']:.1f} | {ratio['qps']:.2f} | {ratio['p99']:.2f} |"
+            )
+    return "\n".join(lines)
 
 
 def _rmtree(path: Path) -> None:

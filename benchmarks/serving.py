@@ -2,7 +2,10 @@
 
 Trains the default two-tower for 3 epochs on MovieLens-100K, exports it to a temporary repository and
 measures, closed loop at concurrency 1, 16 and 64 with ``onnxrec.clients.bench.run_bench``
-(``processes=2``, 2 s warm-up, 8 s measured per point):
+(``processes=2``, never more than the concurrency; 1.5 s warm-up, 5 s measured per point). The echo
+floor, the batched and the unbatched server are up at once and measured in turn at each concurrency,
+``--rounds`` times (default 3), each figure being the median over the rounds, so the machine's drift
+hits all three alike:
 
 1. ``echo``: ``benchmarks/echo_server.py``, an empty grpc.aio server with the same Recommend method and
    messages answering a canned 10-item response (the floor: gRPC + client cost only);
@@ -38,7 +41,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
+from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -384,6 +387,26 @@ def triton_ready(address: str) -> bool:
 # --------------------------------------------------------------------------- the run
 
 
+def median_point(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    """One point from repeated rounds: every number is the median over the rounds (errors summed); the
+    rounds themselves are kept under ``rounds``."""
+    out: dict[str, Any] = {}
+    for key, value in rounds[0].items():
+        values = [r.get(key) for r in rounds]
+        if isinstance(value, int | float) and not isinstance(value, bool) and all(v is not None for v in values):
+            out[key] = float(np.median(values))
+        elif key == "errors":
+            merged: dict[str, int] = {}
+            for r in rounds:
+                for code, n in r["errors"].items():
+                    merged[code] = merged.get(code, 0) + n
+            out[key] = merged
+        else:
+            out[key] = value
+    out["rounds"] = rounds
+    return out
+
+
 def summarize(points: list[dict[str, Any]], key: str = "qps") -> dict[str, Any]:
     """Max ``key`` over the points with p99 <= 10 ms."""
     ok = [p[key] for p in points if p["p99_ms"] <= P99_SLO_MS and not p.get("errors")]
@@ -412,10 +435,13 @@ def main() -> None:
     ap.add_argument("--processes", type=int, default=2, help="load-generating processes")
     ap.add_argument("--pytriton-python", help="interpreter with nvidia-pytriton (default: this one, then a venv)")
     ap.add_argument("--skip", default="", help="comma-separated systems to skip (e.g. pytriton,workers2)")
+    ap.add_argument("--rounds", type=int, default=3, help="rounds of the echo/batched/unbatched rotation")
     args = ap.parse_args()
     skip = {s.strip() for s in args.skip.split(",") if s.strip()}
     conc = [1, 16] if args.quick else [1, 16, 64]
-    duration, warmup = (2.0, 1.0) if args.quick else (8.0, 2.0)
+    duration, warmup = (2.0, 1.0) if args.quick else (5.0, 1.5)
+    if args.quick:
+        args.rounds = 1
     epochs = 1 if args.quick else 3
     batches = [1, 16, 64, 256, 1024] if args.quick else [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024]
     t_begin = time.perf_counter()
@@ -479,43 +505,68 @@ def main() -> None:
         def onnxrec_ready(address: str) -> bool:
             return recommend_once(address, users[0]) is not None
 
-        # 3 + 6: onnxrec serve with its defaults (dynamic batching); RecommendBatch of 64 users.
-        metrics_port = free_port()
-        with start_server(
-            "onnxrec",
-            [*serve, "--port", "0", "--metrics-port", str(metrics_port)],
-            tmp / "onnxrec.log",
-            onnxrec_ready,
-            metrics_url=f"http://127.0.0.1:{metrics_port}/metrics",
-        ) as srv:
+        # 1, 3, 4 and 6: the echo floor, onnxrec serve with its defaults (dynamic batching) and with
+        # batching off run side by side, all three up at once and measured in turn at each concurrency,
+        # ``--rounds`` times, so that the machine's drift hits all three alike; each figure is the median
+        # over the rounds. Then RecommendBatch of 64 users against the default server.
+        with ExitStack() as stack:
+            metrics_port = free_port()
+            srv = stack.enter_context(
+                start_server(
+                    "onnxrec",
+                    [*serve, "--port", "0", "--metrics-port", str(metrics_port)],
+                    tmp / "onnxrec.log",
+                    onnxrec_ready,
+                    metrics_url=f"http://127.0.0.1:{metrics_port}/metrics",
+                )
+            )
             real = recommend_once(srv.address, users[0])
             assert real is not None
             (tmp / "response.bin").write_bytes(real.SerializeToString())
             report["response_bytes"] = real.ByteSize()
-            sweep("onnxrec", srv)
+            echo = [
+                sys.executable,
+                str(REPO / "benchmarks" / "echo_server.py"),
+                "--response",
+                str(tmp / "response.bin"),
+            ]
+            trio = [("echo", stack.enter_context(start_server("echo", echo, tmp / "echo.log", onnxrec_ready)))]
+            trio.append(("onnxrec", srv))
+            if "unbatched" not in skip:
+                metrics_port = free_port()
+                unbatched = [*serve, "--port", "0", "--max-batch-size", "1", "--metrics-port", str(metrics_port)]
+                trio.append(
+                    (
+                        "onnxrec-unbatched",
+                        stack.enter_context(
+                            start_server(
+                                "onnxrec-unbatched",
+                                unbatched,
+                                tmp / "unbatched.log",
+                                onnxrec_ready,
+                                metrics_url=f"http://127.0.0.1:{metrics_port}/metrics",
+                            )
+                        ),
+                    )
+                )
+            points: dict[str, list[dict[str, Any]]] = {name: [] for name, _ in trio}
+            for c in conc:
+                rounds: dict[str, list[dict[str, Any]]] = {name: [] for name, _ in trio}
+                for _ in range(args.rounds):
+                    for name, server in trio:
+                        rounds[name].append(measure(server, users, c, duration, warmup, args.processes, 0))
+                for name, _ in trio:
+                    p = median_point(rounds[name])
+                    log(
+                        f"{name} c{c}: {p['qps']:,.0f} calls/s p50 {p['p50_ms']:.2f} p99 {p['p99_ms']:.2f} ms "
+                        f"(medians of {args.rounds}), server {p['server_cores']:.2f} cores, client "
+                        f"{p['client_cores']:.2f} cores, batch {p['server_mean_batch']}, errors {p['errors']}"
+                    )
+                    points[name].append(p)
+            for name, pts in points.items():
+                systems[name] = {"points": pts, **summarize(pts), **summarize(pts, "users_per_s")}
             if "batch64" not in skip:
                 sweep("onnxrec-batch64", srv, batch_users=64)
-
-        # 1: the floor, answering the real server's serialized response.
-        with start_server(
-            "echo",
-            [sys.executable, str(REPO / "benchmarks" / "echo_server.py"), "--response", str(tmp / "response.bin")],
-            tmp / "echo.log",
-            onnxrec_ready,
-        ) as srv:
-            sweep("echo", srv)
-
-        # 4: batching off.
-        if "unbatched" not in skip:
-            metrics_port = free_port()
-            with start_server(
-                "onnxrec-unbatched",
-                [*serve, "--port", "0", "--max-batch-size", "1", "--metrics-port", str(metrics_port)],
-                tmp / "unbatched.log",
-                onnxrec_ready,
-                metrics_url=f"http://127.0.0.1:{metrics_port}/metrics",
-            ) as srv:
-                sweep("onnxrec-unbatched", srv)
 
         # 5: two worker processes on a fixed port.
         if "workers2" not in skip:

@@ -19,11 +19,11 @@ Scheduling (one background task per batcher, started lazily on the first :meth:`
    and form the next batch.
 
 Small models cost less to run than the hop to an executor thread and back (a thread wake-up and a
-callback into the loop, about 0.2 ms of CPU on a small machine). With ``inline_max_s > 0`` a batch whose
-expected run time (recent runs' seconds per row times its rows) is at most that runs on the event loop
-itself, and a greedy batcher that is idle (nothing queued or running) lets the caller run its request
-directly, without the queue, a future or a task switch. Slower runs still go to the executor, and while
-one runs the requests arriving meanwhile queue up and batch as above.
+callback into the loop, about 0.2 ms of CPU on a small machine). With ``inline_max_s > 0`` a batch
+whose expected run time (the median of recent runs' seconds per row, times its rows) is at most that
+runs on the event loop itself, and a greedy batcher that is idle (nothing queued or running) lets the
+caller run its request directly, without the queue, a future or a task switch. Slower runs still go to
+the executor, and while one runs the requests arriving meanwhile queue up and batch as above.
 """
 
 from __future__ import annotations
@@ -74,9 +74,10 @@ class BatcherConfig:
         max_queue_size: requests allowed to wait (not counting the batch being run); beyond it
             :meth:`DynamicBatcher.submit` raises :class:`QueueFullError` at once.
         inline_max_s: run a batch on the event loop itself, skipping the executor hop, when its expected
-            run time (recent runs' seconds per row times its rows) is at most this. The hop (a thread
-            wake-up and a callback back into the loop) costs more CPU than a small model run; a long run
-            still goes to the executor so the loop keeps reading requests. 0 (the default) never inlines.
+            run time (the median of recent runs' seconds per row, times its rows) is at most this. The hop
+            (a thread wake-up and a callback back into the loop) costs more CPU than a small model run; a
+            long run still goes to the executor so the loop keeps reading requests. 0 (the default) never
+            inlines.
     """
 
     max_batch_size: int = 64
@@ -147,7 +148,10 @@ class DynamicBatcher(Generic[T, R]):
         self._inflight: list[_Pending[T, R]] = []
         self._closed = False
         self._drain = True
-        self._seconds_per_row: float | None = None  # moving average over recent runs (for inlining)
+        # median seconds per row of the recent runs (for inlining): a median, because a run that was
+        # preempted on a busy machine measures long without the model being slow
+        self._recent_per_row: collections.deque[float] = collections.deque(maxlen=15)
+        self._seconds_per_row: float | None = None
         # created with the scheduler task, in the loop that first submits
         self._wakeup: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
@@ -271,9 +275,9 @@ class DynamicBatcher(Generic[T, R]):
         return per_row is not None and per_row * rows <= self._config.inline_max_s
 
     def _record_run(self, rows: int, seconds: float) -> None:
-        took = seconds / rows
-        per_row = self._seconds_per_row
-        self._seconds_per_row = took if per_row is None else 0.8 * per_row + 0.2 * took
+        self._recent_per_row.append(seconds / rows)
+        ordered = sorted(self._recent_per_row)
+        self._seconds_per_row = ordered[len(ordered) // 2]
 
     def _run_direct(self, item: T, weight: int) -> R:
         """The idle fast path: nothing queued or running and the run is cheap, so the caller runs its own
