@@ -118,7 +118,8 @@ def check_values(
             ref = module(*(torch.from_numpy(feed[t.name]) for t in spec.module_inputs))
         if spec.k_max:
             feed[K] = np.array([spec.k_max], dtype=np.int64)
-            check_runtime_k(session, spec, feed, atol)
+            if not report.rows:  # once per graph, on its first batch
+                check_runtime_k(session, spec, feed, atol)
         got = session.run([t.name for t in spec.outputs], feed)
         ref = [r.numpy() for r in (ref if isinstance(ref, tuple) else (ref,))]
         b = len(next(iter(feed.values())))
