@@ -16,7 +16,8 @@ from typing import Any
 from onnxrec.errors import ExportError
 
 MANIFEST = "manifest.json"
-MODEL_FORMAT = "onnxrec.model/1"
+MODEL_FORMAT = "onnxrec.model/2"  # 2: the top-k graphs take an input ``k``
+READABLE_FORMATS = ("onnxrec.model/1", MODEL_FORMAT)  # 1: top-k_max graphs (no ``k`` input), still served
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
 
@@ -74,8 +75,10 @@ def read_manifest(version_dir: Path) -> dict[str, Any]:
         manifest = json.loads(path.read_text())
     except json.JSONDecodeError as exc:
         raise ExportError(f"{path}: not valid JSON ({exc.msg})") from exc
-    if manifest.get("format") != MODEL_FORMAT:
-        raise ExportError(f"{path}: unsupported format {manifest.get('format')!r} (expected {MODEL_FORMAT})")
+    if manifest.get("format") not in READABLE_FORMATS:
+        raise ExportError(
+            f"{path}: unsupported format {manifest.get('format')!r} (this onnxrec reads {', '.join(READABLE_FORMATS)})"
+        )
     return dict(manifest)
 
 

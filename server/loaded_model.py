@@ -116,8 +116,8 @@ class LoadedModel:
         io_binding: bool | None = None,
     ) -> None:
         self.path = Path(version_dir)
-        self.manifest = read_manifest(self.path)
         try:
+            self.manifest = read_manifest(self.path)
             verify_files(self.path, self.manifest)
         except OnnxrecError as exc:
             raise ModelLoadError(str(exc)) from exc

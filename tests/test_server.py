@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures
+import json
 import re
 import shutil
 import signal
@@ -15,12 +16,14 @@ from pathlib import Path
 
 import grpc
 import numpy as np
+import onnx
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from onnxrec.exporter.export import ExportOptions, export
-from onnxrec.server.loaded_model import LoadedModel
+from onnxrec.exporter.repository import file_hashes
+from onnxrec.server.loaded_model import LoadedModel, ModelLoadError
 from onnxrec.server.registry import RETIRE_AFTER_S
 from onnxrec.trainer.config import TrainConfig
 from onnxrec.trainer.data.dataset import Dataset, save_dataset
@@ -120,6 +123,39 @@ def test_io_binding_and_runtime_k_give_the_same_answers(repository: Path, synthe
         assert len(a.items) == 3
         np.testing.assert_array_equal(a.items, b.items)
     bound.warm_up(16)
+
+
+def test_a_format_1_version_without_runtime_k_still_serves(repository: Path, tmp_path: Path) -> None:
+    """Versions exported before the top-k graphs took ``k`` (format onnxrec.model/1: fixed top-k_max)
+    load and answer: the server feeds ``k`` only to graphs that have it and cuts the answer itself."""
+    old = tmp_path / "old" / "mf" / "1"
+    shutil.copytree(repository / "mf" / "1", old)
+    for graph in ("recommend", "recommend_from_history", "similar_items"):
+        model = onnx.load(str(old / f"{graph}.onnx"))
+        (topk,) = [n for n in model.graph.node if n.op_type == "TopK"]
+        topk.input[1] = "k_max"  # the constant the runtime k was clamped to
+        keep = [n for n in model.graph.node if n.name not in ("k_clamp_upper", "k_clamp_lower")]
+        del model.graph.node[:]
+        model.graph.node.extend(keep)
+        inputs = [i for i in model.graph.input if i.name != "k"]
+        del model.graph.input[:]
+        model.graph.input.extend(inputs)
+        onnx.save(model, str(old / f"{graph}.onnx"))
+    manifest = json.loads((old / "manifest.json").read_text())
+    manifest["format"] = "onnxrec.model/1"
+    manifest["files"] = file_hashes(old)
+    (old / "manifest.json").write_text(json.dumps(manifest))
+    current = LoadedModel(repository / "mf" / "1", device="cpu")
+    legacy = LoadedModel(old, device="cpu")
+    users = np.arange(6)
+    exclude = [legacy.seen(int(u)) for u in users]
+    for new, fixed in zip(current.recommend(users, exclude, 5), legacy.recommend(users, exclude, 5), strict=True):
+        assert len(new.items) == 5 and len(fixed.items) == legacy.k_max  # the old graph ignores k
+        np.testing.assert_array_equal(new.items, fixed.items[:5])
+    manifest["format"] = "onnxrec.model/9"
+    (old / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ModelLoadError, match="unsupported format"):
+        LoadedModel(old, device="cpu")
 
 
 def test_batch_equals_single_and_recommend_batch(stub: pb_grpc.RecommenderServiceStub, synthetic: Dataset) -> None:
