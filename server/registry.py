@@ -12,6 +12,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -23,8 +24,11 @@ from onnxrec.server.loaded_model import LoadedModel, TopK
 
 log = logging.getLogger("onnxrec.server")
 
-RecItem = tuple[int, np.ndarray, int]  # user index, exclusions, k
-HistItem = tuple[np.ndarray, np.ndarray, list[int], int]  # history (newest first), exclusions, features, k
+# batcher items carry one or more rows (RecommendBatch queues all of a call's rows as one item)
+RecItem = tuple[list[int], list[np.ndarray], int]  # user indices, their exclusions, k
+HistItem = tuple[
+    list[np.ndarray], list[np.ndarray], list[list[int]], int
+]  # histories (newest first), exclusions, features, k
 SimItem = tuple[int, int]  # item index, k
 ScoreItem = tuple[int, np.ndarray]  # user index, candidates
 RETIRE_AFTER_S = 5.0  # an unloaded version keeps serving requests that already hold it this long
@@ -43,10 +47,10 @@ class ServedModel:
                 return None
             return lambda size, queued: on_batch(model.name, graph, size, queued)
 
-        self.recommend: DynamicBatcher[RecItem, TopK] = DynamicBatcher(
+        self.recommend: DynamicBatcher[RecItem, list[TopK]] = DynamicBatcher(
             self._run_recommend, config, name=f"{model.name}/recommend", on_batch=hook("recommend")
         )
-        self.history: DynamicBatcher[HistItem, TopK] = DynamicBatcher(
+        self.history: DynamicBatcher[HistItem, list[TopK]] = DynamicBatcher(
             self._run_history, config, name=f"{model.name}/history", on_batch=hook("recommend_from_history")
         )
         self.score: DynamicBatcher[ScoreItem, np.ndarray] = DynamicBatcher(
@@ -56,15 +60,18 @@ class ServedModel:
             self._run_similar, config, name=f"{model.name}/similar", on_batch=hook("similar_items")
         )
 
-    def _run_recommend(self, items: list[RecItem]) -> list[TopK]:
+    def _run_recommend(self, items: list[RecItem]) -> list[list[TopK]]:
         # a batch runs with its largest k; each caller keeps its own first k
-        return self.model.recommend(
-            np.array([u for u, _, _ in items]), [e for _, e, _ in items], max(k for *_, k in items)
-        )
+        users = np.array([u for rows, _, _ in items for u in rows], dtype=np.int64)
+        exclude = [e for _, excl, _ in items for e in excl]
+        return _per_item(self.model.recommend(users, exclude, max(k for *_, k in items)), items)
 
-    def _run_history(self, items: list[HistItem]) -> list[TopK]:
-        return self.model.recommend_from_history(
-            [h for h, *_ in items], [e for _, e, *_ in items], [f for _, _, f, _ in items], max(k for *_, k in items)
+    def _run_history(self, items: list[HistItem]) -> list[list[TopK]]:
+        history = [h for hist, *_ in items for h in hist]
+        exclude = [e for _, excl, _, _ in items for e in excl]
+        features = [f for _, _, feats, _ in items for f in feats]
+        return _per_item(
+            self.model.recommend_from_history(history, exclude, features, max(k for *_, k in items)), items
         )
 
     def _run_score(self, items: list[ScoreItem]) -> list[np.ndarray]:
@@ -234,3 +241,13 @@ class ModelRegistry:
             for served in versions.values():
                 await served.close()
         self.snapshot = Snapshot({})
+
+
+def _per_item(results: list[TopK], items: list[Any]) -> list[list[TopK]]:
+    """Split a batch's rows back into its items (each item's rows are consecutive)."""
+    out, start = [], 0
+    for item in items:
+        n = len(item[0])
+        out.append(results[start : start + n])
+        start += n
+    return out

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
@@ -60,6 +61,21 @@ def _items_to_indices(model: LoadedModel, ids: Any, what: str) -> np.ndarray:
     return out
 
 
+@dataclass(eq=False)
+class _Plan:
+    """How one Recommend request is answered: the model version, the graph (by ``source``) and its row."""
+
+    served: ServedModel
+    k: int
+    include_metadata: bool
+    source: int = pb.SOURCE_POPULARITY
+    user: int = -1
+    history: np.ndarray = field(default_factory=lambda: _NO_ITEMS)
+    exclude: np.ndarray = field(default_factory=lambda: _NO_ITEMS)
+    features: list[int] = field(default_factory=list)
+    top: TopK | None = None  # the answer, once known
+
+
 class RecommenderServicer(pb_grpc.RecommenderServiceServicer):
     """Implements ``onnxrec.v1.RecommenderService`` on a :class:`ModelRegistry`."""
 
@@ -104,9 +120,8 @@ class RecommenderServicer(pb_grpc.RecommenderServiceServicer):
         await context.abort(grpc.StatusCode.INTERNAL, f"internal error ({type(exc).__name__}); see the server log")
 
     # -- recommend ------------------------------------------------------------------------------------
-    async def _recommend_one(
-        self, request: pb.RecommendRequest, deadline: float | None, direct: bool = True
-    ) -> pb.RecommendResponse:
+    def _plan(self, request: pb.RecommendRequest) -> _Plan:
+        """Validate one Recommend request and decide how it is answered (no model run yet)."""
         served = self._model(request.model)
         model = served.model
         if not request.user_id:
@@ -116,30 +131,45 @@ class RecommenderServicer(pb_grpc.RecommenderServiceServicer):
         excluded = _items_to_indices(model, request.exclude_item_ids, "exclude_item_ids")
         history = _items_to_indices(model, request.history, "history")
         user = model.user_index.get(request.user_id)
+        plan = _Plan(served, request.k, request.include_metadata)
         if user is not None:
             if exclude_seen:
-                exclude = np.concatenate([model.seen(user), excluded]) if len(excluded) else model.seen(user)
+                plan.exclude = np.concatenate([model.seen(user), excluded]) if len(excluded) else model.seen(user)
             else:
-                exclude = excluded
-            top = await served.recommend.submit((user, exclude, request.k), deadline=deadline, direct=direct)
-            source = pb.SOURCE_MODEL
+                plan.exclude = excluded
+            plan.source, plan.user = pb.SOURCE_MODEL, user
         elif len(history):
-            recent = history[::-1][: model.history_len]  # newest first
-            exclude = np.concatenate([history, excluded]) if exclude_seen else excluded
-            features = model.encode_user_features(dict(request.user_features))
-            top = await served.history.submit((recent, exclude, features, request.k), deadline=deadline, direct=direct)
-            source = pb.SOURCE_HISTORY
+            plan.source = pb.SOURCE_HISTORY
+            plan.history = history[::-1][: model.history_len]  # newest first
+            plan.exclude = np.concatenate([history, excluded]) if exclude_seen else excluded
+            plan.features = model.encode_user_features(dict(request.user_features))
         else:
+            plan.source = pb.SOURCE_POPULARITY
             drop = set(excluded.tolist())
             items = np.array([i for i in model.popular[: request.k + len(drop)] if i not in drop], dtype=np.int64)
-            top = TopK(items=items, scores=model.popularity[items].astype(np.float32))
-            source = pb.SOURCE_POPULARITY
+            plan.top = TopK(items=items, scores=model.popularity[items].astype(np.float32))
+        return plan
+
+    def _respond(self, plan: _Plan) -> pb.RecommendResponse:
+        model = plan.served.model
+        assert plan.top is not None
         return pb.RecommendResponse(
-            items=self._items(model, top, request.k, request.include_metadata),
+            items=self._items(model, plan.top, plan.k, plan.include_metadata),
             model_name=model.name,
             model_version=model.version,
-            source=source,
+            source=plan.source,
         )
+
+    async def _recommend_one(self, request: pb.RecommendRequest, deadline: float | None) -> pb.RecommendResponse:
+        plan = self._plan(request)
+        served = plan.served
+        if plan.source == pb.SOURCE_MODEL:
+            (plan.top,) = await served.recommend.submit(([plan.user], [plan.exclude], plan.k), deadline=deadline)
+        elif plan.source == pb.SOURCE_HISTORY:
+            (plan.top,) = await served.history.submit(
+                ([plan.history], [plan.exclude], [plan.features], plan.k), deadline=deadline
+            )
+        return self._respond(plan)
 
     async def Recommend(self, request: pb.RecommendRequest, context: grpc.aio.ServicerContext) -> pb.RecommendResponse:
         try:
@@ -151,23 +181,41 @@ class RecommenderServicer(pb_grpc.RecommenderServiceServicer):
     async def RecommendBatch(
         self, request: pb.RecommendBatchRequest, context: grpc.aio.ServicerContext
     ) -> pb.RecommendBatchResponse:
+        """Every entry is planned like a Recommend; then all of the call's rows for one model version and
+        graph go to its batcher as ONE queue entry (weight = its rows), so a call takes one queue slot
+        per graph, not one per user, and its rows run together."""
         try:
             n = len(request.requests)
             if n == 0 or n > self.config.max_request_items:
                 raise _invalid(f"requests must hold 1 to {self.config.max_request_items} entries, got {n}")
             deadline = _deadline(context)
-            # direct=False: the entries queue together and run as batches, not one by one
-            tasks = [self._recommend_one(r, deadline, direct=False) for r in request.requests]
-            results = await asyncio.gather(*tasks, return_exceptions=True)
-            for j, res in enumerate(results):
-                if isinstance(res, RequestError):
-                    raise RequestError(res.code, f"requests[{j}]: {res}")
-                if isinstance(res, BaseException):
-                    raise res
-            return pb.RecommendBatchResponse(responses=results)
+            plans = []
+            for j, r in enumerate(request.requests):
+                try:
+                    plans.append(self._plan(r))
+                except RequestError as exc:
+                    raise RequestError(exc.code, f"requests[{j}]: {exc}") from exc
+            groups: dict[tuple[int, int], list[_Plan]] = {}
+            for plan in plans:
+                if plan.source != pb.SOURCE_POPULARITY:
+                    groups.setdefault((id(plan.served), plan.source), []).append(plan)
+            await asyncio.gather(*(self._run_group(group, deadline) for group in groups.values()))
+            return pb.RecommendBatchResponse(responses=[self._respond(plan) for plan in plans])
         except Exception as exc:
             await self._abort(context, exc)
             raise
+
+    async def _run_group(self, group: list[_Plan], deadline: float | None) -> None:
+        """One batcher submit for a RecommendBatch call's rows of one model version and graph."""
+        served, k, rows = group[0].served, max(p.k for p in group), len(group)
+        if group[0].source == pb.SOURCE_MODEL:
+            item = ([p.user for p in group], [p.exclude for p in group], k)
+            tops = await served.recommend.submit(item, deadline=deadline, weight=rows, direct=False)
+        else:
+            hist = ([p.history for p in group], [p.exclude for p in group], [p.features for p in group], k)
+            tops = await served.history.submit(hist, deadline=deadline, weight=rows, direct=False)
+        for plan, top in zip(group, tops, strict=True):
+            plan.top = top
 
     # -- score ----------------------------------------------------------------------------------------
     async def Score(self, request: pb.ScoreRequest, context: grpc.aio.ServicerContext) -> pb.ScoreResponse:

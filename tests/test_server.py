@@ -182,6 +182,31 @@ def test_unknown_users_history_and_popularity(stub: pb_grpc.RecommenderServiceSt
     assert h.source == pb.SOURCE_HISTORY
 
 
+def test_recommend_batch_mixes_models_paths_and_k(stub: pb_grpc.RecommenderServiceStub, synthetic: Dataset) -> None:
+    """One RecommendBatch holding known users of two models, history and popularity fallbacks and
+    different k answers each entry exactly as its own Recommend does, in order."""
+    items = [str(i) for i in synthetic.item_ids[:5]]
+    users = [str(u) for u in synthetic.user_ids[:40]]
+    entries = [rec("twotower" if j % 3 else "mf", u, k=3 + j % 8) for j, u in enumerate(users)]
+    entries += [
+        rec("twotower", "stranger-1", history=items, k=7),
+        rec("mf", "stranger-2", history=items[:2]),
+        rec("mf", "stranger-3", exclude_item_ids=items[:1], k=4),
+        rec("twotower", users[0], exclude_item_ids=items, exclude_seen=False, k=12),
+    ]
+    batch = stub.RecommendBatch(pb.RecommendBatchRequest(requests=entries), timeout=30)
+    singles = [stub.Recommend(e, timeout=10) for e in entries]
+    assert len(batch.responses) == len(entries)
+    for got, want, entry in zip(batch.responses, singles, entries, strict=True):
+        assert got.source == want.source and got.model_name == entry.model.name
+        assert [i.item_id for i in got.items] == [i.item_id for i in want.items]
+        assert len(got.items) == entry.k
+    assert [r.source for r in batch.responses[-4:-1]] == [pb.SOURCE_HISTORY, pb.SOURCE_HISTORY, pb.SOURCE_POPULARITY]
+    with pytest.raises(grpc.RpcError) as err:
+        stub.RecommendBatch(pb.RecommendBatchRequest(requests=[entries[0], rec("nope", "u")]), timeout=10)
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND and "requests[1]" in (err.value.details() or "")
+
+
 def test_score_similar_and_metadata(stub: pb_grpc.RecommenderServiceStub, synthetic: Dataset) -> None:
     user = str(synthetic.user_ids[3])
     top = stub.Recommend(rec("mf", user, k=5), timeout=10)
