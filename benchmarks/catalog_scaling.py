@@ -48,7 +48,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from serving import Server, _cpu_during, _finish_point, free_port, loadavg, start_server
+from serving import answers_k, free_port, loadavg, measure, start_server
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
@@ -137,32 +137,6 @@ def inprocess(version: Path, seconds: float, min_calls: int, seed: int) -> dict[
     return out
 
 
-def served_point(
-    server: Server, model: str, users: tuple[str, ...], concurrency: int, duration: float, warmup: float
-) -> dict[str, Any]:
-    """One closed-loop point with onnxrec's load generator, plus server and client CPU."""
-    from onnxrec.clients.bench import BenchConfig, BenchResult, run_bench
-
-    processes = 1 if concurrency == 1 else 2  # run_bench gives every process at least one request in flight
-    cfg = BenchConfig(
-        server=server.address,
-        model=model,
-        users=users,
-        k=K,
-        concurrency=concurrency,
-        duration_s=duration,
-        warmup_s=warmup,
-        processes=processes,
-    )
-    box: list[BenchResult] = []
-    cpu = _cpu_during(server, lambda: box.append(run_bench(cfg, server.metrics_url)), warmup)
-    r = box[0].to_dict()
-    r.update(cpu)
-    r["processes"] = processes
-    r["loadavg"] = loadavg()
-    return _finish_point(r, duration, 0)
-
-
 def served(
     repo: Path,
     version: Path,
@@ -173,34 +147,27 @@ def served(
     warmup: float,
     extra: tuple[str, ...] = (),
 ) -> dict[str, Any]:
-    """Start ``onnxrec serve --device cpu [extra]`` on ``repo`` and measure each concurrency."""
-    import grpc
-
+    """Start ``onnxrec serve --device cpu [extra]`` on ``repo`` and measure each concurrency (closed loop,
+    2 load processes; ``run_bench`` runs no more than the concurrency)."""
     from onnxrec.clients.bench import load_user_ids
-    from onnxrec.clients.requests import recommend_request
-    from onnxrec.v1 import recommender_pb2_grpc as pb_grpc
 
     users = load_user_ids(version)
-
-    def ready(address: str) -> bool:
-        try:
-            with grpc.insecure_channel(address) as channel:
-                stub = pb_grpc.RecommenderServiceStub(channel)
-                return len(stub.Recommend(recommend_request(model, users[0], K), timeout=30).items) == K
-        except grpc.RpcError:
-            return False
-
     metrics_port = free_port()
     cmd = [sys.executable, "-m", "onnxrec", "serve", "--repository", str(repo), "--device", "cpu"]
     cmd += ["--port", "0", "--metrics-port", str(metrics_port), *extra]
     t0 = time.perf_counter()
     out: dict[str, Any] = {"points": {}}
     with start_server(
-        "onnxrec", cmd, log, ready, metrics_url=f"http://127.0.0.1:{metrics_port}/metrics", timeout=900
+        "onnxrec",
+        cmd,
+        log,
+        answers_k(model, users[0]),
+        metrics_url=f"http://127.0.0.1:{metrics_port}/metrics",
+        timeout=900,
     ) as srv:
         out["start_s"] = round(time.perf_counter() - t0, 1)
         for c in concurrency:
-            out["points"][f"c{c}"] = served_point(srv, model, users, c, duration, warmup)
+            out["points"][f"c{c}"] = measure(srv, users, c, duration, warmup, processes=2, model=model)
     return out
 
 

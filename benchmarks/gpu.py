@@ -544,24 +544,15 @@ def served(
     version: Path, devices: list[str], concurrency: list[int], duration: float, warmup: float, log_dir: Path
 ) -> dict[str, Any]:
     """``onnxrec serve --device D`` on the version's repository, closed loop at each concurrency."""
-    import grpc
+    from serving import answers_k
 
     from onnxrec.clients.bench import load_user_ids
-    from onnxrec.clients.requests import recommend_request
-    from onnxrec.v1 import recommender_pb2_grpc as pb_grpc
 
     model = version.parent.name
     users = load_user_ids(version)
     cores = os.cpu_count() or 2
     out: dict[str, Any] = {}
-
-    def ready(address: str) -> bool:
-        try:
-            with grpc.insecure_channel(address) as channel:
-                stub = pb_grpc.RecommenderServiceStub(channel)
-                return len(stub.Recommend(recommend_request(model, users[0], K), timeout=30).items) == K
-        except grpc.RpcError:
-            return False
+    ready = answers_k(model, users[0])
 
     for device in devices:
         try:
@@ -584,9 +575,7 @@ def _served_one(
     cores: int,
 ) -> dict[str, Any]:
     """One ``onnxrec serve --device DEVICE`` process, measured at each concurrency."""
-    from serving import _cpu_during, _finish_point, free_port, start_server
-
-    from onnxrec.clients.bench import BenchConfig, BenchResult, run_bench
+    from serving import free_port, measure, start_server
 
     model = version.parent.name
     port = free_port()
@@ -604,25 +593,8 @@ def _served_one(
     ) as srv:
         start_s = time.perf_counter() - t0
         for c in concurrency:
-            processes = 1 if c == 1 else max(1, min(4, cores // 4, c))
-            cfg = BenchConfig(
-                server=srv.address,
-                model=model,
-                users=users,
-                k=K,
-                concurrency=c,
-                duration_s=duration,
-                warmup_s=warmup,
-                processes=processes,
-            )
-            box: list[BenchResult] = []
-
-            def load(cfg: BenchConfig = cfg, box: list[BenchResult] = box, url: str | None = srv.metrics_url) -> None:
-                box.append(run_bench(cfg, url))
-
-            cpu = _cpu_during(srv, load, warmup)
-            p = box[0].to_dict() | cpu | {"processes": processes}
-            points.append(_finish_point(p, duration, 0))
+            p = measure(srv, users, c, duration, warmup, processes=max(1, min(4, cores // 4)), model=model)
+            points.append(p)
             print(
                 f"  served {device} c{c}: {p['qps']:,.0f} QPS p50 {p['p50_ms']:.2f} p99 {p['p99_ms']:.2f} ms "
                 f"batch {p['server_mean_batch']} errors {p['errors']}",

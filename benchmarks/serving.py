@@ -181,13 +181,24 @@ def start_server(
             proc.wait(5)
 
 
-def recommend_once(address: str, user: str) -> pb.RecommendResponse | None:
+def recommend_once(address: str, user: str, model: str = MODEL, timeout: float = 10.0) -> pb.RecommendResponse | None:
     """One Recommend call, or None when it fails."""
     try:
         with grpc.insecure_channel(address) as channel:
-            return pb_grpc.RecommenderServiceStub(channel).Recommend(recommend_request(MODEL, user, K), timeout=10)
+            request = recommend_request(model, user, K)
+            return pb_grpc.RecommenderServiceStub(channel).Recommend(request, timeout=timeout)
     except grpc.RpcError:
         return None
+
+
+def answers_k(model: str, user: str, timeout: float = 30.0) -> Callable[[str], bool]:
+    """A readiness check for ``start_server``: the server answers ``user`` with K items of ``model``."""
+
+    def ready(address: str) -> bool:
+        reply = recommend_once(address, user, model, timeout)
+        return reply is not None and len(reply.items) == K
+
+    return ready
 
 
 # --------------------------------------------------------------------------- measurements
@@ -201,11 +212,12 @@ def measure(
     warmup: float,
     processes: int,
     batch_users: int = 0,
+    model: str = MODEL,
 ) -> dict[str, Any]:
     """One closed-loop point with onnxrec's load generator, plus server and client CPU."""
     cfg = BenchConfig(
         server=server.address,
-        model=MODEL,
+        model=model,
         users=users,
         k=K,
         concurrency=concurrency,
