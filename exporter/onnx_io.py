@@ -90,7 +90,7 @@ def add_k_input(model: onnx.ModelProto, spec: GraphSpec) -> None:
     topks = [n for n in graph.node if n.op_type == "TopK"]
     if len(topks) != 1:
         raise ExportError(f"{spec.name}: expected one TopK node in the exported graph, found {len(topks)}")
-    k_name, lo_name, hi_name, clamped = "k", "k_min_1", "k_max", "k_clamped"
+    k_name, lo_name, hi_name, clamped = K, "k_min_1", "k_max", "k_clamped"
     graph.input.append(onnx.helper.make_tensor_value_info(k_name, onnx.TensorProto.INT64, [1]))
     graph.initializer.extend(
         [

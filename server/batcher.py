@@ -279,14 +279,18 @@ class DynamicBatcher(Generic[T, R]):
         ordered = sorted(self._recent_per_row)
         self._seconds_per_row = ordered[len(ordered) // 2]
 
+    def _notify_batch(self, rows: int, queued_s: float) -> None:
+        """Tell ``on_batch`` (metrics) a batch is dispatched; its failures are logged, never raised."""
+        if self._on_batch is not None:
+            try:
+                self._on_batch(rows, queued_s)
+            except Exception:
+                log.exception("batcher %r: on_batch callback failed", self._name)
+
     def _run_direct(self, item: T, weight: int) -> R:
         """The idle fast path: nothing queued or running and the run is cheap, so the caller runs its own
         batch of one on the event loop: no queue, no future, no task switch (no batching penalty at low load)."""
-        if self._on_batch is not None:
-            try:
-                self._on_batch(weight, 0.0)
-            except Exception:
-                log.exception("batcher %r: on_batch callback failed", self._name)
+        self._notify_batch(weight, 0.0)
         t0 = time.perf_counter()
         results = self._run_batch([item])
         self._record_run(weight, time.perf_counter() - t0)
@@ -387,14 +391,10 @@ class DynamicBatcher(Generic[T, R]):
         self._queued_weight -= pending.weight
 
     async def _run(self, batch: list[_Pending[T, R]]) -> None:
-        """Run one batch in the executor and resolve its callers' futures."""
-        if self._on_batch is not None:
-            try:
-                self._on_batch(sum(p.weight for p in batch), time.monotonic() - batch[0].enqueued)
-            except Exception:
-                log.exception("batcher %r: on_batch callback failed", self._name)
-        items = [p.item for p in batch]
+        """Run one batch in the executor (or inline) and resolve its callers' futures."""
         rows = sum(p.weight for p in batch)
+        self._notify_batch(rows, time.monotonic() - batch[0].enqueued)
+        items = [p.item for p in batch]
         self._inflight = batch
         loop = asyncio.get_running_loop()
         inline = self._inline_ok(rows)

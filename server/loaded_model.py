@@ -275,9 +275,7 @@ class LoadedModel:
         initialisation: on CUDA every power of two up to ``max_batch_size`` (kernels are chosen per
         shape), on the CPU 1, 8 and ``max_batch_size``."""
         if self.provider == "CUDAExecutionProvider":
-            sizes = sorted(
-                {*(2**j for j in range(max_batch_size.bit_length()) if 2**j <= max_batch_size), max_batch_size}
-            )
+            sizes = sorted({1 << j for j in range(max_batch_size.bit_length())} | {max_batch_size})
         else:
             sizes = sorted({1, min(8, max_batch_size), max_batch_size})
         for b in sizes:

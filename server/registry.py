@@ -26,9 +26,8 @@ log = logging.getLogger("onnxrec.server")
 
 # batcher items carry one or more rows (RecommendBatch queues all of a call's rows as one item)
 RecItem = tuple[list[int], list[np.ndarray], int]  # user indices, their exclusions, k
-HistItem = tuple[
-    list[np.ndarray], list[np.ndarray], list[list[int]], int
-]  # histories (newest first), exclusions, features, k
+# histories (newest first), their exclusions, their encoded user features, k
+HistItem = tuple[list[np.ndarray], list[np.ndarray], list[list[int]], int]
 SimItem = tuple[int, int]  # item index, k
 ScoreItem = tuple[int, np.ndarray]  # user index, candidates
 RETIRE_AFTER_S = 5.0  # an unloaded version keeps serving requests that already hold it this long
