@@ -219,13 +219,15 @@ def gpu_info() -> dict[str, Any]:
 
 @dataclass
 class Catalog:
-    """One catalog's factors (the exporter's layout: user rows with a ones column, items with their bias)."""
+    """One catalog: its MF model and factors (the exporter's layout: user rows with a ones column, items with
+    their bias), and the exported versions when it went through ``export()``."""
 
     size: int
+    model: Any  # onnxrec MF model: the product's graphs are built from it
     user_matrix: np.ndarray  # [U, D + 1] float32, last column 1
     scoring: np.ndarray  # [D + 1, N] float32, last row the item biases
     source: str
-    version: Path | None = None  # exported model version (None: hand-built graphs only)
+    versions: dict[int, Path] = field(default_factory=dict)  # topk_chunk -> exported version directory
     info: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -233,69 +235,98 @@ class Catalog:
         """Users in the catalog's user table."""
         return int(self.user_matrix.shape[0])
 
+    @property
+    def version(self) -> Path | None:
+        """The single-stage (topk_chunk 0) exported version, if exported."""
+        return self.versions.get(0)
 
-def exported_catalog(size: int, work: Path, seed: int, precisions: tuple[str, ...]) -> Catalog:
-    """An untrained MF run over ``size`` items exported with the project's exporter (k_max 10)."""
+
+def _factors(model: Any) -> tuple[np.ndarray, np.ndarray]:
+    """The MF model's user rows [U, D + 1] (ones column) and scoring matrix [D + 1, N] (bias row)."""
+    users = model.user_emb.weight.detach().numpy().astype(np.float32)
+    items = model.item_emb.weight.detach().numpy().astype(np.float32)
+    bias = model.item_b.weight.detach().numpy().astype(np.float32).reshape(1, -1)
+    return np.hstack([users, np.ones((len(users), 1), np.float32)]), np.ascontiguousarray(np.vstack([items.T, bias]))
+
+
+def exported_catalog(size: int, work: Path, seed: int, precisions: tuple[str, ...], chunk: int) -> Catalog:
+    """An untrained MF run over ``size`` items exported with the project's exporter (k_max 10): version 1 with
+    one top-k, version 2 with ``topk_chunk=chunk`` (when ``chunk`` > 0), both with ``precisions``."""
     import onnxruntime as ort
     from synthetic_catalog import make_catalog_run
 
     from onnxrec.exporter.export import ExportOptions, export
-    from onnxrec.trainer.checkpoint import load_checkpoint
+    from onnxrec.trainer.checkpoint import load_checkpoint, model_from_checkpoint
 
     ort.set_default_logger_severity(3)
     info = make_catalog_run(work / f"run{size}", size, seed=seed)
-    t0 = time.perf_counter()
-    notes: dict[str, Any] = {}
-    try:
-        version = export(
-            info.run, work / "repo", f"cat{size}", options=ExportOptions(k_max=K, seed=seed, precisions=precisions)
-        )
-    except Exception as exc:  # ExportError or onnxruntime's: keep going with the fp32 graphs
-        if not precisions:
-            raise
-        notes["export_error"] = f"export with precisions {precisions} failed: {str(exc).splitlines()[0][:400]}"
-        notes["failed_export_s"] = round(time.perf_counter() - t0, 1)
-        print(f"  {notes['export_error']}; exporting fp32 only", flush=True)
-        precisions = ()
+    versions: dict[int, Path] = {}
+    export_s: dict[str, float] = {}
+    for c in [0, chunk] if chunk else [0]:
         t0 = time.perf_counter()
-        version = export(info.run, work / "repo", f"cat{size}", options=ExportOptions(k_max=K, seed=seed))
-    export_s = time.perf_counter() - t0
-    state = load_checkpoint(info.run)["state_dict"]
-    users = state["user_emb.weight"].numpy().astype(np.float32)
-    items = state["item_emb.weight"].numpy().astype(np.float32)
-    bias = state["item_b.weight"].numpy().astype(np.float32).reshape(1, -1)
+        # parity on 512 users instead of 2,048: the exports are a quarter of the device run otherwise
+        opts = ExportOptions(k_max=K, seed=seed, precisions=precisions, topk_chunk=c, parity_users=512)
+        versions[c] = export(info.run, work / "repo", f"cat{size}", options=opts)
+        export_s[f"topk_chunk {c}"] = round(time.perf_counter() - t0, 1)
+    model = model_from_checkpoint(load_checkpoint(info.run))
+    user_matrix, scoring = _factors(model)
     return Catalog(
         size=size,
-        user_matrix=np.hstack([users, np.ones((len(users), 1), np.float32)]),
-        scoring=np.ascontiguousarray(np.vstack([items.T, bias])),
+        model=model,
+        user_matrix=user_matrix,
+        scoring=scoring,
         source="synthetic_catalog.make_catalog_run + onnxrec export()",
-        version=version,
+        versions=versions,
         info={
             **info.to_dict(),
             "build_s": info.seconds,
-            "export_s": round(export_s, 1),
+            "export_s": export_s,
             "precisions": precisions,
-            **notes,
+            "versions": {str(c): str(v) for c, v in versions.items()},
         },
     )
 
 
 def random_catalog(size: int, seed: int) -> Catalog:
-    """Seeded N(0, 0.05) factors (MF's own initialisation), zero biases; users as ``synthetic_catalog`` sizes them."""
+    """A seeded, untrained ``MF`` (N(0, 0.05) factors, zero biases) over ``size`` items, users as
+    ``synthetic_catalog`` sizes them; no dataset and no export (the product's graphs are built from the model)."""
+    import torch
     from synthetic_catalog import default_users
 
-    t0 = time.perf_counter()
-    rng = np.random.default_rng(seed)
-    n_users = default_users(size)
-    users = rng.standard_normal((n_users, DIM), dtype=np.float32) * np.float32(0.05)
-    items = rng.standard_normal((DIM, size), dtype=np.float32) * np.float32(0.05)
+    from onnxrec.trainer.models.mf import MF, MFConfig
+
+    torch.manual_seed(seed)
+    model = MF(MFConfig(default_users(size), size, DIM))
+    user_matrix, scoring = _factors(model)
     return Catalog(
         size=size,
-        user_matrix=np.hstack([users, np.ones((n_users, 1), np.float32)]),
-        scoring=np.vstack([items, np.zeros((1, size), np.float32)]),
-        source="seeded random factors, graphs built with onnx.helper (no exporter)",
-        info={"num_users": n_users, "num_items": size, "dim": DIM, "build_s": round(time.perf_counter() - t0, 1)},
+        model=model,
+        user_matrix=user_matrix,
+        scoring=scoring,
+        source="seeded untrained MF model, graphs built from it (no dataset, no export())",
+        info={"num_users": model.cfg.num_users, "num_items": size, "dim": DIM, "build_s": 0.0},
     )
+
+
+def product_graph(cat: Catalog, chunk: int, precision: str, work: Path) -> Path:
+    """The exporter's own recommend graph for ``cat``'s model (``exporter.graphs.RecommendGraph`` through
+    ``export_module``, fp16 through ``variants.HalfPrecision``): user_idx, exclude, k -> scores, items.
+    Parity and the other graphs are left out, which is what makes a 1M catalog quick to build."""
+    import torch
+
+    from onnxrec.exporter.graphs import RecommendGraph, ServingTables
+    from onnxrec.exporter.onnx_io import export_module
+    from onnxrec.exporter.spec import recommend_spec
+    from onnxrec.exporter.variants import HalfPrecision
+
+    tables = ServingTables(history=np.zeros((0, 0), np.int64), user_features={}, centroids=[])
+    module: Any = RecommendGraph(cat.model, tables, K, chunk)
+    if precision == "fp16":
+        module = HalfPrecision(module)
+    path = work / f"product-{cat.size}-c{chunk}-{precision}.onnx"
+    example = (torch.arange(3), torch.full((3, 4), -1))
+    export_module(module, recommend_spec(K), example, path)
+    return path
 
 
 # --------------------------------------------------------------------------- hand-built graphs
@@ -338,46 +369,6 @@ def plain_graph(cat: Catalog, precision: str = "fp32") -> bytes:
     return _model(nodes, inputs, outputs, inits, f"plain_{precision}")
 
 
-def chunked_graph(cat: Catalog, chunk: int) -> bytes:
-    """Top-K in two stages: the catalog split into C chunks of ``chunk`` items (the last padded with items
-    scoring -1e30), TopK(10) per chunk, then TopK(10) over the C x 10 candidates; fp32."""
-    from onnx import TensorProto, helper, numpy_helper
-
-    n = cat.size
-    chunks = -(-n // chunk)
-    pad = chunks * chunk - n
-    scoring = cat.scoring
-    if pad:
-        filler = np.zeros((scoring.shape[0], pad), np.float32)
-        filler[-1] = -1e30  # bias row: padded columns never reach the top-k
-        scoring = np.hstack([scoring, filler])
-    inits = [
-        numpy_helper.from_array(cat.user_matrix, "user_matrix"),
-        numpy_helper.from_array(np.ascontiguousarray(scoring), "scoring"),
-        numpy_helper.from_array(np.array([K], np.int64), "k"),
-        numpy_helper.from_array(np.array([0, chunks, chunk], np.int64), "chunked_shape"),
-        numpy_helper.from_array(np.array([0, chunks * K], np.int64), "flat_shape"),
-        numpy_helper.from_array((np.arange(chunks, dtype=np.int64) * chunk).reshape(chunks, 1), "offsets"),
-    ]
-    nodes = [
-        helper.make_node("Gather", ["user_matrix", "user_idx"], ["u"], axis=0),
-        helper.make_node("MatMul", ["u", "scoring"], ["all_scores"]),
-        helper.make_node("Reshape", ["all_scores", "chunked_shape"], ["per_chunk"]),
-        helper.make_node("TopK", ["per_chunk", "k"], ["chunk_top", "chunk_pos"], axis=-1, largest=1, sorted=1),
-        helper.make_node("Add", ["chunk_pos", "offsets"], ["chunk_items"]),
-        helper.make_node("Reshape", ["chunk_top", "flat_shape"], ["cand_scores"]),
-        helper.make_node("Reshape", ["chunk_items", "flat_shape"], ["cand_items"]),
-        helper.make_node("TopK", ["cand_scores", "k"], ["scores", "pick"], axis=-1, largest=1, sorted=1),
-        helper.make_node("GatherElements", ["cand_items", "pick"], ["items"], axis=1),
-    ]
-    inputs = [helper.make_tensor_value_info("user_idx", TensorProto.INT64, ["batch"])]
-    outputs = [
-        helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["batch", K]),
-        helper.make_tensor_value_info("items", TensorProto.INT64, ["batch", K]),
-    ]
-    return _model(nodes, inputs, outputs, inits, f"chunked_{chunk}")
-
-
 # --------------------------------------------------------------------------- sessions and runners
 
 
@@ -405,13 +396,16 @@ def session_runner(session: Any, device: str, io_binding: bool) -> Runner:
     outputs bound there, copied to the CPU after the run; ``k`` stays on the CPU, where TopK reads it)."""
     import onnxruntime as ort
 
+    wanted = {i.name for i in session.get_inputs()}
     if not io_binding:
-        return lambda feed: session.run(None, feed)
+        return lambda feed: session.run(None, {n: v for n, v in feed.items() if n in wanted})
     out_names = [o.name for o in session.get_outputs()]
 
     def run(feed: Feed) -> Any:
         binding = session.io_binding()
         for name, value in feed.items():
+            if name not in wanted:
+                continue
             where = "cpu" if name == "k" else device
             binding.bind_ortvalue_input(name, ort.OrtValue.ortvalue_from_numpy(value, where, 0))
         for name in out_names:
@@ -470,12 +464,26 @@ def time_runner(run: Runner, feeds: list[Feed], batch: int, seconds: float, min_
     }
 
 
-def make_feeds(cat: Catalog, batch: int, rng: np.random.Generator, seen: Any = None, n: int = 8) -> list[Feed]:
-    """``n`` random batches of user indices (plus each user's seen items when ``seen`` is a LoadedModel)."""
+def exclusions(cat: Catalog, users: np.ndarray, width: int, seed: int) -> np.ndarray:
+    """Per user a fixed exclusion list [n, width] (its "seen" items for the product graphs): between
+    width/2 and width random items, -1 pads after them, the same for a user on every run."""
+    out = np.full((len(users), width), -1, np.int64)
+    for j, u in enumerate(users):
+        rng = np.random.default_rng([seed, int(u)])
+        n = int(rng.integers(width // 2, width + 1))
+        out[j, :n] = rng.integers(0, cat.size, size=n)
+    return out
+
+
+def make_feeds(
+    cat: Catalog, batch: int, rng: np.random.Generator, width: int, seen: Any = None, n: int = 8
+) -> list[Feed]:
+    """``n`` random batches: user indices, their exclusion lists and k (a runner passes what its graph takes),
+    or each user's seen items when ``seen`` is a LoadedModel."""
     feeds = []
     for _ in range(n):
         users = rng.integers(0, cat.num_users, size=batch).astype(np.int64)
-        feed: Feed = {"user_idx": users}
+        feed: Feed = {"user_idx": users, "exclude": exclusions(cat, users, width, 0), "k": np.array([K], np.int64)}
         if seen is not None:
             feed["seen"] = [seen.seen(int(u)) for u in users]
         feeds.append(feed)
@@ -521,14 +529,17 @@ def topk_agreement(cat: Catalog, users: np.ndarray, got: np.ndarray, ref: np.nda
     }
 
 
-def topk_of(run: Runner, users: np.ndarray, batch: int, loaded: Any = None) -> np.ndarray:
-    """Items [n, K] for ``users`` through ``run`` in batches; with ``loaded`` (a LoadedModel) each user's seen
-    items are excluded and its TopK lists are padded with -1."""
+def topk_of(run: Runner, users: np.ndarray, batch: int, loaded: Any = None, exclude: Any = None) -> np.ndarray:
+    """Items [n, K] for ``users`` through ``run`` in batches, with ``exclude`` [n, E] fed to graphs that take
+    it; with ``loaded`` (a LoadedModel) each user's seen items are excluded and lists are padded with -1."""
     rows = []
     for start in range(0, len(users), batch):
         u = users[start : start + batch]
         if loaded is None:
-            rows.append(np.asarray(run({"user_idx": u})[1], dtype=np.int64))
+            feed: Feed = {"user_idx": u, "k": np.array([K], np.int64)}
+            if exclude is not None:
+                feed["exclude"] = exclude[start : start + batch]
+            rows.append(np.asarray(run(feed)[1], dtype=np.int64))
             continue
         block = np.full((len(u), K), -1, np.int64)
         for j, t in enumerate(run({"user_idx": u, "seen": [loaded.seen(int(x)) for x in u]})):
@@ -541,25 +552,25 @@ def topk_of(run: Runner, users: np.ndarray, batch: int, loaded: Any = None) -> n
 
 
 def served(
-    version: Path, devices: list[str], concurrency: list[int], duration: float, warmup: float, log_dir: Path
+    runs: list[tuple[str, str, Path]], concurrency: list[int], duration: float, warmup: float, log_dir: Path
 ) -> dict[str, Any]:
-    """``onnxrec serve --device D`` on the version's repository, closed loop at each concurrency."""
+    """For each (label, device, version): ``onnxrec serve --device D`` on the version's repository, closed loop
+    at each concurrency (the versions are one model's, so the same users)."""
     from serving import answers_k
 
     from onnxrec.clients.bench import load_user_ids
 
-    model = version.parent.name
-    users = load_user_ids(version)
-    cores = os.cpu_count() or 2
     out: dict[str, Any] = {}
-    ready = answers_k(model, users[0])
-
-    for device in devices:
+    cores = os.cpu_count() or 2
+    for label, device, version in runs:
+        users = load_user_ids(version)
+        ready = answers_k(version.parent.name, users[0])
         try:
-            out[device] = _served_one(device, version, users, ready, concurrency, duration, warmup, log_dir, cores)
+            out[label] = _served_one(device, version, users, ready, concurrency, duration, warmup, log_dir, cores)
+            out[label]["version"] = version.name
         except RuntimeError as exc:  # the server did not start or answer (start_server's error has its log's tail)
-            out[device] = {"error": str(exc)[-3000:]}
-            print(f"  served {device} FAILED: {str(exc)[-500:]}", flush=True)
+            out[label] = {"error": str(exc)[-3000:]}
+            print(f"  served {label} FAILED: {str(exc)[-500:]}", flush=True)
     return out
 
 
@@ -581,12 +592,13 @@ def _served_one(
     port = free_port()
     cmd = [sys.executable, "-m", "onnxrec", "serve", "--repository", str(version.parent.parent)]
     cmd += ["--device", device, "--port", "0", "--metrics-port", str(port)]
+    cmd += ["--version-policy", "specific", "--versions", version.name]
     t0 = time.perf_counter()
     points = []
     with start_server(
         f"onnxrec-{device}",
         cmd,
-        log_dir / f"serve-{device}.log",
+        log_dir / f"serve-{device}-v{version.name}.log",
         ready,
         metrics_url=f"http://127.0.0.1:{port}/metrics",
         timeout=300,
@@ -596,7 +608,8 @@ def _served_one(
             p = measure(srv, users, c, duration, warmup, processes=max(1, min(4, cores // 4)), model=model)
             points.append(p)
             print(
-                f"  served {device} c{c}: {p['qps']:,.0f} QPS p50 {p['p50_ms']:.2f} p99 {p['p99_ms']:.2f} ms "
+                f"  served {device} v{version.name} c{c}: {p['qps']:,.0f} QPS p50 {p['p50_ms']:.2f} "
+                f"p99 {p['p99_ms']:.2f} ms "
                 f"batch {p['server_mean_batch']} errors {p['errors']}",
                 flush=True,
             )
@@ -609,8 +622,10 @@ def _served_one(
 class Recorder:
     """Times runners over batch sizes for one catalog and appends a row per point."""
 
-    def __init__(self, cat: Catalog, rows: list[dict[str, Any]], rng: np.random.Generator, seconds: float) -> None:
-        self.cat, self.rows, self.rng, self.seconds = cat, rows, rng, seconds
+    def __init__(
+        self, cat: Catalog, rows: list[dict[str, Any]], rng: np.random.Generator, seconds: float, width: int
+    ) -> None:
+        self.cat, self.rows, self.rng, self.seconds, self.width = cat, rows, rng, seconds, width
 
     def run(
         self,
@@ -625,7 +640,7 @@ class Recorder:
     ) -> None:
         """One row per batch size (``loaded``: a LoadedModel whose seen items the feeds carry)."""
         for b in batches:
-            feeds = make_feeds(self.cat, b, self.rng, loaded)
+            feeds = make_feeds(self.cat, b, self.rng, self.width, loaded)
             point = time_runner(runner, feeds, b, self.seconds, 3 if device == "cpu" and b > 1 else 5)
             self.rows.append(
                 {
@@ -655,7 +670,7 @@ class Bench:
         self.t0 = time.perf_counter()
         self.timings: dict[str, float] = {}
         self.rng = np.random.default_rng(args.seed)
-        self.seconds = 0.25 if args.quick else 0.5
+        self.seconds = 0.25 if args.quick else 0.3
         self.gpu_batches = [1, 64, 256, 1024]
         self.cpu_batches = [1, 64] if args.quick else [1, 64, 256]
         self.loaded_ok, self.loaded_why = importable("onnxrec.server.loaded_model")
@@ -702,11 +717,12 @@ class Bench:
 
     # -- parts ----------------------------------------------------------------------------------
     def build(self, size: int, work: Path, exporter_ok: bool, exporter_why: str) -> Catalog:
-        """The catalog: exported when small enough and the exporter imports, else hand-built."""
+        """The catalog: exported (twice: one top-k and chunked) when small enough and the exporter imports,
+        else a seeded model whose product graphs are built directly."""
         t = time.perf_counter()
         if size <= self.args.export_max and exporter_ok:
             precisions = () if "fp16" in self.skip else ("fp16",)
-            cat = exported_catalog(size, work, self.args.seed, precisions)
+            cat = exported_catalog(size, work, self.args.seed, precisions, self.args.serve_chunk)
         else:
             cat = random_catalog(size, self.args.seed)
             cat.info["why_not_exported"] = (
@@ -718,18 +734,25 @@ class Bench:
         self.report["catalogs"][str(size)] = {"source": cat.source, **cat.info}
         return cat
 
-    def graphs(self, cat: Catalog) -> dict[str, bytes]:
-        """The hand-built graphs for ``cat``: plain fp32 (and fp16), chunked per ``--chunks``."""
-        graphs = {"plain": plain_graph(cat)}
+    def graphs(self, cat: Catalog, work: Path) -> dict[str, bytes | Path]:
+        """The graphs for ``cat``: the hand-built plain Gather-MatMul-TopK (fp32, fp16) and the product's own
+        recommend graph per ``--chunks`` (fp32, fp16)."""
+        graphs: dict[str, bytes | Path] = {"plain": plain_graph(cat)}
         if "fp16" not in self.skip:
             graphs["plain-fp16"] = plain_graph(cat, "fp16")
-        if "chunked" not in self.skip:
-            for c in [int(x) for x in self.args.chunks.split(",") if x.strip()]:
-                if c < cat.size:
-                    graphs[f"chunked-{c}"] = chunked_graph(cat, c)
+        for c in self.chunks:
+            if c < cat.size:
+                graphs[f"product-c{c}"] = product_graph(cat, c, "fp32", work)
+                if "fp16" not in self.skip:
+                    graphs[f"product-c{c}-fp16"] = product_graph(cat, c, "fp16", work)
         return graphs
 
-    def sessions(self, graphs: dict[str, bytes], device: str) -> dict[str, Any]:
+    @property
+    def chunks(self) -> list[int]:
+        """The product graphs' topk_chunk values (0: one top-k)."""
+        return [int(x) for x in self.args.chunks.split(",") if x.strip()]
+
+    def sessions(self, graphs: dict[str, bytes | Path], device: str) -> dict[str, Any]:
         """A session per graph; on the CPU a graph it cannot run (fp16 kernels) is skipped with the reason."""
         out: dict[str, Any] = {}
         for g, model in graphs.items():
@@ -742,54 +765,59 @@ class Bench:
                 self.skipped[f"{g} on {device}"] = f"session failed: {str(exc).splitlines()[0][:300]}"
         return out
 
-    def loaded(self, cat: Catalog, device: str, precision: str = "fp32", io_binding: bool | None = None) -> Any:
-        """The server's ``LoadedModel`` for the exported version, checked to run on CUDA when asked."""
+    def loaded(self, version: Path, device: str, precision: str = "fp32", io_binding: bool | None = None) -> Any:
+        """The server's ``LoadedModel`` for an exported version, checked to run on CUDA when asked."""
         from onnxrec.server.loaded_model import LoadedModel
 
-        lm = LoadedModel(cast(Path, cat.version), device=device, precision=precision, io_binding=io_binding)
+        lm = LoadedModel(version, device=device, precision=precision, io_binding=io_binding)
         if device == "cuda" and lm.provider != "CUDAExecutionProvider":
             raise CudaNotActive(f"LoadedModel runs on {lm.provider}, not CUDA")
         return lm
 
     def inprocess(self, cat: Catalog, sessions: dict[str, Any], device: str, batches: list[int]) -> None:
-        """Users/s of every runner on ``device``: hand-built graphs (IO binding off/on), the exported graph through
+        """Users/s of every runner on ``device``: the graphs (IO binding off/on), the exported versions through
         LoadedModel (fp32/fp16, IO binding off/on), PyTorch."""
-        rec = Recorder(cat, self.report["inprocess"], self.rng, self.seconds)
+        rec = Recorder(cat, self.report["inprocess"], self.rng, self.seconds, self.args.exclude_width)
         cpu_extra = device == "cpu" and self.cuda  # the CPU beside the GPU: fewer rows
         for g, sess in sessions.items():
             precision = "fp16" if "fp16" in g else "fp32"
+            name = g.removesuffix("-fp16")
             for io in (False,) if cpu_extra else (False, True):
-                rec.run(g, "onnxruntime", device, precision, io, session_runner(sess, device, io), batches)
-        if cat.version is None:
+                rec.run(name, "onnxruntime", device, precision, io, session_runner(sess, device, io), batches)
+        if not cat.versions:
             self.skipped[f"{cat.size:,} exported on {device}"] = cat.info.get("why_not_exported", "not exported")
         elif not self.loaded_ok:
             self.skipped[f"{cat.size:,} exported on {device}"] = f"LoadedModel unavailable: {self.loaded_why}"
         else:
             has16 = "fp16" in cat.info.get("precisions", ())
-            precisions = ["fp32", "fp16"] if has16 and "fp16" not in self.skip and not cpu_extra else ["fp32"]
-            if not has16 and "fp16" not in self.skip:
-                self.skipped[f"{cat.size:,} exported fp16"] = cat.info.get("export_error", "no fp16 variant exported")
-            for p in precisions:
-                for io in (False,) if cpu_extra else (False, True):
-                    try:
-                        lm = self.loaded(cat, device, p, io)
-                    except CudaNotActive:
-                        raise
-                    except Exception as exc:  # ModelLoadError, onnxruntime's errors
-                        if device == "cuda":
+            precisions = ["fp32", "fp16"] if has16 and not cpu_extra else ["fp32"]
+            for chunk, version in cat.versions.items():
+                if cpu_extra and chunk:
+                    continue
+                for p in precisions:
+                    for io in (False,) if cpu_extra else (False, True):
+                        try:
+                            lm = self.loaded(version, device, p, io)
+                        except CudaNotActive:
                             raise
-                        self.skipped[f"{cat.size:,} exported {p} io={io} on {device}"] = str(exc).splitlines()[0][:300]
-                        continue
-                    rec.run("exported", "LoadedModel", device, p, io, loaded_model_runner(lm), batches, lm)
+                        except Exception as exc:  # ModelLoadError, onnxruntime's errors
+                            if device == "cuda":
+                                raise
+                            why = str(exc).splitlines()[0][:300]
+                            self.skipped[f"{cat.size:,} exported-c{chunk} {p} io={io} on {device}"] = why
+                            continue
+                        runner = loaded_model_runner(lm)
+                        rec.run(f"exported-c{chunk}", "LoadedModel", device, p, io, runner, batches, lm)
         if "torch" not in self.skip and not cpu_extra:
             for p in ("fp32", "fp16") if device == "cuda" and "fp16" not in self.skip else ("fp32",):
                 rec.run("torch", "torch", device, p, False, torch_runner(cat, device, p), batches)
 
-    def parity(self, cat: Catalog, sessions: dict[str, Any], cpu_plain: Any) -> None:
-        """Top-10 agreement: CUDA vs CPU (plain and exported), fp16 overlap, chunked vs plain."""
+    def parity(self, cat: Catalog, sessions: dict[str, Any], cpu: dict[str, Any]) -> None:
+        """Top-10 agreement against the CPU's single top-k (same exclusions): every product graph on the device
+        (chunked too), CUDA vs CPU for the plain graph and the exported versions, fp16 against fp32."""
         par: dict[str, Any] = self.report["parity"].setdefault(str(cat.size), {})
         users = np.sort(self.rng.choice(cat.num_users, size=min(cat.num_users, 2000), replace=False)).astype(np.int64)
-        ref = topk_of(session_runner(cpu_plain, "cpu", False), users, 256)
+        exclude = exclusions(cat, users, self.args.exclude_width, 1)
         dev = self.device
 
         def put(key: str, got: np.ndarray, against: np.ndarray) -> None:
@@ -801,36 +829,32 @@ class Bench:
                 flush=True,
             )
 
-        if self.cuda:
-            put("plain_cuda_vs_cpu", topk_of(session_runner(sessions["plain"], "cuda", True), users, 256), ref)
-        if cat.version is not None and self.loaded_ok:
-            lm_cpu = self.loaded(cat, "cpu")
+        def top(sess: Any, device: str, io: bool = False, ex: Any = exclude) -> np.ndarray:
+            return topk_of(session_runner(sess, device, io), users, 256, exclude=ex)
+
+        if "plain" in cpu and "plain" in sessions and self.cuda:
+            put("plain_cuda_vs_cpu", top(sessions["plain"], "cuda", True, None), top(cpu["plain"], "cpu", ex=None))
+        if "product-c0" in cpu:
+            ref = top(cpu["product-c0"], "cpu")
+            for g, sess in sessions.items():
+                if g.startswith("product-") and (self.cuda or g != "product-c0"):
+                    put(f"{g}_{dev}_vs_product-c0_cpu", top(sess, dev, self.cuda), ref)
+        if cat.versions and self.loaded_ok:
+            lm_cpu = self.loaded(cat.versions[0], "cpu")
             ref_ex = topk_of(loaded_model_runner(lm_cpu), users, 256, lm_cpu)
-            if self.cuda:
-                lm_gpu = self.loaded(cat, "cuda")
-                put("exported_cuda_vs_cpu", topk_of(loaded_model_runner(lm_gpu), users, 256, lm_gpu), ref_ex)
-            if "fp16" not in self.skip and "fp16" in cat.info.get("precisions", ()):
-                try:
-                    lm16 = self.loaded(cat, dev, "fp16")
-                except CudaNotActive:
-                    raise
-                except Exception as exc:  # fp16 kernels missing on the CPU
-                    if self.cuda:
-                        raise
-                    self.skipped[f"parity {cat.size:,} exported fp16 on {dev}"] = str(exc).splitlines()[0][:300]
-                else:
-                    put(
-                        f"exported_fp16_{dev}_vs_fp32_cpu", topk_of(loaded_model_runner(lm16), users, 256, lm16), ref_ex
-                    )
-        if "plain-fp16" in sessions:
-            put(
-                f"plain_fp16_{dev}_vs_fp32_cpu",
-                topk_of(session_runner(sessions["plain-fp16"], dev, False), users, 256),
-                ref,
-            )
-        plain_dev = topk_of(session_runner(sessions["plain"], dev, False), users, 256)
-        for g in [g for g in sessions if g.startswith("chunked")]:
-            put(f"{g}_vs_plain_{dev}", topk_of(session_runner(sessions[g], dev, False), users, 256), plain_dev)
+            for chunk, version in cat.versions.items():
+                if not self.cuda and not chunk:
+                    continue
+                lm = self.loaded(version, dev)
+                put(
+                    f"exported-c{chunk}_{dev}_vs_exported-c0_cpu",
+                    topk_of(loaded_model_runner(lm), users, 256, lm),
+                    ref_ex,
+                )
+                if "fp16" in cat.info.get("precisions", ()) and self.cuda:
+                    lm16 = self.loaded(version, dev, "fp16")
+                    got = topk_of(loaded_model_runner(lm16), users, 256, lm16)
+                    put(f"exported-c{chunk}-fp16_{dev}_vs_exported-c0_cpu", got, ref_ex)
 
 
 def main() -> None:
@@ -838,9 +862,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
     ap.add_argument("--quick", action="store_true", help="small catalog (20k), short windows")
-    ap.add_argument("--sizes", help="comma-separated catalog sizes (default 100000,1000000; quick 20000)")
+    ap.add_argument(
+        "--sizes", help="comma-separated catalog sizes, in this order (default 1000000,100000; quick 20000)"
+    )
     ap.add_argument("--export-max", type=int, default=200_000, help="larger catalogs are built with onnx.helper")
-    ap.add_argument("--chunks", default="4096,65536", help="chunk lengths of the chunked top-k graphs")
+    ap.add_argument("--chunks", default="0,256,2048,16384", help="topk_chunk values of the product graphs (0: one)")
+    ap.add_argument("--serve-chunk", type=int, default=2048, help="topk_chunk of the second exported version")
+    ap.add_argument("--exclude-width", type=int, default=32, help="exclusion list per user in the product graphs")
     ap.add_argument("--skip", default="", help="comma-separated: torch, chunked, cpu-ep, served, fp16, exporter")
     ap.add_argument("--budget-s", type=float, default=400.0, help="optional parts starting later are skipped")
     ap.add_argument("--out", type=Path, help="JSON path (default $OUT/gpu.json, else benchmarks/results/gpu.json)")
@@ -861,7 +889,7 @@ def main() -> None:
     else:
         out_path = args.out or BENCH / "results" / "gpu.json"
     sizes = (
-        [int(s) for s in args.sizes.split(",")] if args.sizes else ([20_000] if args.quick else [100_000, 1_000_000])
+        [int(s) for s in args.sizes.split(",")] if args.sizes else ([20_000] if args.quick else [1_000_000, 100_000])
     )
     torch_ok, torch_why = importable("torch")  # torch first, then onnxruntime (its CUDA libraries)
     import onnxruntime as ort
@@ -915,35 +943,44 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="onnxrec-gpu-") as tmp_s:
         tmp = Path(tmp_s)
-        catalogs: list[Catalog] = []
+        served_cat: Catalog | None = None
         for size in sizes:
-            with bench.part(f"build {size:,}", optional=False) as go:
+            name = f"{size:,}"
+            cat: Catalog | None = None
+            with bench.part(f"build {name}", optional=False) as go:
                 if go:
-                    catalogs.append(bench.build(size, tmp, exporter_ok, exporter_why))
-        for cat in catalogs:
-            name = f"{cat.size:,}"
-            graphs: dict[str, bytes] = {}
+                    cat = bench.build(size, tmp, exporter_ok, exporter_why)
+            if cat is None:
+                continue
+            graphs: dict[str, bytes | Path] = {}
             sessions: dict[str, Any] = {}
+            cpu: dict[str, Any] = {}
             with bench.part(f"graphs {name}", optional=False) as go:
                 if go:
-                    graphs = bench.graphs(cat)
+                    graphs = bench.graphs(cat, tmp)
                     sessions = bench.sessions(graphs, dev)
+                    if bench.cuda:
+                        cpu = bench.sessions({g: graphs[g] for g in ("plain", "product-c0") if g in graphs}, "cpu")
+                    else:
+                        cpu = sessions
             with bench.part(f"in-process {dev} {name}", optional=False) as go:
                 if go:
                     bench.inprocess(cat, sessions, dev, bench.gpu_batches if bench.cuda else bench.cpu_batches)
-            cpu_plain = sessions.get("plain") if not bench.cuda else None
             if bench.cuda and "cpu-ep" not in skip:
                 with bench.part(f"in-process cpu {name}") as go:
                     if go:
-                        cpu_sessions = bench.sessions({"plain": graphs["plain"]}, "cpu")
-                        cpu_plain = cpu_sessions["plain"]
-                        bench.inprocess(cat, cpu_sessions, "cpu", bench.cpu_batches)
+                        bench.inprocess(cat, cpu, "cpu", bench.cpu_batches)
             with bench.part(f"parity {name}", optional=False) as go:
-                if go and "plain" in graphs:
-                    bench.parity(cat, sessions, cpu_plain or make_session(graphs["plain"], "cpu"))
+                if go:
+                    bench.parity(cat, sessions, cpu)
             sessions.clear()
+            cpu.clear()
+            for g in graphs.values():
+                if isinstance(g, Path):
+                    g.unlink(missing_ok=True)
+            if cat.versions and served_cat is None:
+                served_cat = cat
 
-        served_cat = next((c for c in catalogs if c.version is not None), None)
         if "served" in skip:
             bench.skipped["served"] = "--skip served"
         elif not server_ok:
@@ -951,12 +988,15 @@ def main() -> None:
         elif served_cat is None or served_cat.version is None:
             bench.skipped["served"] = "no exported catalog to serve"
         else:
-            devices = ["cuda", "cpu"] if bench.cuda else ["cpu"]
-            duration, warmup = (2.0, 1.0) if args.quick else (5.0, 1.0)
+            v = served_cat.versions
+            runs = [("cuda", "cuda", v[0]), ("cpu", "cpu", v[0])] if bench.cuda else [("cpu", "cpu", v[0])]
+            if bench.cuda and args.serve_chunk in v and args.serve_chunk:
+                runs.append((f"cuda-c{args.serve_chunk}", "cuda", v[args.serve_chunk]))
+            duration, warmup = (2.0, 1.0) if args.quick else (4.0, 1.0)
             with bench.part(f"served {served_cat.size:,}") as go:
                 if go:
                     report["served"] = {"catalog": served_cat.size, "duration_s": duration, "warmup_s": warmup}
-                    report["served"].update(served(served_cat.version, devices, [1, 16, 64], duration, warmup, tmp))
+                    report["served"].update(served(runs, [1, 16, 64], duration, warmup, tmp))
 
     bench.save()
     print(format_tables(report))
@@ -1008,10 +1048,10 @@ def format_tables(report: dict[str, Any]) -> str:
             f"| served ({srv['catalog']:,} items) | concurrency | QPS | p50 ms | p99 ms | mean batch | errors |",
             "|---|---:|---:|---:|---:|---:|---|",
         ]
-        for dev in ("cuda", "cpu"):
-            if "error" in srv.get(dev, {}):
+        for dev in [k for k, v in srv.items() if isinstance(v, dict)]:
+            if "error" in srv[dev]:
                 lines.append(f"| {dev} | failed: {srv[dev]['error'][-200:]!r} |" + " |" * 5)
-            for p in srv.get(dev, {}).get("points", []):
+            for p in srv[dev].get("points", []):
                 mb = p.get("server_mean_batch")
                 lines.append(
                     f"| {dev} | {int(p['offered'])} | {p['qps']:,.0f} | {p['p50_ms']:.2f} | {p['p99_ms']:.2f} | "

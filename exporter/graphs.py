@@ -20,14 +20,50 @@ from onnxrec.trainer.models.base import FactorizedRecommender, Recommender
 from onnxrec.trainer.models.two_tower import TwoTower
 
 
-def masked_topk(scores: torch.Tensor, exclude: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Top-k of ``scores`` [B, N] after setting the ``exclude`` [B, E] columns (-1 pads) to -inf."""
+def padded_width(num_items: int, chunk: int = 0) -> int:
+    """Columns of the score matrix that :func:`topk_of_padded` takes: the items, one -inf column that
+    absorbs the exclusion lists' -1 pads, and (chunked) -inf columns up to a whole number of chunks."""
+    if chunk <= 0 or num_items <= chunk:
+        return num_items + 1
+    return -(-(num_items + 1) // chunk) * chunk
+
+
+def topk_of_padded(
+    scores: torch.Tensor, exclude: torch.Tensor, num_items: int, k: int, chunk: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-k of ``scores`` [B, padded_width(num_items, chunk)] over the first ``num_items`` columns,
+    after setting the ``exclude`` [B, E] columns (-1 pads) to -inf. One ScatterElements writes -inf
+    into the excluded columns and into every padding column, whatever the padding held.
+
+    ``chunk`` > 0 (and below the item count) takes the top-k in two stages: the top-k of each run of
+    ``chunk`` columns, then the top-k of those candidates. Same answer; on a GPU many short selections
+    run in parallel where one long row is slow (chunk must be at least k). Padding columns surface only
+    where a row has fewer than k finite scores, and the server drops -inf entries.
+    """
+    width = padded_width(num_items, chunk)
+    index = torch.remainder(exclude, num_items + 1)  # -1 -> num_items (floored modulo, ONNX Mod fmod=0)
+    padding = torch.arange(num_items, width, dtype=index.dtype, device=index.device)
+    index = torch.cat([index, padding.unsqueeze(0).expand(index.shape[0], -1)], dim=1)
+    scores = scores.scatter(1, index, float("-inf"))
+    if width == num_items + 1:
+        values, items = torch.topk(scores, k, dim=1)
+        return values, items
+    blocks = scores.reshape(-1, width // chunk, chunk)
+    block_values, block_items = torch.topk(blocks, k, dim=2)  # [B, chunks, k]
+    offsets = torch.arange(width // chunk, dtype=block_items.dtype, device=block_items.device).unsqueeze(1) * chunk
+    candidates = (block_items + offsets).flatten(1)
+    values, best = torch.topk(block_values.flatten(1), k, dim=1)
+    return values, torch.gather(candidates, 1, best)
+
+
+def masked_topk(
+    scores: torch.Tensor, exclude: torch.Tensor, k: int, chunk: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-k of ``scores`` [B, N] after setting the ``exclude`` [B, E] columns (-1 pads) to -inf
+    (one Pad, then :func:`topk_of_padded`)."""
     n = scores.shape[1]
-    extended = F.pad(scores, (0, 1), value=float("-inf"))  # column n absorbs the pads
-    index = torch.remainder(exclude, n + 1)  # -1 -> n (floored modulo, ONNX Mod with fmod=0)
-    extended = extended.scatter(1, index, float("-inf"))
-    values, items = torch.topk(extended[:, :n], k, dim=1)
-    return values, items
+    padded = F.pad(scores, (0, padded_width(n, chunk) - n))
+    return topk_of_padded(padded, exclude, n, k, chunk)
 
 
 @dataclass(frozen=True)
@@ -115,32 +151,38 @@ class RecommendGraph(_Base):
     """(user_idx [B], exclude [B, E]) -> (scores [B, K], items [B, K])."""
 
     user_matrix: torch.Tensor  # [num_users, D + 1]: user vectors and a column of ones
-    scoring_matrix: torch.Tensor  # [D + 1, num_items]: item vectors (transposed) and the item biases
+    scoring_matrix: torch.Tensor  # [D + 1, padded width]: item vectors (transposed), item biases, -inf columns
 
-    def __init__(self, model: Recommender, tables: ServingTables, k: int) -> None:
+    def __init__(self, model: Recommender, tables: ServingTables, k: int, chunk: int = 0) -> None:
         super().__init__(model, tables)
-        self.k = k
-        if self.factorized:  # score = [u, 1] . [v, b]: one Gather and one MatMul, the bias folded in
+        self.k, self.chunk = k, chunk
+        self.num_items = model.num_items
+        if self.factorized:
+            # score = [u, 1] . [v, b]: one Gather and one MatMul, the bias folded in. The padding columns
+            # top-k needs (see padded_width) are zero columns of the matrix, so the MatMul writes them and
+            # no Pad copies the [B, N] scores again (zeros, not -inf: int8 quantization scales by the
+            # largest magnitude; the scatter in topk_of_padded sets them to -inf).
             users = self.known_user_matrix()
             self.register_buffer("user_matrix", torch.cat([users, torch.ones(len(users), 1)], dim=1))
-            self.register_buffer("scoring_matrix", torch.cat([self.item_matrix, self.item_bias[:, None]], dim=1).T)
+            scoring = torch.cat([self.item_matrix, self.item_bias[:, None]], dim=1).T
+            pad = torch.zeros(scoring.shape[0], padded_width(self.num_items, chunk) - self.num_items)
+            self.register_buffer("scoring_matrix", torch.cat([scoring, pad], dim=1).contiguous())
             self.drop_user_tables()
             del self._buffers["item_matrix"], self._buffers["item_bias"]
 
     def forward(self, user_idx: torch.Tensor, exclude: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self.factorized:
             scores = torch.index_select(self.user_matrix, 0, user_idx) @ self.scoring_matrix
-        else:
-            scores = self.model.score_all(user_idx, {})
-        return masked_topk(scores, exclude, self.k)
+            return topk_of_padded(scores, exclude, self.num_items, self.k, self.chunk)
+        return masked_topk(self.model.score_all(user_idx, {}), exclude, self.k, self.chunk)
 
 
 class HistoryGraph(_Base):
     """(history [B, H], exclude [B, E], user features...) -> (scores [B, K], items [B, K])."""
 
-    def __init__(self, model: Recommender, tables: ServingTables, k: int) -> None:
+    def __init__(self, model: Recommender, tables: ServingTables, k: int, chunk: int = 0) -> None:
         super().__init__(model, tables)
-        self.k = k
+        self.k, self.chunk = k, chunk
         self.history_len = int(getattr(model.cfg, "history_len", 0))
         for j, c in enumerate(tables.centroids):
             self.register_buffer(f"centroid_{j}", torch.from_numpy(c))
@@ -166,7 +208,7 @@ class HistoryGraph(_Base):
                 m = mask.to(c.dtype)  # the tables' dtype: float32, or float16 in the fp16 variant
                 rows.append((c * m).sum(1) / m.sum(1).clamp_min(1.0))
             scores = self.model.score_with_user(rows, None)
-        return masked_topk(scores, exclude, self.k)
+        return masked_topk(scores, exclude, self.k, self.chunk)
 
 
 class ScoreGraph(_Base):
@@ -193,12 +235,12 @@ class SimilarItemsGraph(nn.Module):
 
     normed: torch.Tensor
 
-    def __init__(self, model: Recommender, k: int) -> None:
+    def __init__(self, model: Recommender, k: int, chunk: int = 0) -> None:
         super().__init__()
         with torch.no_grad():
             self.register_buffer("normed", F.normalize(model.item_representation().detach().float(), dim=-1))
-        self.k = k
+        self.k, self.chunk = k, chunk
 
     def forward(self, item_idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         sims = self.normed[item_idx] @ self.normed.T
-        return masked_topk(sims, item_idx.unsqueeze(1), self.k)
+        return masked_topk(sims, item_idx.unsqueeze(1), self.k, self.chunk)

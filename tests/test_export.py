@@ -13,10 +13,12 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from onnxrec.errors import ExportError, ParityError, TrainingError
 from onnxrec.exporter.export import ExportOptions, export, serving_tables
-from onnxrec.exporter.graphs import RecommendGraph, ScoreGraph
+from onnxrec.exporter.graphs import RecommendGraph, ScoreGraph, masked_topk
 from onnxrec.exporter.inspect import inspect_version
 from onnxrec.exporter.onnx_io import add_k_input
 from onnxrec.exporter.parity import check_values
@@ -309,3 +311,68 @@ def test_cli_export_inspect_and_errors(runs: dict[str, Path], tmp_path: Path) ->
     (repo / "tt" / "1" / "popular.npy").write_bytes(b"tampered")
     r = _cli("inspect", str(repo / "tt" / "1"))
     assert r.returncode == 2 and "does not match its hash" in r.stderr
+
+
+@pytest.mark.parametrize("model", ["mf", "twotower"])
+def test_chunked_top_k_gives_the_same_answers(model: str, repo: Path, runs: dict[str, Path], tmp_path: Path) -> None:
+    """--topk-chunk: the two-stage top-k graphs pass parity and give the single top-k's items for any run-time k,
+    including chunks that do not divide the catalog and a chunk holding only excluded items."""
+    chunk = 30  # k_max 20; the synthetic catalog has 200 items, not a multiple of 30
+    out = export(runs[model], tmp_path, model, options=ExportOptions(k_max=20, max_batch=64, topk_chunk=chunk))
+    manifest = inspect_version(out)
+    assert manifest["topk_chunk"] == chunk
+    plain = repo / model / "1"
+    n_items = manifest["num_items"]
+    assert n_items % chunk != 0
+    topks = [n for n in onnx.load(str(out / "recommend.onnx")).graph.node if n.op_type == "TopK"]
+    assert len(topks) == 2
+    users = np.arange(min(40, manifest["num_users"]), dtype=np.int64)
+    exclude = np.full((len(users), chunk + 1), -1, dtype=np.int64)
+    exclude[0, :chunk] = np.arange(chunk)  # the whole first chunk excluded for user 0
+    exclude[1, :3] = [n_items - 1, 0, 5]
+    for k in (1, 7, 20, 50):
+        feed = {"user_idx": users, "exclude": exclude, "k": np.array([k])}
+        s_ref, i_ref = _session(plain / "recommend.onnx").run(None, feed)
+        s, i = _session(out / "recommend.onnx").run(None, feed)
+        assert i.shape == (len(users), min(k, 20))
+        np.testing.assert_allclose(s, s_ref, rtol=1e-6, atol=1e-6)
+        assert (i == i_ref).mean() >= 0.99  # equal scores may come in another order
+        assert not np.isin(i[0], np.arange(chunk)).any()
+    sim = {"item_idx": np.arange(10, dtype=np.int64), "k": np.array([5])}
+    np.testing.assert_allclose(
+        _session(out / "similar_items.onnx").run(None, sim)[0],
+        _session(plain / "similar_items.onnx").run(None, sim)[0],
+        rtol=1e-5,
+        atol=1e-6,
+    )
+
+
+def test_topk_chunk_below_k_max_is_refused(runs: dict[str, Path], tmp_path: Path) -> None:
+    with pytest.raises(ExportError, match="topk_chunk must be 0"):
+        export(runs["mf"], tmp_path, "mf", options=ExportOptions(k_max=20, topk_chunk=10))
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    n=st.integers(1, 300),
+    k=st.integers(1, 12),
+    chunk=st.integers(0, 64),
+    batch=st.integers(1, 4),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_masked_topk_chunked_equals_single_stage(n: int, k: int, chunk: int, batch: int, seed: int) -> None:
+    """Two-stage top-k (any chunk >= k, dividing n or not) keeps the single top-k's values, excluded items out."""
+    k = min(k, n)
+    chunk = chunk if chunk >= k else 0
+    gen = torch.Generator().manual_seed(seed)
+    scores = torch.randn(batch, n, generator=gen)
+    exclude = torch.randint(-1, n, (batch, 5), generator=gen)
+    v_ref, i_ref = masked_topk(scores, exclude, k)
+    v, i = masked_topk(scores, exclude, k, chunk)
+    torch.testing.assert_close(v, v_ref)
+    finite = torch.isfinite(v)
+    assert (i[finite] < n).all()
+    assert torch.equal(i[finite], i_ref[finite])  # random scores: no ties among finite values
+    for row in range(batch):
+        kept = set(i[row][finite[row]].tolist())
+        assert not kept & set(exclude[row][exclude[row] >= 0].tolist())
