@@ -552,21 +552,23 @@ def topk_of(run: Runner, users: np.ndarray, batch: int, loaded: Any = None, excl
 
 
 def served(
-    runs: list[tuple[str, str, Path]], concurrency: list[int], duration: float, warmup: float, log_dir: Path
+    runs: list[tuple[str, str, Path, int]], concurrency: list[int], duration: float, warmup: float, log_dir: Path
 ) -> dict[str, Any]:
-    """For each (label, device, version): ``onnxrec serve --device D`` on the version's repository, closed loop
-    at each concurrency (the versions are one model's, so the same users)."""
+    """For each (label, device, version, workers): ``onnxrec serve --device D --workers W`` on the version's
+    repository, closed loop at each concurrency (the versions are one model's, so the same users)."""
     from serving import answers_k
 
     from onnxrec.clients.bench import load_user_ids
 
     out: dict[str, Any] = {}
     cores = os.cpu_count() or 2
-    for label, device, version in runs:
+    for label, device, version, workers in runs:
         users = load_user_ids(version)
         ready = answers_k(version.parent.name, users[0])
         try:
-            out[label] = _served_one(device, version, users, ready, concurrency, duration, warmup, log_dir, cores)
+            out[label] = _served_one(
+                device, version, users, ready, concurrency, duration, warmup, log_dir, cores, workers
+            )
             out[label]["version"] = version.name
         except RuntimeError as exc:  # the server did not start or answer (start_server's error has its log's tail)
             out[label] = {"error": str(exc)[-3000:]}
@@ -584,21 +586,22 @@ def _served_one(
     warmup: float,
     log_dir: Path,
     cores: int,
+    workers: int = 1,
 ) -> dict[str, Any]:
-    """One ``onnxrec serve --device DEVICE`` process, measured at each concurrency."""
+    """One ``onnxrec serve --device DEVICE [--workers N]`` server, measured at each concurrency."""
     from serving import free_port, measure, start_server
 
     model = version.parent.name
     port = free_port()
     cmd = [sys.executable, "-m", "onnxrec", "serve", "--repository", str(version.parent.parent)]
-    cmd += ["--device", device, "--port", "0", "--metrics-port", str(port)]
-    cmd += ["--version-policy", "specific", "--versions", version.name]
+    cmd += ["--device", device, "--port", str(free_port() if workers > 1 else 0), "--metrics-port", str(port)]
+    cmd += ["--version-policy", "specific", "--versions", version.name, "--workers", str(workers)]
     t0 = time.perf_counter()
     points = []
     with start_server(
         f"onnxrec-{device}",
         cmd,
-        log_dir / f"serve-{device}-v{version.name}.log",
+        log_dir / f"serve-{device}-v{version.name}-w{workers}.log",
         ready,
         metrics_url=f"http://127.0.0.1:{port}/metrics",
         timeout=300,
@@ -608,7 +611,7 @@ def _served_one(
             p = measure(srv, users, c, duration, warmup, processes=max(1, min(4, cores // 4)), model=model)
             points.append(p)
             print(
-                f"  served {device} v{version.name} c{c}: {p['qps']:,.0f} QPS p50 {p['p50_ms']:.2f} "
+                f"  served {device} v{version.name} w{workers} c{c}: {p['qps']:,.0f} QPS p50 {p['p50_ms']:.2f} "
                 f"p99 {p['p99_ms']:.2f} ms "
                 f"batch {p['server_mean_batch']} errors {p['errors']}",
                 flush=True,
@@ -866,8 +869,9 @@ def main() -> None:
         "--sizes", help="comma-separated catalog sizes, in this order (default 1000000,100000; quick 20000)"
     )
     ap.add_argument("--export-max", type=int, default=200_000, help="larger catalogs are built with onnx.helper")
-    ap.add_argument("--chunks", default="0,256,2048,16384", help="topk_chunk values of the product graphs (0: one)")
-    ap.add_argument("--serve-chunk", type=int, default=2048, help="topk_chunk of the second exported version")
+    ap.add_argument("--chunks", default="0,256,1024,4096", help="topk_chunk values of the product graphs (0: one)")
+    ap.add_argument("--serve-chunk", type=int, default=1024, help="topk_chunk of the second exported version")
+    ap.add_argument("--serve-workers", type=int, default=4, help="also serve with this many workers (1: not)")
     ap.add_argument("--exclude-width", type=int, default=32, help="exclusion list per user in the product graphs")
     ap.add_argument("--skip", default="", help="comma-separated: torch, chunked, cpu-ep, served, fp16, exporter")
     ap.add_argument("--budget-s", type=float, default=400.0, help="optional parts starting later are skipped")
@@ -989,9 +993,12 @@ def main() -> None:
             bench.skipped["served"] = "no exported catalog to serve"
         else:
             v = served_cat.versions
-            runs = [("cuda", "cuda", v[0]), ("cpu", "cpu", v[0])] if bench.cuda else [("cpu", "cpu", v[0])]
+            devices = ["cuda", "cpu"] if bench.cuda else ["cpu"]
+            runs = [(d, d, v[0], 1) for d in devices]
             if bench.cuda and args.serve_chunk in v and args.serve_chunk:
-                runs.append((f"cuda-c{args.serve_chunk}", "cuda", v[args.serve_chunk]))
+                runs.append((f"cuda-c{args.serve_chunk}", "cuda", v[args.serve_chunk], 1))
+            if args.serve_workers > 1:
+                runs += [(f"{d}-w{args.serve_workers}", d, v[0], args.serve_workers) for d in devices]
             duration, warmup = (2.0, 1.0) if args.quick else (4.0, 1.0)
             with bench.part(f"served {served_cat.size:,}") as go:
                 if go:

@@ -20,7 +20,7 @@ import click
     type=int,
     default=0,
     show_default=True,
-    help="Two-stage top-k over runs of N items (faster on a GPU for large catalogs; N >= k-max); 0 = one top-k.",
+    help="Top-k pruned by the maxima of runs of N items (faster on a GPU for large catalogs); 0 = one top-k.",
 )
 @click.option(
     "--precision",

@@ -20,27 +20,29 @@ from onnxrec.trainer.models.base import FactorizedRecommender, Recommender
 from onnxrec.trainer.models.two_tower import TwoTower
 
 
-def padded_width(num_items: int, chunk: int = 0) -> int:
-    """Columns of the score matrix that :func:`topk_of_padded` takes: the items, one -inf column that
-    absorbs the exclusion lists' -1 pads, and (chunked) -inf columns up to a whole number of chunks."""
-    if chunk <= 0 or num_items <= chunk:
-        return num_items + 1
-    return -(-(num_items + 1) // chunk) * chunk
+def padded_width(num_items: int, k: int, chunk: int = 0) -> int:
+    """Columns of the score matrix that :func:`topk_of_padded` takes: the items, one column that absorbs
+    the exclusion lists' -1 pads, and (chunked) columns up to a whole number of chunks. Chunking needs at
+    least ``k`` chunks; with fewer the top-k is taken in one stage."""
+    chunks = -(-(num_items + 1) // chunk) if chunk > 0 else 0
+    return chunks * chunk if chunks >= max(k, 2) else num_items + 1
 
 
 def topk_of_padded(
     scores: torch.Tensor, exclude: torch.Tensor, num_items: int, k: int, chunk: int = 0
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Top-k of ``scores`` [B, padded_width(num_items, chunk)] over the first ``num_items`` columns,
+    """Top-k of ``scores`` [B, padded_width(num_items, k, chunk)] over the first ``num_items`` columns,
     after setting the ``exclude`` [B, E] columns (-1 pads) to -inf. One ScatterElements writes -inf
     into the excluded columns and into every padding column, whatever the padding held.
 
-    ``chunk`` > 0 (and below the item count) takes the top-k in two stages: the top-k of each run of
-    ``chunk`` columns, then the top-k of those candidates. Same answer; on a GPU many short selections
-    run in parallel where one long row is slow (chunk must be at least k). Padding columns surface only
-    where a row has fewer than k finite scores, and the server drops -inf entries.
+    With ``chunk`` > 0 (and at least k chunks) the top-k is pruned by chunk maxima: the row is viewed as
+    [chunks, chunk], each chunk's maximum taken (one ReduceMax pass), the k chunks with the largest
+    maxima kept (a chunk holding one of the top-k items has a maximum at least the k-th score, and at
+    most k - 1 other chunks can beat it), and the top-k taken over those k x chunk candidates. Same
+    answer, ties aside; a GPU then never sorts a whole catalog-wide row, which is slow there. Padding
+    columns surface only where a row has fewer than k finite scores, and the server drops -inf entries.
     """
-    width = padded_width(num_items, chunk)
+    width = padded_width(num_items, k, chunk)
     index = torch.remainder(exclude, num_items + 1)  # -1 -> num_items (floored modulo, ONNX Mod fmod=0)
     padding = torch.arange(num_items, width, dtype=index.dtype, device=index.device)
     index = torch.cat([index, padding.unsqueeze(0).expand(index.shape[0], -1)], dim=1)
@@ -48,12 +50,14 @@ def topk_of_padded(
     if width == num_items + 1:
         values, items = torch.topk(scores, k, dim=1)
         return values, items
-    blocks = scores.reshape(-1, width // chunk, chunk)
-    block_values, block_items = torch.topk(blocks, k, dim=2)  # [B, chunks, k]
-    offsets = torch.arange(width // chunk, dtype=block_items.dtype, device=block_items.device).unsqueeze(1) * chunk
-    candidates = (block_items + offsets).flatten(1)
-    values, best = torch.topk(block_values.flatten(1), k, dim=1)
-    return values, torch.gather(candidates, 1, best)
+    chunks = width // chunk
+    block_max = scores.reshape(-1, chunks, chunk).amax(dim=2)  # [B, chunks]
+    _, best = torch.topk(block_max, k, dim=1)  # [B, k] chunk numbers
+    rows = best + torch.arange(best.shape[0], dtype=best.dtype, device=best.device).unsqueeze(1) * chunks
+    candidates = scores.reshape(-1, chunk)[rows]  # [B, k, chunk]
+    values, position = torch.topk(candidates.flatten(1), k, dim=1)
+    items = torch.gather(best, 1, torch.div(position, chunk, rounding_mode="floor")) * chunk
+    return values, items + torch.remainder(position, chunk)
 
 
 def masked_topk(
@@ -62,7 +66,7 @@ def masked_topk(
     """Top-k of ``scores`` [B, N] after setting the ``exclude`` [B, E] columns (-1 pads) to -inf
     (one Pad, then :func:`topk_of_padded`)."""
     n = scores.shape[1]
-    padded = F.pad(scores, (0, padded_width(n, chunk) - n))
+    padded = F.pad(scores, (0, padded_width(n, k, chunk) - n))
     return topk_of_padded(padded, exclude, n, k, chunk)
 
 
@@ -165,7 +169,7 @@ class RecommendGraph(_Base):
             users = self.known_user_matrix()
             self.register_buffer("user_matrix", torch.cat([users, torch.ones(len(users), 1)], dim=1))
             scoring = torch.cat([self.item_matrix, self.item_bias[:, None]], dim=1).T
-            pad = torch.zeros(scoring.shape[0], padded_width(self.num_items, chunk) - self.num_items)
+            pad = torch.zeros(scoring.shape[0], padded_width(self.num_items, k, chunk) - self.num_items)
             self.register_buffer("scoring_matrix", torch.cat([scoring, pad], dim=1).contiguous())
             self.drop_user_tables()
             del self._buffers["item_matrix"], self._buffers["item_bias"]

@@ -21,7 +21,7 @@ def _shape(shape: list[Any]) -> str:
 
 def _chunked(m: dict[str, Any]) -> str:
     chunk = int(m.get("topk_chunk", 0))  # absent before the option existed
-    return f" (two-stage over runs of {chunk:,} items)" if chunk else ""
+    return f" (pruned by the maxima of runs of {chunk:,} items)" if chunk else ""
 
 
 def format_manifest(m: dict[str, Any]) -> str:

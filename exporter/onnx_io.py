@@ -108,7 +108,7 @@ def add_k_input(model: onnx.ModelProto, spec: GraphSpec) -> None:
     for topk in topks:
         topk.input[1] = clamped
     if len(topks) == 2:
-        _flatten_candidates(graph, topks[0])
+        _flatten_candidates(graph, topks[1])
     del graph.value_info[:]  # shapes recorded with the traced k; onnxruntime infers them again
     for out in graph.output:
         dims = out.type.tensor_type.shape.dim
@@ -117,28 +117,19 @@ def add_k_input(model: onnx.ModelProto, spec: GraphSpec) -> None:
             dims[1].dim_param = K
 
 
-def _flatten_candidates(graph: onnx.GraphProto, first: onnx.NodeProto) -> None:
-    """In a two-stage (chunked) top-k, the Reshapes that flatten the first stage's [B, chunks, k]
-    outputs into [B, chunks * k] were traced with the example's k; make them [B, -1] so any run-time
+def _flatten_candidates(graph: onnx.GraphProto, final: onnx.NodeProto) -> None:
+    """In a two-stage (chunked) top-k, the Reshape that flattens the [B, k, chunk] candidates into
+    [B, k * chunk] for the final TopK was traced with the example's k; make it [B, -1] so any run-time
     k works (ONNX Reshape: 0 copies the batch dimension, -1 takes the rest)."""
+    producer = next((n for n in graph.node if final.input[0] in n.output), None)
+    if producer is None or producer.op_type != "Reshape":
+        raise ExportError("expected a Reshape before the chunked top-k's final TopK")
     flat = "chunk_candidates_shape"
     graph.initializer.append(onnx.helper.make_tensor(flat, onnx.TensorProto.INT64, [2], [0, -1]))
-    reached = set(first.output)
-    found = 0
-    for node in graph.node:  # topologically sorted: a node's inputs come before it
-        if not reached.intersection(node.input):
-            continue
-        if node.op_type == "TopK":
-            break
-        if node.op_type == "Reshape":
-            node.input[1] = flat
-            for attr in node.attribute:  # the exporter writes allowzero=1, under which 0 means an empty axis
-                if attr.name == "allowzero":
-                    attr.i = 0
-            found += 1
-        reached.update(node.output)
-    if found != 2:
-        raise ExportError(f"expected two Reshapes between the chunked top-k's stages, found {found}")
+    producer.input[1] = flat
+    for attr in producer.attribute:  # the exporter writes allowzero=1, under which 0 means an empty axis
+        if attr.name == "allowzero":
+            attr.i = 0
 
 
 def _summary(exc: Exception) -> str:
