@@ -1,37 +1,36 @@
 """GPU serving benchmark: Recommend on the CUDA execution provider against the CPU, PyTorch and plain graphs.
 
-One script for one short session on a lent H100 machine (and a ``--device cpu --quick`` dry run that
-works on any CPU machine). For 64-dim matrix-factorisation catalogs of 100k and 1M items it:
+One script for one short session on a lent H100/H200 machine (and a ``--device cpu --quick`` dry run that
+works on any CPU machine). For 64-dim matrix-factorisation catalogs of 1M and 100k items (in that order) it:
 
 1. **builds the catalogs**: 100k through ``synthetic_catalog.make_catalog_run`` + the project's
    ``export()`` with ``ExportOptions(k_max=10, precisions=("fp16",))`` (the product's graphs and its
-   fp16 variant); 1M directly with ``onnx.helper`` from seeded random factors, because the exporter
-   takes 4-6 minutes for a 1M catalog on this project's 2-core CPU machine (30-50 s run directory +
-   210-325 s export, 11 GB peak memory, three runs on 2026-11-28), too long for the device budget. Catalogs
-   above ``--export-max`` items (default 200,000) are built that way; the JSON says which was which.
-   When the exporter's fp16 variant fails (it does for MF models at the time of writing: the fold-in
-   graph's half-precision copy multiplies a float32 mask), the catalog is exported in fp32 only, the
-   error goes into the JSON, and the fp16 rows come from the hand-built fp16 graph;
+   fp16 variant, served and loaded through ``LoadedModel``); 1M as a seeded, untrained ``MF`` model
+   only, because a full export of 1M items takes 4-6 minutes and 11 GB on this project's 2-core CPU
+   machine, too long for the device budget. Catalogs above ``--export-max`` items (default 200,000) are
+   built that way; the JSON says which was which;
 2. **measures in-process users/s** at batch 1, 64, 256 and 1024 (CUDA) for:
-   the exported ``recommend`` graph through the server's ``LoadedModel`` (fp32 and fp16, IO binding on
-   and off; its exclusion list is each user's seen items), a plain hand-built Gather-MatMul-TopK graph
-   (fp32 baseline, and fp16), chunked top-K graphs (TopK per chunk of the catalog, then TopK over the
-   chunks' candidates) with and without IO binding (inputs bound as OrtValues on the GPU, outputs bound
-   to the GPU and copied back after ``run_with_iobinding``; the copies are inside the timing), PyTorch
-   on CUDA (gather, matmul, topk on the same factors, fp32 and fp16), and the CPU execution provider
-   (batch 1, 64, 256 only);
-3. **checks parity**: top-10 on CUDA against top-10 on the CPU for the plain and the exported graph
-   (a row agrees when the item sets are equal or every differing item's float64 score is within 1e-4
-   of the CPU's 10th score; >= 99.9 % of users required), the chunked graph against the plain one
-   (same rule), and the fp16 top-10 overlap with fp32;
-4. **serves**: ``onnxrec serve --device cuda`` and ``--device cpu`` on the exported catalog, driven by
-   ``onnxrec.clients.bench.run_bench`` closed loop at concurrency 1, 16 and 64 (QPS, p50, p99).
+   the exporter's own ``recommend`` graph (``exporter.graphs.RecommendGraph`` through ``export_module``,
+   fp32 and fp16 through ``variants.HalfPrecision``: Gather -> MatMul -> exclusion scatter -> TopK, with
+   a ``--exclude-width`` (32) exclusion list per user and runtime k), a plain hand-built
+   Gather-MatMul-TopK graph without exclusions (the issue's baseline; fp32 and fp16), the exported
+   version through the server's ``LoadedModel`` (fp32/fp16; exclusions = each user's seen items), each
+   with IO binding off and on (inputs bound as OrtValues on the GPU, outputs bound to the GPU and copied
+   back after ``run_with_iobinding``; the copies are inside the timing), PyTorch on CUDA (gather, matmul,
+   topk on the same factors, fp32 and fp16), and the CPU execution provider (batch 1, 64, 256 only);
+3. **checks parity**: top-10 on CUDA against top-10 on the CPU (same exclusions) for the plain, the
+   recommend and the exported graph (a row agrees when the item sets are equal or every differing item's
+   float64 score is within 1e-4 of the CPU's 10th score; >= 99.9 % of users required), and fp16 against
+   fp32 (reported, not required);
+4. **serves**: ``onnxrec serve --device cuda`` and ``--device cpu`` on the exported catalog, one process
+   and ``--serve-workers`` (4) processes, driven by ``onnxrec.clients.bench.run_bench`` closed loop at
+   concurrency 1, 16 and 64 (QPS, p50, p99, the server's mean batch).
 
 Every CUDA session is checked: ``session.get_providers()[0]`` must be ``CUDAExecutionProvider`` (the
 script stops with an error otherwise, never a silent CPU fallback); ``onnxruntime.preload_dlls()`` runs
 first. Writes JSON to ``--out``, else ``$OUT/gpu.json`` when ``$OUT`` is set, else
 ``benchmarks/results/gpu.json``, and prints markdown tables. Each part's wall time is in the JSON
-(``timings_s``); the budget for the whole device run is under 7 minutes.
+(``timings_s``); the whole run took 5 minutes on an H200 (2026-11-28).
 
 On the device machine ``onnxrec`` is not installed: when ``import onnxrec`` fails, the script lays a
 one-file shim package under the temp folder that maps ``onnxrec`` onto this checkout's ``core/`` (and
@@ -227,18 +226,13 @@ class Catalog:
     user_matrix: np.ndarray  # [U, D + 1] float32, last column 1
     scoring: np.ndarray  # [D + 1, N] float32, last row the item biases
     source: str
-    versions: dict[int, Path] = field(default_factory=dict)  # topk_chunk -> exported version directory
+    version: Path | None = None  # the exported version directory, if exported
     info: dict[str, Any] = field(default_factory=dict)
 
     @property
     def num_users(self) -> int:
         """Users in the catalog's user table."""
         return int(self.user_matrix.shape[0])
-
-    @property
-    def version(self) -> Path | None:
-        """The single-stage (topk_chunk 0) exported version, if exported."""
-        return self.versions.get(0)
 
 
 def _factors(model: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -249,9 +243,8 @@ def _factors(model: Any) -> tuple[np.ndarray, np.ndarray]:
     return np.hstack([users, np.ones((len(users), 1), np.float32)]), np.ascontiguousarray(np.vstack([items.T, bias]))
 
 
-def exported_catalog(size: int, work: Path, seed: int, precisions: tuple[str, ...], chunk: int) -> Catalog:
-    """An untrained MF run over ``size`` items exported with the project's exporter (k_max 10): version 1 with
-    one top-k, version 2 with ``topk_chunk=chunk`` (when ``chunk`` > 0), both with ``precisions``."""
+def exported_catalog(size: int, work: Path, seed: int, precisions: tuple[str, ...]) -> Catalog:
+    """An untrained MF run over ``size`` items exported with the project's exporter (k_max 10, ``precisions``)."""
     import onnxruntime as ort
     from synthetic_catalog import make_catalog_run
 
@@ -260,14 +253,11 @@ def exported_catalog(size: int, work: Path, seed: int, precisions: tuple[str, ..
 
     ort.set_default_logger_severity(3)
     info = make_catalog_run(work / f"run{size}", size, seed=seed)
-    versions: dict[int, Path] = {}
-    export_s: dict[str, float] = {}
-    for c in [0, chunk] if chunk else [0]:
-        t0 = time.perf_counter()
-        # parity on 512 users instead of 2,048: the exports are a quarter of the device run otherwise
-        opts = ExportOptions(k_max=K, seed=seed, precisions=precisions, topk_chunk=c, parity_users=512)
-        versions[c] = export(info.run, work / "repo", f"cat{size}", options=opts)
-        export_s[f"topk_chunk {c}"] = round(time.perf_counter() - t0, 1)
+    t0 = time.perf_counter()
+    # parity on 512 users instead of 2,048, to keep the device run short
+    opts = ExportOptions(k_max=K, seed=seed, precisions=precisions, parity_users=512)
+    version = export(info.run, work / "repo", f"cat{size}", options=opts)
+    export_s = round(time.perf_counter() - t0, 1)
     model = model_from_checkpoint(load_checkpoint(info.run))
     user_matrix, scoring = _factors(model)
     return Catalog(
@@ -276,13 +266,12 @@ def exported_catalog(size: int, work: Path, seed: int, precisions: tuple[str, ..
         user_matrix=user_matrix,
         scoring=scoring,
         source="synthetic_catalog.make_catalog_run + onnxrec export()",
-        versions=versions,
+        version=version,
         info={
             **info.to_dict(),
             "build_s": info.seconds,
             "export_s": export_s,
             "precisions": precisions,
-            "versions": {str(c): str(v) for c, v in versions.items()},
         },
     )
 
@@ -308,7 +297,7 @@ def random_catalog(size: int, seed: int) -> Catalog:
     )
 
 
-def product_graph(cat: Catalog, chunk: int, precision: str, work: Path) -> Path:
+def product_graph(cat: Catalog, precision: str, work: Path) -> Path:
     """The exporter's own recommend graph for ``cat``'s model (``exporter.graphs.RecommendGraph`` through
     ``export_module``, fp16 through ``variants.HalfPrecision``): user_idx, exclude, k -> scores, items.
     Parity and the other graphs are left out, which is what makes a 1M catalog quick to build."""
@@ -320,10 +309,10 @@ def product_graph(cat: Catalog, chunk: int, precision: str, work: Path) -> Path:
     from onnxrec.exporter.variants import HalfPrecision
 
     tables = ServingTables(history=np.zeros((0, 0), np.int64), user_features={}, centroids=[])
-    module: Any = RecommendGraph(cat.model, tables, K, chunk)
+    module: Any = RecommendGraph(cat.model, tables, K)
     if precision == "fp16":
         module = HalfPrecision(module)
-    path = work / f"product-{cat.size}-c{chunk}-{precision}.onnx"
+    path = work / f"recommend-{cat.size}-{precision}.onnx"
     example = (torch.arange(3), torch.full((3, 4), -1))
     export_module(module, recommend_spec(K), example, path)
     return path
@@ -720,12 +709,12 @@ class Bench:
 
     # -- parts ----------------------------------------------------------------------------------
     def build(self, size: int, work: Path, exporter_ok: bool, exporter_why: str) -> Catalog:
-        """The catalog: exported (twice: one top-k and chunked) when small enough and the exporter imports,
+        """The catalog: exported when small enough and the exporter imports,
         else a seeded model whose product graphs are built directly."""
         t = time.perf_counter()
         if size <= self.args.export_max and exporter_ok:
             precisions = () if "fp16" in self.skip else ("fp16",)
-            cat = exported_catalog(size, work, self.args.seed, precisions, self.args.serve_chunk)
+            cat = exported_catalog(size, work, self.args.seed, precisions)
         else:
             cat = random_catalog(size, self.args.seed)
             cat.info["why_not_exported"] = (
@@ -738,22 +727,13 @@ class Bench:
         return cat
 
     def graphs(self, cat: Catalog, work: Path) -> dict[str, bytes | Path]:
-        """The graphs for ``cat``: the hand-built plain Gather-MatMul-TopK (fp32, fp16) and the product's own
-        recommend graph per ``--chunks`` (fp32, fp16)."""
-        graphs: dict[str, bytes | Path] = {"plain": plain_graph(cat)}
+        """The graphs for ``cat``: the hand-built plain Gather-MatMul-TopK and the exporter's own recommend
+        graph (exclusions, runtime k), each in fp32 and fp16."""
+        graphs: dict[str, bytes | Path] = {"plain": plain_graph(cat), "recommend": product_graph(cat, "fp32", work)}
         if "fp16" not in self.skip:
             graphs["plain-fp16"] = plain_graph(cat, "fp16")
-        for c in self.chunks:
-            if c < cat.size:
-                graphs[f"product-c{c}"] = product_graph(cat, c, "fp32", work)
-                if "fp16" not in self.skip:
-                    graphs[f"product-c{c}-fp16"] = product_graph(cat, c, "fp16", work)
+            graphs["recommend-fp16"] = product_graph(cat, "fp16", work)
         return graphs
-
-    @property
-    def chunks(self) -> list[int]:
-        """The product graphs' topk_chunk values (0: one top-k)."""
-        return [int(x) for x in self.args.chunks.split(",") if x.strip()]
 
     def sessions(self, graphs: dict[str, bytes | Path], device: str) -> dict[str, Any]:
         """A session per graph; on the CPU a graph it cannot run (fp16 kernels) is skipped with the reason."""
@@ -787,37 +767,31 @@ class Bench:
             name = g.removesuffix("-fp16")
             for io in (False,) if cpu_extra else (False, True):
                 rec.run(name, "onnxruntime", device, precision, io, session_runner(sess, device, io), batches)
-        if not cat.versions:
+        if cat.version is None:
             self.skipped[f"{cat.size:,} exported on {device}"] = cat.info.get("why_not_exported", "not exported")
         elif not self.loaded_ok:
             self.skipped[f"{cat.size:,} exported on {device}"] = f"LoadedModel unavailable: {self.loaded_why}"
         else:
             has16 = "fp16" in cat.info.get("precisions", ())
-            precisions = ["fp32", "fp16"] if has16 and not cpu_extra else ["fp32"]
-            for chunk, version in cat.versions.items():
-                if cpu_extra and chunk:
-                    continue
-                for p in precisions:
-                    for io in (False,) if cpu_extra else (False, True):
-                        try:
-                            lm = self.loaded(version, device, p, io)
-                        except CudaNotActive:
+            for p in ["fp32", "fp16"] if has16 and not cpu_extra else ["fp32"]:
+                for io in (False,) if cpu_extra else (False, True):
+                    try:
+                        lm = self.loaded(cat.version, device, p, io)
+                    except CudaNotActive:
+                        raise
+                    except Exception as exc:  # ModelLoadError, onnxruntime's errors
+                        if device == "cuda":
                             raise
-                        except Exception as exc:  # ModelLoadError, onnxruntime's errors
-                            if device == "cuda":
-                                raise
-                            why = str(exc).splitlines()[0][:300]
-                            self.skipped[f"{cat.size:,} exported-c{chunk} {p} io={io} on {device}"] = why
-                            continue
-                        runner = loaded_model_runner(lm)
-                        rec.run(f"exported-c{chunk}", "LoadedModel", device, p, io, runner, batches, lm)
+                        self.skipped[f"{cat.size:,} exported {p} io={io} on {device}"] = str(exc).splitlines()[0][:300]
+                        continue
+                    rec.run("exported", "LoadedModel", device, p, io, loaded_model_runner(lm), batches, lm)
         if "torch" not in self.skip and not cpu_extra:
             for p in ("fp32", "fp16") if device == "cuda" and "fp16" not in self.skip else ("fp32",):
                 rec.run("torch", "torch", device, p, False, torch_runner(cat, device, p), batches)
 
     def parity(self, cat: Catalog, sessions: dict[str, Any], cpu: dict[str, Any]) -> None:
-        """Top-10 agreement against the CPU's single top-k (same exclusions): every product graph on the device
-        (chunked too), CUDA vs CPU for the plain graph and the exported versions, fp16 against fp32."""
+        """Top-10 agreement with the CPU (same exclusions): the plain and recommend graphs and the exported
+        version on CUDA, and fp16 against fp32."""
         par: dict[str, Any] = self.report["parity"].setdefault(str(cat.size), {})
         users = np.sort(self.rng.choice(cat.num_users, size=min(cat.num_users, 2000), replace=False)).astype(np.int64)
         exclude = exclusions(cat, users, self.args.exclude_width, 1)
@@ -835,29 +809,22 @@ class Bench:
         def top(sess: Any, device: str, io: bool = False, ex: Any = exclude) -> np.ndarray:
             return topk_of(session_runner(sess, device, io), users, 256, exclude=ex)
 
-        if "plain" in cpu and "plain" in sessions and self.cuda:
+        if "plain" in cpu and self.cuda:
             put("plain_cuda_vs_cpu", top(sessions["plain"], "cuda", True, None), top(cpu["plain"], "cpu", ex=None))
-        if "product-c0" in cpu:
-            ref = top(cpu["product-c0"], "cpu")
-            for g, sess in sessions.items():
-                if g.startswith("product-") and (self.cuda or g != "product-c0"):
-                    put(f"{g}_{dev}_vs_product-c0_cpu", top(sess, dev, self.cuda), ref)
-        if cat.versions and self.loaded_ok:
-            lm_cpu = self.loaded(cat.versions[0], "cpu")
+        if "recommend" in cpu:
+            ref = top(cpu["recommend"], "cpu")
+            for g in ("recommend", "recommend-fp16"):
+                if g in sessions and (self.cuda or g != "recommend"):
+                    put(f"{g}_{dev}_vs_recommend_cpu", top(sessions[g], dev, self.cuda), ref)
+        if cat.version is not None and self.loaded_ok:
+            lm_cpu = self.loaded(cat.version, "cpu")
             ref_ex = topk_of(loaded_model_runner(lm_cpu), users, 256, lm_cpu)
-            for chunk, version in cat.versions.items():
-                if not self.cuda and not chunk:
-                    continue
-                lm = self.loaded(version, dev)
-                put(
-                    f"exported-c{chunk}_{dev}_vs_exported-c0_cpu",
-                    topk_of(loaded_model_runner(lm), users, 256, lm),
-                    ref_ex,
-                )
-                if "fp16" in cat.info.get("precisions", ()) and self.cuda:
-                    lm16 = self.loaded(version, dev, "fp16")
-                    got = topk_of(loaded_model_runner(lm16), users, 256, lm16)
-                    put(f"exported-c{chunk}-fp16_{dev}_vs_exported-c0_cpu", got, ref_ex)
+            if self.cuda:
+                lm = self.loaded(cat.version, dev)
+                put(f"exported_{dev}_vs_cpu", topk_of(loaded_model_runner(lm), users, 256, lm), ref_ex)
+            if "fp16" in cat.info.get("precisions", ()) and self.cuda:
+                lm16 = self.loaded(cat.version, dev, "fp16")
+                put(f"exported-fp16_{dev}_vs_cpu", topk_of(loaded_model_runner(lm16), users, 256, lm16), ref_ex)
 
 
 def main() -> None:
@@ -869,11 +836,9 @@ def main() -> None:
         "--sizes", help="comma-separated catalog sizes, in this order (default 1000000,100000; quick 20000)"
     )
     ap.add_argument("--export-max", type=int, default=200_000, help="larger catalogs are built with onnx.helper")
-    ap.add_argument("--chunks", default="0,256,1024,4096", help="topk_chunk values of the product graphs (0: one)")
-    ap.add_argument("--serve-chunk", type=int, default=1024, help="topk_chunk of the second exported version")
     ap.add_argument("--serve-workers", type=int, default=4, help="also serve with this many workers (1: not)")
-    ap.add_argument("--exclude-width", type=int, default=32, help="exclusion list per user in the product graphs")
-    ap.add_argument("--skip", default="", help="comma-separated: torch, chunked, cpu-ep, served, fp16, exporter")
+    ap.add_argument("--exclude-width", type=int, default=32, help="exclusion list per user (recommend graphs)")
+    ap.add_argument("--skip", default="", help="comma-separated: torch, cpu-ep, served, fp16, exporter")
     ap.add_argument("--budget-s", type=float, default=400.0, help="optional parts starting later are skipped")
     ap.add_argument("--out", type=Path, help="JSON path (default $OUT/gpu.json, else benchmarks/results/gpu.json)")
     ap.add_argument("--seed", type=int, default=0)
@@ -964,7 +929,7 @@ def main() -> None:
                     graphs = bench.graphs(cat, tmp)
                     sessions = bench.sessions(graphs, dev)
                     if bench.cuda:
-                        cpu = bench.sessions({g: graphs[g] for g in ("plain", "product-c0") if g in graphs}, "cpu")
+                        cpu = bench.sessions({g: graphs[g] for g in ("plain", "recommend") if g in graphs}, "cpu")
                     else:
                         cpu = sessions
             with bench.part(f"in-process {dev} {name}", optional=False) as go:
@@ -982,7 +947,7 @@ def main() -> None:
             for g in graphs.values():
                 if isinstance(g, Path):
                     g.unlink(missing_ok=True)
-            if cat.versions and served_cat is None:
+            if cat.version is not None and served_cat is None:
                 served_cat = cat
 
         if "served" in skip:
@@ -992,13 +957,11 @@ def main() -> None:
         elif served_cat is None or served_cat.version is None:
             bench.skipped["served"] = "no exported catalog to serve"
         else:
-            v = served_cat.versions
+            v = served_cat.version
             devices = ["cuda", "cpu"] if bench.cuda else ["cpu"]
-            runs = [(d, d, v[0], 1) for d in devices]
-            if bench.cuda and args.serve_chunk in v and args.serve_chunk:
-                runs.append((f"cuda-c{args.serve_chunk}", "cuda", v[args.serve_chunk], 1))
+            runs = [(d, d, v, 1) for d in devices]
             if args.serve_workers > 1:
-                runs += [(f"{d}-w{args.serve_workers}", d, v[0], args.serve_workers) for d in devices]
+                runs += [(f"{d}-w{args.serve_workers}", d, v, args.serve_workers) for d in devices]
             duration, warmup = (2.0, 1.0) if args.quick else (4.0, 1.0)
             with bench.part(f"served {served_cat.size:,}") as go:
                 if go:

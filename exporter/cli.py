@@ -16,13 +16,6 @@ import click
 @click.option("--k-max", type=int, default=100, show_default=True, help="Top-k computed in the graphs.")
 @click.option("--max-batch", type=int, default=256, show_default=True, help="Largest batch the parity check uses.")
 @click.option(
-    "--topk-chunk",
-    type=int,
-    default=0,
-    show_default=True,
-    help="Top-k pruned by the maxima of runs of N items (faster on a GPU for large catalogs); 0 = one top-k.",
-)
-@click.option(
     "--precision",
     "precisions",
     multiple=True,
@@ -30,21 +23,13 @@ import click
     help="Also write an fp16 (GPU) or int8 (CPU) variant; repeatable.",
 )
 def export_command(
-    run: Path,
-    repository: Path,
-    name: str,
-    version: int | None,
-    k_max: int,
-    max_batch: int,
-    topk_chunk: int,
-    precisions: tuple[str, ...],
+    run: Path, repository: Path, name: str, version: int | None, k_max: int, max_batch: int, precisions: tuple[str, ...]
 ) -> None:
     """Export a training run to ONNX into REPOSITORY/NAME/VERSION, with parity checked."""
     from onnxrec.exporter.export import ExportOptions, export
     from onnxrec.exporter.inspect import format_manifest, inspect_version
 
-    opts = ExportOptions(k_max=k_max, max_batch=max_batch, precisions=precisions, topk_chunk=topk_chunk)
-    out = export(run, repository, name, version, opts)
+    out = export(run, repository, name, version, ExportOptions(k_max=k_max, max_batch=max_batch, precisions=precisions))
     click.echo(format_manifest(inspect_version(out)))
     click.echo(f"\nwrote {out}")
 

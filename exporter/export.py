@@ -71,7 +71,6 @@ class ExportOptions:
     parity_users: int = 2048
     seed: int = 0
     precisions: tuple[str, ...] = field(default=())
-    topk_chunk: int = 0  # > 0: top-k graphs prune the catalog by the maxima of runs of this many items (GPU)
 
 
 @dataclass
@@ -143,20 +142,20 @@ def _graphs(model: Recommender, ds: Dataset, tables: ServingTables, opts: Export
     return [
         _Graph(
             recommend_spec(k),
-            RecommendGraph(model, tables, k, opts.topk_chunk),
+            RecommendGraph(model, tables, k),
             ex(np.arange(b0) % n_users, np.full((b0, 4), -1)),
             rec_batches,
         ),
         _Graph(
             history_spec(k, feature_names),
-            HistoryGraph(model, tables, k, opts.topk_chunk),
+            HistoryGraph(model, tables, k),
             ex(np.zeros((b0, 5)), np.full((b0, 4), -1), *[np.ones(b0)] * len(feature_names)),
             hist_batches,
         ),
         _Graph(score_spec(), ScoreGraph(model, tables), ex(np.arange(b0) % n_users, np.zeros((b0, 6))), score_batches),
         _Graph(
             similar_spec(min(k, max(n_items - 1, 1))),
-            SimilarItemsGraph(model, min(k, max(n_items - 1, 1)), opts.topk_chunk),
+            SimilarItemsGraph(model, min(k, max(n_items - 1, 1))),
             ex(np.arange(b0) % n_items),
             sim_batches,
         ),
@@ -197,8 +196,6 @@ def export(
     opts = options or ExportOptions()
     if opts.k_max < 1 or opts.max_batch < 1:
         raise ExportError("k_max and max_batch must be at least 1")
-    if opts.topk_chunk < 0:
-        raise ExportError(f"topk_chunk must be 0 (one top-k over the catalog) or a chunk length, not {opts.topk_chunk}")
     unknown = sorted(set(opts.precisions) - set(PRECISIONS))
     if unknown:
         raise ExportError(f"unknown precision {unknown[0]!r} (use {' or '.join(PRECISIONS)})")
@@ -257,7 +254,6 @@ def export(
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "export_seconds": round(time.perf_counter() - t0, 2),
             "k_max": graphs[0].spec.k_max,
-            "topk_chunk": opts.topk_chunk,
             "num_users": ds.num_users,
             "num_items": ds.num_items,
             "history_len": int(getattr(model.cfg, "history_len", 0)) or FOLD_IN_HISTORY,

@@ -20,54 +20,24 @@ from onnxrec.trainer.models.base import FactorizedRecommender, Recommender
 from onnxrec.trainer.models.two_tower import TwoTower
 
 
-def padded_width(num_items: int, k: int, chunk: int = 0) -> int:
-    """Columns of the score matrix that :func:`topk_of_padded` takes: the items, one column that absorbs
-    the exclusion lists' -1 pads, and (chunked) columns up to a whole number of chunks. Chunking needs at
-    least ``k`` chunks; with fewer the top-k is taken in one stage."""
-    chunks = -(-(num_items + 1) // chunk) if chunk > 0 else 0
-    return chunks * chunk if chunks >= max(k, 2) else num_items + 1
-
-
 def topk_of_padded(
-    scores: torch.Tensor, exclude: torch.Tensor, num_items: int, k: int, chunk: int = 0
+    scores: torch.Tensor, exclude: torch.Tensor, num_items: int, k: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Top-k of ``scores`` [B, padded_width(num_items, k, chunk)] over the first ``num_items`` columns,
-    after setting the ``exclude`` [B, E] columns (-1 pads) to -inf. One ScatterElements writes -inf
-    into the excluded columns and into every padding column, whatever the padding held.
-
-    With ``chunk`` > 0 (and at least k chunks) the top-k is pruned by chunk maxima: the row is viewed as
-    [chunks, chunk], each chunk's maximum taken (one ReduceMax pass), the k chunks with the largest
-    maxima kept (a chunk holding one of the top-k items has a maximum at least the k-th score, and at
-    most k - 1 other chunks can beat it), and the top-k taken over those k x chunk candidates. Same
-    answer, ties aside; a GPU then never sorts a whole catalog-wide row, which is slow there. Padding
-    columns surface only where a row has fewer than k finite scores, and the server drops -inf entries.
-    """
-    width = padded_width(num_items, k, chunk)
+    """Top-k of ``scores`` [B, num_items + 1] over the first ``num_items`` columns, after setting the
+    ``exclude`` [B, E] columns (-1 pads) to -inf. The extra column absorbs the -1 pads; one
+    ScatterElements writes -inf into the excluded columns and into that column, whatever it held, so
+    it surfaces only where a row has fewer than k finite scores (the server drops -inf entries)."""
     index = torch.remainder(exclude, num_items + 1)  # -1 -> num_items (floored modulo, ONNX Mod fmod=0)
-    padding = torch.arange(num_items, width, dtype=index.dtype, device=index.device)
-    index = torch.cat([index, padding.unsqueeze(0).expand(index.shape[0], -1)], dim=1)
-    scores = scores.scatter(1, index, float("-inf"))
-    if width == num_items + 1:
-        values, items = torch.topk(scores, k, dim=1)
-        return values, items
-    chunks = width // chunk
-    block_max = scores.reshape(-1, chunks, chunk).amax(dim=2)  # [B, chunks]
-    _, best = torch.topk(block_max, k, dim=1)  # [B, k] chunk numbers
-    rows = best + torch.arange(best.shape[0], dtype=best.dtype, device=best.device).unsqueeze(1) * chunks
-    candidates = scores.reshape(-1, chunk)[rows]  # [B, k, chunk]
-    values, position = torch.topk(candidates.flatten(1), k, dim=1)
-    items = torch.gather(best, 1, torch.div(position, chunk, rounding_mode="floor")) * chunk
-    return values, items + torch.remainder(position, chunk)
+    pad = torch.full_like(index[:, :1], num_items)
+    scores = scores.scatter(1, torch.cat([index, pad], dim=1), float("-inf"))
+    values, items = torch.topk(scores, k, dim=1)
+    return values, items
 
 
-def masked_topk(
-    scores: torch.Tensor, exclude: torch.Tensor, k: int, chunk: int = 0
-) -> tuple[torch.Tensor, torch.Tensor]:
+def masked_topk(scores: torch.Tensor, exclude: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Top-k of ``scores`` [B, N] after setting the ``exclude`` [B, E] columns (-1 pads) to -inf
     (one Pad, then :func:`topk_of_padded`)."""
-    n = scores.shape[1]
-    padded = F.pad(scores, (0, padded_width(n, k, chunk) - n))
-    return topk_of_padded(padded, exclude, n, k, chunk)
+    return topk_of_padded(F.pad(scores, (0, 1)), exclude, scores.shape[1], k)
 
 
 @dataclass(frozen=True)
@@ -157,19 +127,19 @@ class RecommendGraph(_Base):
     user_matrix: torch.Tensor  # [num_users, D + 1]: user vectors and a column of ones
     scoring_matrix: torch.Tensor  # [D + 1, padded width]: item vectors (transposed), item biases, -inf columns
 
-    def __init__(self, model: Recommender, tables: ServingTables, k: int, chunk: int = 0) -> None:
+    def __init__(self, model: Recommender, tables: ServingTables, k: int) -> None:
         super().__init__(model, tables)
-        self.k, self.chunk = k, chunk
+        self.k = k
         self.num_items = model.num_items
         if self.factorized:
-            # score = [u, 1] . [v, b]: one Gather and one MatMul, the bias folded in. The padding columns
-            # top-k needs (see padded_width) are zero columns of the matrix, so the MatMul writes them and
-            # no Pad copies the [B, N] scores again (zeros, not -inf: int8 quantization scales by the
-            # largest magnitude; the scatter in topk_of_padded sets them to -inf).
+            # score = [u, 1] . [v, b]: one Gather and one MatMul, the bias folded in. The padding column
+            # topk_of_padded needs is a zero column of the matrix, so the MatMul writes it and no Pad copies
+            # the [B, N] scores again (zero, not -inf: int8 quantization scales by the largest magnitude;
+            # the scatter in topk_of_padded sets it to -inf).
             users = self.known_user_matrix()
             self.register_buffer("user_matrix", torch.cat([users, torch.ones(len(users), 1)], dim=1))
             scoring = torch.cat([self.item_matrix, self.item_bias[:, None]], dim=1).T
-            pad = torch.zeros(scoring.shape[0], padded_width(self.num_items, k, chunk) - self.num_items)
+            pad = torch.zeros(scoring.shape[0], 1)
             self.register_buffer("scoring_matrix", torch.cat([scoring, pad], dim=1).contiguous())
             self.drop_user_tables()
             del self._buffers["item_matrix"], self._buffers["item_bias"]
@@ -177,16 +147,16 @@ class RecommendGraph(_Base):
     def forward(self, user_idx: torch.Tensor, exclude: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self.factorized:
             scores = torch.index_select(self.user_matrix, 0, user_idx) @ self.scoring_matrix
-            return topk_of_padded(scores, exclude, self.num_items, self.k, self.chunk)
-        return masked_topk(self.model.score_all(user_idx, {}), exclude, self.k, self.chunk)
+            return topk_of_padded(scores, exclude, self.num_items, self.k)
+        return masked_topk(self.model.score_all(user_idx, {}), exclude, self.k)
 
 
 class HistoryGraph(_Base):
     """(history [B, H], exclude [B, E], user features...) -> (scores [B, K], items [B, K])."""
 
-    def __init__(self, model: Recommender, tables: ServingTables, k: int, chunk: int = 0) -> None:
+    def __init__(self, model: Recommender, tables: ServingTables, k: int) -> None:
         super().__init__(model, tables)
-        self.k, self.chunk = k, chunk
+        self.k = k
         self.history_len = int(getattr(model.cfg, "history_len", 0))
         for j, c in enumerate(tables.centroids):
             self.register_buffer(f"centroid_{j}", torch.from_numpy(c))
@@ -212,7 +182,7 @@ class HistoryGraph(_Base):
                 m = mask.to(c.dtype)  # the tables' dtype: float32, or float16 in the fp16 variant
                 rows.append((c * m).sum(1) / m.sum(1).clamp_min(1.0))
             scores = self.model.score_with_user(rows, None)
-        return masked_topk(scores, exclude, self.k, self.chunk)
+        return masked_topk(scores, exclude, self.k)
 
 
 class ScoreGraph(_Base):
@@ -239,12 +209,12 @@ class SimilarItemsGraph(nn.Module):
 
     normed: torch.Tensor
 
-    def __init__(self, model: Recommender, k: int, chunk: int = 0) -> None:
+    def __init__(self, model: Recommender, k: int) -> None:
         super().__init__()
         with torch.no_grad():
             self.register_buffer("normed", F.normalize(model.item_representation().detach().float(), dim=-1))
-        self.k, self.chunk = k, chunk
+        self.k = k
 
     def forward(self, item_idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         sims = self.normed[item_idx] @ self.normed.T
-        return masked_topk(sims, item_idx.unsqueeze(1), self.k, self.chunk)
+        return masked_topk(sims, item_idx.unsqueeze(1), self.k)

@@ -19,17 +19,11 @@ def _shape(shape: list[Any]) -> str:
     return "[" + ", ".join(str(d) for d in shape) + "]"
 
 
-def _chunked(m: dict[str, Any]) -> str:
-    chunk = int(m.get("topk_chunk", 0))  # absent before the option existed
-    return f" (pruned by the maxima of runs of {chunk:,} items)" if chunk else ""
-
-
 def format_manifest(m: dict[str, Any]) -> str:
     """Readable text: header, graphs with their tensors, metrics, parity, variants."""
     lines = [
         f"{m['name']} version {m['version']}: {m['model_type']}, {m['num_users']:,} users, {m['num_items']:,} items, "
-        f"top-{m['k_max']} in graph{_chunked(m)}, opset {m['opset']}, "
-        f"exported {m['created']} by onnxrec {m['onnxrec_version']}",
+        f"top-{m['k_max']} in graph, opset {m['opset']}, exported {m['created']} by onnxrec {m['onnxrec_version']}",
         "",
         "graphs:",
     ]

@@ -88,8 +88,8 @@ def add_k_input(model: onnx.ModelProto, spec: GraphSpec) -> None:
     sort is most of the graph's time at large batches)."""
     graph = model.graph
     topks = [n for n in graph.node if n.op_type == "TopK"]
-    if len(topks) not in (1, 2):
-        raise ExportError(f"{spec.name}: expected one TopK node (two if chunked) in the graph, found {len(topks)}")
+    if len(topks) != 1:
+        raise ExportError(f"{spec.name}: expected one TopK node in the exported graph, found {len(topks)}")
     k_name, lo_name, hi_name, clamped = K, "k_min_1", "k_max", "k_clamped"
     graph.input.append(onnx.helper.make_tensor_value_info(k_name, onnx.TensorProto.INT64, [1]))
     graph.initializer.extend(
@@ -105,31 +105,13 @@ def add_k_input(model: onnx.ModelProto, spec: GraphSpec) -> None:
     ]
     for offset, node in enumerate(clamp):
         graph.node.insert(index + offset, node)
-    for topk in topks:
-        topk.input[1] = clamped
-    if len(topks) == 2:
-        _flatten_candidates(graph, topks[1])
+    topks[0].input[1] = clamped
     del graph.value_info[:]  # shapes recorded with the traced k; onnxruntime infers them again
     for out in graph.output:
         dims = out.type.tensor_type.shape.dim
         if len(dims) == 2:
             dims[1].Clear()
             dims[1].dim_param = K
-
-
-def _flatten_candidates(graph: onnx.GraphProto, final: onnx.NodeProto) -> None:
-    """In a two-stage (chunked) top-k, the Reshape that flattens the [B, k, chunk] candidates into
-    [B, k * chunk] for the final TopK was traced with the example's k; make it [B, -1] so any run-time
-    k works (ONNX Reshape: 0 copies the batch dimension, -1 takes the rest)."""
-    producer = next((n for n in graph.node if final.input[0] in n.output), None)
-    if producer is None or producer.op_type != "Reshape":
-        raise ExportError("expected a Reshape before the chunked top-k's final TopK")
-    flat = "chunk_candidates_shape"
-    graph.initializer.append(onnx.helper.make_tensor(flat, onnx.TensorProto.INT64, [2], [0, -1]))
-    producer.input[1] = flat
-    for attr in producer.attribute:  # the exporter writes allowzero=1, under which 0 means an empty axis
-        if attr.name == "allowzero":
-            attr.i = 0
 
 
 def _summary(exc: Exception) -> str:

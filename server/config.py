@@ -25,6 +25,7 @@ class ServerConfig:
     precision: str = "fp32"  # fp32 | fp16 | int8 (the exported variant to load)
     intra_op_threads: int = 0  # 0 = auto: 1 on the CPU for catalogs under 100k items, else all cores
     ort_spinning: bool = False  # let onnxruntime's idle threads spin (burns the cores the event loop needs)
+    io_binding: bool = False  # bind inputs/outputs on the device (CUDA; measured no faster, BENCHMARKS.md)
     max_batch_size: int = 64
     max_queue_delay_us: int = 0  # 0 = run as soon as the model is free (no added latency at low load)
     max_queue_size: int = 2048

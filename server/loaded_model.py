@@ -113,7 +113,7 @@ class LoadedModel:
         intra_op_threads: int = 0,
         precision: str = "fp32",
         spinning: bool = False,
-        io_binding: bool | None = None,
+        io_binding: bool = False,
     ) -> None:
         self.path = Path(version_dir)
         try:
@@ -155,9 +155,11 @@ class LoadedModel:
                 raise ModelLoadError(f"{self.path / file}: CUDA was asked for but {session.get_providers()[0]} runs")
             self.sessions[graph] = session
         self.provider: str = self.sessions["recommend"].get_providers()[0]
-        # CUDA: inputs copied to the GPU and outputs allocated there by onnxruntime through an IO binding
-        # (the item tables are initializers, resident on the GPU); outputs are copied back once per run
-        self.io_binding = self.provider == "CUDAExecutionProvider" if io_binding is None else io_binding
+        # The item tables are initializers, resident on the GPU under CUDA either way. io_binding: inputs
+        # copied to the session's device and outputs allocated there through an IO binding, copied back
+        # once per run. Off by default: on onnxruntime 1.31 CUDA (H200) plain run() was as fast or faster
+        # at every batch size (the outputs are only [B, k]; BENCHMARKS.md, GPU section).
+        self.io_binding = io_binding
         self._output_device = "cuda" if self.provider == "CUDAExecutionProvider" else "cpu"
         self._outputs = {g: [o.name for o in sess.get_outputs()] for g, sess in self.sessions.items()}
         self._runtime_k = {g for g, sess in self.sessions.items() if "k" in {i.name for i in sess.get_inputs()}}

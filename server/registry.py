@@ -165,6 +165,7 @@ class ModelRegistry:
             intra_op_threads=self.config.intra_op_threads,
             precision=self.config.precision,
             spinning=self.config.ort_spinning,
+            io_binding=self.config.io_binding,
         )
         if model.name != name or model.version != version:
             raise OnnxrecError(
