@@ -365,12 +365,16 @@ class CudaNotActive(RuntimeError):
     """CUDA was asked for and onnxruntime is not running on it: the run stops (never a silent CPU fallback)."""
 
 
-def make_session(model: bytes | Path, device: str) -> Any:
-    """An onnxruntime session on ``device``; on CUDA the active provider is checked (no silent fallback)."""
+def make_session(model: bytes | Path, device: str, profile_prefix: str | None = None) -> Any:
+    """An onnxruntime session on ``device``; on CUDA the active provider is checked (no silent fallback).
+    ``profile_prefix``: onnxruntime's per-node profiling on, its trace written under that prefix."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
+    if profile_prefix:
+        opts.enable_profiling = True
+        opts.profile_file_prefix = profile_prefix
     providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if device == "cuda" else ["CPUExecutionProvider"]
     session = ort.InferenceSession(model if isinstance(model, bytes) else str(model), opts, providers=providers)
     if device == "cuda" and session.get_providers()[0] != "CUDAExecutionProvider":
@@ -378,6 +382,32 @@ def make_session(model: bytes | Path, device: str) -> Any:
             f"CUDA was asked for but onnxruntime runs {session.get_providers()} (no GPU, or libs missing)"
         )
     return session
+
+
+def node_profile(graph: bytes | Path, device: str, feeds: list[Feed], calls: int, work: Path) -> dict[str, Any]:
+    """Where a graph's time goes: 3 warm-up and ``calls`` timed runs with onnxruntime's profiler on (all of them
+    in the trace); per operator type the summed kernel time (µs per call) and share, from the node events."""
+    session = make_session(graph, device, str(work / "ort-profile"))
+    run = session_runner(session, device, False)
+    for f in feeds[:3]:
+        run(f)
+    for j in range(calls):
+        run(feeds[j % len(feeds)])
+    trace = Path(session.end_profiling())
+    events = json.loads(trace.read_text())
+    trace.unlink(missing_ok=True)
+    per_op: dict[str, float] = {}
+    for e in events:
+        if e.get("cat") == "Node" and str(e.get("name", "")).endswith("_kernel_time"):
+            op = str(e.get("args", {}).get("op_name", "?"))
+            per_op[op] = per_op.get(op, 0.0) + float(e.get("dur", 0))
+    total = sum(per_op.values()) or 1.0
+    ranked = sorted(per_op.items(), key=lambda kv: -kv[1])
+    return {
+        "calls": calls + 3,
+        "kernel_us_per_call": round(total / (calls + 3), 1),
+        "by_op": {op: {"us_per_call": round(us / (calls + 3), 1), "share": round(us / total, 4)} for op, us in ranked},
+    }
 
 
 def session_runner(session: Any, device: str, io_binding: bool) -> Runner:
@@ -789,6 +819,16 @@ class Bench:
             for p in ("fp32", "fp16") if device == "cuda" and "fp16" not in self.skip else ("fp32",):
                 rec.run("torch", "torch", device, p, False, torch_runner(cat, device, p), batches)
 
+    def profile(self, cat: Catalog, graphs: dict[str, bytes | Path], device: str, batch: int, work: Path) -> None:
+        """Per-node kernel time of each graph at ``batch`` (onnxruntime's profiler), into the report."""
+        feeds = make_feeds(cat, batch, self.rng, self.args.exclude_width)
+        out = self.report.setdefault("profile", {}).setdefault(str(cat.size), {})
+        for g, model in graphs.items():
+            out[g] = {"batch": batch, **node_profile(model, device, feeds, 10, work)}
+            top = ", ".join(f"{op} {v['share']:.0%}" for op, v in list(out[g]["by_op"].items())[:4])
+            us = out[g]["kernel_us_per_call"]
+            print(f"  profile {cat.size:,} {g} b{batch}: {us:,.0f} us/call ({top})", flush=True)
+
     def parity(self, cat: Catalog, sessions: dict[str, Any], cpu: dict[str, Any]) -> None:
         """Top-10 agreement with the CPU (same exclusions): the plain and recommend graphs and the exported
         version on CUDA, and fp16 against fp32."""
@@ -843,6 +883,9 @@ def main() -> None:
     ap.add_argument("--out", type=Path, help="JSON path (default $OUT/gpu.json, else benchmarks/results/gpu.json)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--check-deps", action="store_true", help="print what imports and exit")
+    ap.add_argument(
+        "--profile-batch", type=int, default=0, help="also profile the graphs per node at this batch size (0: not)"
+    )
     args = ap.parse_args()
     skip = {s.strip() for s in args.skip.split(",") if s.strip()}
     onnxrec_from = ensure_onnxrec()
@@ -942,6 +985,10 @@ def main() -> None:
             with bench.part(f"parity {name}", optional=False) as go:
                 if go:
                     bench.parity(cat, sessions, cpu)
+            if args.profile_batch:
+                with bench.part(f"profile {name}") as go:
+                    if go:
+                        bench.profile(cat, graphs, dev, args.profile_batch, tmp)
             sessions.clear()
             cpu.clear()
             for g in graphs.values():
