@@ -125,7 +125,7 @@ class RecommendGraph(_Base):
     """(user_idx [B], exclude [B, E]) -> (scores [B, K], items [B, K])."""
 
     user_matrix: torch.Tensor  # [num_users, D + 1]: user vectors and a column of ones
-    scoring_matrix: torch.Tensor  # [D + 1, padded width]: item vectors (transposed), item biases, -inf columns
+    scoring_matrix: torch.Tensor  # [D + 1, num_items + 1]: item vectors (transposed) and biases, a zero pad column
 
     def __init__(self, model: Recommender, tables: ServingTables, k: int) -> None:
         super().__init__(model, tables)
