@@ -1,10 +1,12 @@
-"""Helpers the benchmark scripts share: where MovieLens-100K is and what machine ran them."""
+"""Helpers the benchmark scripts share: where MovieLens-100K is, what machine ran them, one timed point."""
 
 from __future__ import annotations
 
 import os
 import platform
 import subprocess
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,4 +37,30 @@ def machine_info(**extra: Any) -> dict[str, Any]:
         "torch": torch.__version__,
         **extra,
         "loadavg_start": [round(x, 2) for x in os.getloadavg()],
+    }
+
+
+def time_point(
+    fn: Callable[[Any], Any], feeds: Sequence[Any], batch: int, seconds: float, min_calls: int
+) -> dict[str, Any]:
+    """``fn(feed)`` cycling over ``feeds``: 3 warm-up calls, then timed for ``seconds`` (at least ``min_calls``
+    calls); users/s (``batch`` users a call) and p50 / p99 ms per call."""
+    import numpy as np
+
+    for feed in feeds[:3]:
+        fn(feed)
+    times: list[float] = []
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end or len(times) < min_calls:
+        feed = feeds[len(times) % len(feeds)]
+        t0 = time.perf_counter()
+        fn(feed)
+        times.append(time.perf_counter() - t0)
+    t = np.array(times)
+    return {
+        "batch": batch,
+        "calls": len(t),
+        "users_per_s": round(batch * len(t) / float(t.sum()), 1),
+        "p50_ms": round(float(np.percentile(t, 50)) * 1000, 3),
+        "p99_ms": round(float(np.percentile(t, 99)) * 1000, 3),
     }

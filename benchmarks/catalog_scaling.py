@@ -48,6 +48,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from bench_common import time_point
 from serving import answers_k, free_port, loadavg, measure, start_server
 
 REPO = Path(__file__).resolve().parents[1]
@@ -87,18 +88,6 @@ def model_name(size: int) -> str:
     return f"cat{size}"
 
 
-def _time_calls(fn: Any, feeds: list[Any], seconds: float, min_calls: int) -> np.ndarray:
-    """Seconds per call of ``fn(feed)`` cycling over ``feeds`` for ``seconds`` (at least ``min_calls``)."""
-    times: list[float] = []
-    end = time.perf_counter() + seconds
-    while time.perf_counter() < end or len(times) < min_calls:
-        feed = feeds[len(times) % len(feeds)]
-        t0 = time.perf_counter()
-        fn(feed)
-        times.append(time.perf_counter() - t0)
-    return np.array(times)
-
-
 def inprocess(version: Path, seconds: float, min_calls: int, seed: int) -> dict[str, Any]:
     """``LoadedModel.recommend`` on the CPU: batch 1 latency, batch 64 / 256 users per second."""
     from onnxrec.server.loaded_model import LoadedModel
@@ -121,16 +110,7 @@ def inprocess(version: Path, seconds: float, min_calls: int, seed: int) -> dict[
         for _ in range(16):
             users = rng.integers(0, model.num_users, size=batch)
             feeds.append((users, [model.seen(int(u)) for u in users]))
-        for f in feeds[:3]:
-            call(f)
-        t = _time_calls(call, feeds, seconds, min_calls if batch == 1 else 5)
-        out[f"b{batch}"] = {
-            "batch": batch,
-            "calls": len(t),
-            "p50_ms": round(float(np.percentile(t, 50) * 1000), 3),
-            "p99_ms": round(float(np.percentile(t, 99) * 1000), 3),
-            "users_per_s": round(batch * len(t) / float(t.sum()), 1),
-        }
+        out[f"b{batch}"] = time_point(call, feeds, batch, seconds, min_calls if batch == 1 else 5)
     best = max((out["b64"], out["b256"]), key=lambda p: p["users_per_s"])
     out["saturation_users_per_s"] = best["users_per_s"]
     out["saturation_batch"] = best["batch"]

@@ -92,9 +92,12 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_common import time_point
+
 REPO = Path(__file__).resolve().parents[1]
 BENCH = REPO / "benchmarks"
-sys.path.insert(0, str(BENCH))
 
 K = 10
 DIM = 64
@@ -235,12 +238,21 @@ class Catalog:
         return int(self.user_matrix.shape[0])
 
 
-def _factors(model: Any) -> tuple[np.ndarray, np.ndarray]:
-    """The MF model's user rows [U, D + 1] (ones column) and scoring matrix [D + 1, N] (bias row)."""
+def catalog_of(model: Any, source: str, info: dict[str, Any], version: Path | None = None) -> Catalog:
+    """The catalog of an MF ``model``: its user rows [U, D + 1] (ones column) and scoring matrix [D + 1, N]
+    (bias row), the layout the exporter's recommend graph uses."""
     users = model.user_emb.weight.detach().numpy().astype(np.float32)
     items = model.item_emb.weight.detach().numpy().astype(np.float32)
     bias = model.item_b.weight.detach().numpy().astype(np.float32).reshape(1, -1)
-    return np.hstack([users, np.ones((len(users), 1), np.float32)]), np.ascontiguousarray(np.vstack([items.T, bias]))
+    return Catalog(
+        size=int(model.cfg.num_items),
+        model=model,
+        user_matrix=np.hstack([users, np.ones((len(users), 1), np.float32)]),
+        scoring=np.ascontiguousarray(np.vstack([items.T, bias])),
+        source=source,
+        version=version,
+        info=info,
+    )
 
 
 def exported_catalog(size: int, work: Path, seed: int, precisions: tuple[str, ...]) -> Catalog:
@@ -258,21 +270,11 @@ def exported_catalog(size: int, work: Path, seed: int, precisions: tuple[str, ..
     opts = ExportOptions(k_max=K, seed=seed, precisions=precisions, parity_users=512)
     version = export(info.run, work / "repo", f"cat{size}", options=opts)
     export_s = round(time.perf_counter() - t0, 1)
-    model = model_from_checkpoint(load_checkpoint(info.run))
-    user_matrix, scoring = _factors(model)
-    return Catalog(
-        size=size,
-        model=model,
-        user_matrix=user_matrix,
-        scoring=scoring,
-        source="synthetic_catalog.make_catalog_run + onnxrec export()",
-        version=version,
-        info={
-            **info.to_dict(),
-            "build_s": info.seconds,
-            "export_s": export_s,
-            "precisions": precisions,
-        },
+    return catalog_of(
+        model_from_checkpoint(load_checkpoint(info.run)),
+        "synthetic_catalog.make_catalog_run + onnxrec export()",
+        {**info.to_dict(), "build_s": info.seconds, "export_s": export_s, "precisions": precisions},
+        version,
     )
 
 
@@ -286,14 +288,10 @@ def random_catalog(size: int, seed: int) -> Catalog:
 
     torch.manual_seed(seed)
     model = MF(MFConfig(default_users(size), size, DIM))
-    user_matrix, scoring = _factors(model)
-    return Catalog(
-        size=size,
-        model=model,
-        user_matrix=user_matrix,
-        scoring=scoring,
-        source="seeded untrained MF model, graphs built from it (no dataset, no export())",
-        info={"num_users": model.cfg.num_users, "num_items": size, "dim": DIM, "build_s": 0.0},
+    return catalog_of(
+        model,
+        "seeded untrained MF model, graphs built from it (no dataset, no export())",
+        {"num_users": model.cfg.num_users, "num_items": size, "dim": DIM, "build_s": 0.0},
     )
 
 
@@ -460,27 +458,6 @@ def loaded_model_runner(model: Any) -> Runner:
         return model.recommend(feed["user_idx"], feed["seen"])
 
     return run
-
-
-def time_runner(run: Runner, feeds: list[Feed], batch: int, seconds: float, min_calls: int) -> dict[str, Any]:
-    """Users/s, p50 and p99 ms per call over a timed window (after 3 warm-up calls)."""
-    for f in feeds[:3]:
-        run(f)
-    times: list[float] = []
-    end = time.perf_counter() + seconds
-    while time.perf_counter() < end or len(times) < min_calls:
-        f = feeds[len(times) % len(feeds)]
-        t0 = time.perf_counter()
-        run(f)
-        times.append(time.perf_counter() - t0)
-    arr = np.array(times)
-    return {
-        "batch": batch,
-        "calls": len(arr),
-        "users_per_s": round(batch * len(arr) / float(arr.sum()), 1),
-        "p50_ms": round(float(np.percentile(arr, 50)) * 1000, 3),
-        "p99_ms": round(float(np.percentile(arr, 99)) * 1000, 3),
-    }
 
 
 def exclusions(cat: Catalog, users: np.ndarray, width: int, seed: int) -> np.ndarray:
@@ -663,7 +640,7 @@ class Recorder:
         """One row per batch size (``loaded``: a LoadedModel whose seen items the feeds carry)."""
         for b in batches:
             feeds = make_feeds(self.cat, b, self.rng, self.width, loaded)
-            point = time_runner(runner, feeds, b, self.seconds, 3 if device == "cpu" and b > 1 else 5)
+            point = time_point(runner, feeds, b, self.seconds, 3 if device == "cpu" and b > 1 else 5)
             self.rows.append(
                 {
                     "catalog": self.cat.size,
