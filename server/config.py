@@ -29,6 +29,8 @@ class ServerConfig:
     max_batch_size: int = 64
     max_queue_delay_us: int = 0  # 0 = run as soon as the model is free (no added latency at low load)
     max_queue_size: int = 2048
+    linger_us: int = 0  # > 0: hold a batch open while requests arrive closer together than this (adaptive)
+    linger_max_us: int = 4000  # the longest a lingering batch waits, from its first request
     inline_max_us: int = 500  # run batches expected to take at most this on the event loop (no thread hop)
     max_request_items: int = 1024  # users per RecommendBatch, candidates per Score
     max_message_bytes: int = 4 * 1024 * 1024
@@ -58,6 +60,8 @@ class ServerConfig:
             (self.max_queue_delay_us >= 0, "max_queue_delay_us must be 0 or more"),
             (self.max_queue_size >= 1, "max_queue_size must be at least 1"),
             (self.inline_max_us >= 0, "inline_max_us must be 0 or more"),
+            (self.linger_us >= 0, "linger_us must be 0 or more"),
+            (self.linger_max_us >= 0, "linger_max_us must be 0 or more"),
             (self.max_request_items >= 1, "max_request_items must be at least 1"),
             (self.workers >= 1, "workers must be at least 1"),
             (self.version_policy in ("latest", "all", "specific"), "version_policy must be latest, all or specific"),

@@ -121,6 +121,8 @@ class ModelRegistry:
             max_queue_delay_s=config.max_queue_delay_us / 1e6,
             max_queue_size=config.max_queue_size,
             inline_max_s=config.inline_max_us / 1e6,
+            linger_s=config.linger_us / 1e6,
+            linger_max_s=config.linger_max_us / 1e6,
         )
 
     def get(self, name: str, version: int = 0) -> ServedModel:

@@ -82,6 +82,8 @@ def test_config_validation() -> None:
         BatcherConfig(max_batch_size=0)
     with pytest.raises(ValueError):
         BatcherConfig(max_queue_delay_s=-0.1)
+    with pytest.raises(ValueError, match="linger_s"):
+        BatcherConfig(linger_s=-1.0)
     with pytest.raises(ValueError):
         BatcherConfig(max_queue_size=0)
     assert BatcherConfig() == BatcherConfig(64, 0.0, 1024)
@@ -111,9 +113,16 @@ def test_results_match_run_batch() -> None:
     run_sleep=st.sampled_from([0.0, 0.001]),
     gaps=st.lists(st.booleans(), min_size=25, max_size=25),
     inline=st.sampled_from([0.0, 0.0005, 1.0]),
+    linger=st.sampled_from([0.0, 0.0005, 0.002]),
 )
 def test_batched_result_equals_single_result(
-    items: list[tuple[int, int]], max_batch_size: int, delay: float, run_sleep: float, gaps: list[bool], inline: float
+    items: list[tuple[int, int]],
+    max_batch_size: int,
+    delay: float,
+    run_sleep: float,
+    gaps: list[bool],
+    inline: float,
+    linger: float,
 ) -> None:
     """Whatever the batching, every caller gets f(its item) and every batch respects the row limit."""
 
@@ -129,7 +138,9 @@ def test_batched_result_equals_single_result(
         return [f(x) for x, _ in batch]
 
     async def main() -> None:
-        config = BatcherConfig(max_batch_size=max_batch_size, max_queue_delay_s=delay, inline_max_s=inline)
+        config = BatcherConfig(
+            max_batch_size=max_batch_size, max_queue_delay_s=delay, inline_max_s=inline, linger_s=linger
+        )
         batcher: DynamicBatcher[tuple[int, int], int] = DynamicBatcher(run_batch, config)
         tasks = []
         for (x, w), gap in zip(items, gaps, strict=False):
@@ -468,3 +479,60 @@ def test_close_before_any_submit_and_shared_executor() -> None:
 
     with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
         run(main(pool))
+
+
+async def _primed(rec: Recorder, config: BatcherConfig) -> DynamicBatcher[int, int]:
+    """A batcher that has served one request (so the next arrival has a previous one to be near)."""
+    batcher: DynamicBatcher[int, int] = DynamicBatcher(rec, config)
+    assert await batcher.submit(0) == 0
+    return batcher
+
+
+def test_linger_collects_requests_arriving_close_together() -> None:
+    async def main() -> None:
+        rec = Recorder()
+        batcher = await _primed(rec, BatcherConfig(max_batch_size=16, linger_s=0.3, linger_max_s=5.0))
+        tasks = []
+        for i in range(1, 5):  # four arrivals 20 ms apart, well inside the 300 ms linger
+            tasks.append(asyncio.ensure_future(batcher.submit(i)))
+            await asyncio.sleep(0.02)
+        assert await asyncio.gather(*tasks) == [2, 4, 6, 8]
+        await batcher.close()
+        assert rec.batches == [[0], [1, 2, 3, 4]]
+
+    run(main())
+
+
+def test_linger_ends_when_the_batch_is_full() -> None:
+    async def main() -> None:
+        rec = Recorder()
+        batcher = await _primed(rec, BatcherConfig(max_batch_size=3, linger_s=5.0, linger_max_s=10.0))
+        t0 = time.perf_counter()
+        assert await asyncio.gather(*(batcher.submit(i) for i in (1, 2, 3))) == [2, 4, 6]
+        elapsed = time.perf_counter() - t0
+        await batcher.close()
+        assert rec.batches == [[0], [1, 2, 3]]
+        assert elapsed < 2.0, elapsed  # a full batch runs at once, not after the 5 s linger
+
+    run(main())
+
+
+def test_no_linger_after_a_long_gap_and_backoff_after_a_lonely_linger() -> None:
+    async def main() -> None:
+        rec = Recorder()
+        linger = 0.4
+        batcher = await _primed(rec, BatcherConfig(max_batch_size=16, linger_s=linger, linger_max_s=linger))
+        await asyncio.sleep(linger + 0.1)  # a long gap: the next request does not wait
+        t0 = time.perf_counter()
+        assert await batcher.submit(1) == 2
+        assert time.perf_counter() - t0 < linger / 2
+        t0 = time.perf_counter()  # right after the previous one: it lingers, and nobody comes
+        assert await batcher.submit(2) == 4
+        assert time.perf_counter() - t0 >= linger * 0.9
+        t0 = time.perf_counter()  # after that lonely linger the next close arrival skips lingering
+        assert await batcher.submit(3) == 6
+        assert time.perf_counter() - t0 < linger / 2
+        await batcher.close()
+        assert rec.batches == [[0], [1], [2], [3]]
+
+    run(main())

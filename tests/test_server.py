@@ -289,6 +289,43 @@ def test_many_concurrent_clients_all_answered(server: ServerProcess, synthetic: 
     assert answered == [200] * 64
 
 
+def test_linger_batches_concurrent_clients_without_changing_answers(
+    repository: Path, synthetic: Dataset, tmp_path: Path
+) -> None:
+    """--linger-us: concurrent clients' requests share model runs, and every answer stays the same."""
+    users = [str(u) for u in synthetic.user_ids[:40]]
+    model = LoadedModel(repository / "twotower" / "1", device="cpu")
+    idx = [model.user_index[u] for u in users]
+    expected = {
+        u: [model.item_id_text[i] for i in top.items[:10]]
+        for u, top in zip(users, model.recommend(np.array(idx), [model.seen(i) for i in idx]), strict=True)
+    }
+    srv = start_server(
+        repository, tmp_path / "server.log", "--linger-us", "30000", "--linger-max-us", "200000", "--metrics-port", "0"
+    )
+    try:
+
+        def client(seed: int) -> int:
+            rng = np.random.default_rng(seed)
+            ok = 0
+            with grpc.insecure_channel(srv.address) as ch:
+                st = pb_grpc.RecommenderServiceStub(ch)
+                for _ in range(15):
+                    u = users[int(rng.integers(len(users)))]
+                    ok += [i.item_id for i in st.Recommend(rec("twotower", u), timeout=30).items] == expected[u]
+            return ok
+
+        with concurrent.futures.ThreadPoolExecutor(16) as pool:
+            assert list(pool.map(client, range(16))) == [15] * 16
+        url = re.findall(r"metrics on (http://\S+)", srv.log.read_text())[0]
+        text = urllib.request.urlopen(url, timeout=10).read().decode()
+        runs = float(re.findall(r'onnxrec_batch_size_count\{graph="recommend",model="twotower"\} (\S+)', text)[0])
+        rows = float(re.findall(r'onnxrec_batch_size_sum\{graph="recommend",model="twotower"\} (\S+)', text)[0])
+        assert rows >= 240 and rows / runs > 1.5, (rows, runs)  # requests shared runs
+    finally:
+        assert srv.stop() == 0
+
+
 def test_hot_reload_and_broken_version(repository: Path, trained: dict[str, Path], tmp_path: Path) -> None:
     repo = tmp_path / "repo"
     shutil.copytree(repository / "mf", repo / "mf")
