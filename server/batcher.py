@@ -173,6 +173,7 @@ class DynamicBatcher(Generic[T, R]):
         # preempted on a busy machine measures long without the model being slow
         self._recent_per_row: collections.deque[float] = collections.deque(maxlen=15)
         self._seconds_per_row: float | None = None
+        self._runs = 0
         # created with the scheduler task, in the loop that first submits
         self._wakeup: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
@@ -304,9 +305,12 @@ class DynamicBatcher(Generic[T, R]):
         return per_row is not None and per_row * rows <= self._config.inline_max_s
 
     def _record_run(self, rows: int, seconds: float) -> None:
-        self._recent_per_row.append(seconds / rows)
-        ordered = sorted(self._recent_per_row)
-        self._seconds_per_row = ordered[len(ordered) // 2]
+        recent = self._recent_per_row
+        recent.append(seconds / rows)
+        self._runs += 1
+        if self._runs <= recent.maxlen or self._runs % 4 == 0:  # type: ignore[operator]  # the median moves slowly
+            ordered = sorted(recent)
+            self._seconds_per_row = ordered[len(ordered) // 2]
 
     def _notify_batch(self, rows: int, queued_s: float) -> None:
         """Tell ``on_batch`` (metrics) a batch is dispatched; its failures are logged, never raised."""

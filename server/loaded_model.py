@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -163,6 +164,8 @@ class LoadedModel:
         self._output_device = "cuda" if self.provider == "CUDAExecutionProvider" else "cpu"
         self._outputs = {g: [o.name for o in sess.get_outputs()] for g, sess in self.sessions.items()}
         self._runtime_k = {g for g, sess in self.sessions.items() if "k" in {i.name for i in sess.get_inputs()}}
+        # the ``k`` input of every k a request may ask for, built once (index k; 0 stands for k_max)
+        self._k_inputs = [np.array([k or self.k_max], dtype=np.int64) for k in range(self.k_max + 1)]
         items = pq.read_table(self.path / "items.parquet")
         users = pq.read_table(self.path / "users.parquet")
         self.item_ids = np.asarray(items["item_id"].to_pylist(), dtype=object)
@@ -231,30 +234,31 @@ class LoadedModel:
         session.run_with_iobinding(binding)
         return binding.copy_outputs_to_cpu()
 
-    def _k(self, graph: str, k: int | None) -> dict[str, np.ndarray]:
-        """The ``k`` input of a top-k graph (graphs exported before runtime k have none: they give k_max)."""
-        if graph not in self._runtime_k:
-            return {}
-        return {"k": np.array([self.k_max if k is None else min(k, self.k_max)], dtype=np.int64)}
+    def _k(self, graph: str, k: int | None, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """``feed`` with the ``k`` input of a top-k graph (graphs exported before runtime k have none:
+        they give k_max)."""
+        if graph in self._runtime_k:
+            feed["k"] = self._k_inputs[min(k or 0, self.k_max)]
+        return feed
 
     def recommend(self, users: np.ndarray, exclude: list[np.ndarray], k: int | None = None) -> list[TopK]:
         """Top-k (default k_max) for known users, each with its own exclusion list."""
-        feed = {"user_idx": users.astype(np.int64), "exclude": self._pad(exclude), **self._k("recommend", k)}
-        scores, items = self._run("recommend", feed)
+        feed = {"user_idx": np.asarray(users, dtype=np.int64), "exclude": self._pad(exclude)}
+        scores, items = self._run("recommend", self._k("recommend", k, feed))
         return _split(scores, items)
 
     def recommend_from_history(
-        self, history: list[np.ndarray], exclude: list[np.ndarray], features: list[list[int]], k: int | None = None
+        self,
+        history: list[np.ndarray],
+        exclude: list[np.ndarray],
+        features: Sequence[Sequence[int]],
+        k: int | None = None,
     ) -> list[TopK]:
         """Top-k (default k_max) for users the model does not know, from their recent items (newest first)."""
-        feed: dict[str, Any] = {
-            "history": self._pad(history),
-            "exclude": self._pad(exclude),
-            **self._k("recommend_from_history", k),
-        }
+        feed = {"history": self._pad(history), "exclude": self._pad(exclude)}
         for j, name in enumerate(self.user_features):
             feed[f"user_{name}"] = np.array([f[j] for f in features], dtype=np.int64)
-        scores, items = self._run("recommend_from_history", feed)
+        scores, items = self._run("recommend_from_history", self._k("recommend_from_history", k, feed))
         return _split(scores, items)
 
     def score(self, users: np.ndarray, candidates: list[np.ndarray]) -> list[np.ndarray]:
@@ -268,8 +272,8 @@ class LoadedModel:
 
     def similar(self, items: np.ndarray, k: int | None = None) -> list[TopK]:
         """The k (default k_max) most similar items of each item."""
-        feed = {"item_idx": items.astype(np.int64), **self._k("similar_items", k)}
-        scores, out = self._run("similar_items", feed)
+        feed = {"item_idx": np.asarray(items, dtype=np.int64)}
+        scores, out = self._run("similar_items", self._k("similar_items", k, feed))
         return _split(scores, out)
 
     def warm_up(self, max_batch_size: int = 8) -> None:
@@ -290,13 +294,16 @@ class LoadedModel:
 
 
 def _split(scores: np.ndarray, items: np.ndarray) -> list[TopK]:
-    """One TopK per row, without the -inf entries (excluded items, or fewer items than k)."""
-    complete = np.isfinite(scores).all(axis=1)
+    """One TopK per row, without the -inf entries (excluded items, or fewer items than k). A row is
+    sorted best first, so its last score tells whether it has any."""
+    if scores.shape[1] == 0:
+        return [TopK(items=items[j], scores=scores[j]) for j in range(len(scores))]
+    complete = (scores[:, -1] > -np.inf).tolist()
     out = []
-    for j in range(len(scores)):
+    for j, whole in enumerate(complete):
         s, i = scores[j], items[j]
-        if not complete[j]:
-            keep = np.isfinite(s)
+        if not whole:
+            keep = s > -np.inf
             s, i = s[keep], i[keep]
         out.append(TopK(items=i, scores=s))
     return out

@@ -37,14 +37,21 @@ class ServerMetrics:
             buckets=_BATCH_BUCKETS,
             registry=self.registry,
         )
+        self._batch_children: dict[tuple[str, str], tuple[Histogram, Histogram]] = {}
         self.loaded = Gauge(
             "onnxrec_model_loaded", "1 for each loaded model version", ["model", "version"], registry=self.registry
         )
 
     def on_batch(self, model: str, graph: str, size: int, queued_s: float) -> None:
         """Record one model run."""
-        self.batch.labels(model, graph).observe(size)
-        self.queue.labels(model, graph).observe(queued_s)
+        children = self._batch_children.get((model, graph))
+        if children is None:  # labels() takes a lock and builds a key: once per model and graph
+            children = self._batch_children[(model, graph)] = (
+                self.batch.labels(model, graph),
+                self.queue.labels(model, graph),
+            )
+        children[0].observe(size)
+        children[1].observe(queued_s)
 
     def set_loaded(self, versions: dict[str, list[int]]) -> None:
         """Replace the loaded-versions gauge."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,7 +27,7 @@ log = logging.getLogger("onnxrec.server")
 # batcher items carry one or more rows (RecommendBatch queues all of a call's rows as one item)
 RecItem = tuple[list[int], list[np.ndarray], int]  # user indices, their exclusions, k
 # histories (newest first), their exclusions, their encoded user features, k
-HistItem = tuple[list[np.ndarray], list[np.ndarray], list[list[int]], int]
+HistItem = tuple[list[np.ndarray], list[np.ndarray], list[Sequence[int]], int]
 SimItem = tuple[int, int]  # item index, k
 ScoreItem = tuple[int, np.ndarray]  # user index, candidates
 RETIRE_AFTER_S = 5.0  # an unloaded version keeps serving requests that already hold it this long
@@ -61,6 +61,9 @@ class ServedModel:
 
     def _run_recommend(self, items: list[RecItem]) -> list[list[TopK]]:
         # a batch runs with its largest k; each caller keeps its own first k
+        if len(items) == 1:  # one caller (the common case at low load): no regrouping
+            users1, exclude1, k1 = items[0]
+            return [self.model.recommend(np.asarray(users1, dtype=np.int64), exclude1, k1)]
         users = np.array([u for rows, _, _ in items for u in rows], dtype=np.int64)
         exclude = [e for _, excl, _ in items for e in excl]
         return _per_item(self.model.recommend(users, exclude, max(k for *_, k in items)), items)

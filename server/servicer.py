@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from typing import Any
 
 import grpc
@@ -61,19 +61,22 @@ def _items_to_indices(model: LoadedModel, ids: Any, what: str) -> np.ndarray:
     return out
 
 
-@dataclass(eq=False)
 class _Plan:
-    """How one Recommend request is answered: the model version, the graph (by ``source``) and its row."""
+    """How one Recommend request is answered: the model version, the graph (by ``source``) and its row
+    (``history``, ``exclude`` and ``features`` default to shared empty values), and the answer once known."""
 
-    served: ServedModel
-    k: int
-    include_metadata: bool
-    source: int = pb.SOURCE_POPULARITY
-    user: int = -1
-    history: np.ndarray = field(default_factory=lambda: _NO_ITEMS)
-    exclude: np.ndarray = field(default_factory=lambda: _NO_ITEMS)
-    features: list[int] = field(default_factory=list)
-    top: TopK | None = None  # the answer, once known
+    __slots__ = ("exclude", "features", "history", "include_metadata", "k", "served", "source", "top", "user")
+
+    def __init__(self, served: ServedModel, k: int, include_metadata: bool) -> None:
+        self.served = served
+        self.k = k
+        self.include_metadata = include_metadata
+        self.source: int = pb.SOURCE_POPULARITY
+        self.user = -1
+        self.history: np.ndarray = _NO_ITEMS  # newest first
+        self.exclude: np.ndarray = _NO_ITEMS
+        self.features: Sequence[int] = ()  # encoded user features (the history path)
+        self.top: TopK | None = None
 
 
 class RecommenderServicer(pb_grpc.RecommenderServiceServicer):
