@@ -48,7 +48,7 @@ def _inputs(version: Path, batch: int, rng: np.random.Generator) -> dict[str, np
     n_users = len(seen["indptr"]) - 1
     users = rng.integers(0, n_users, size=batch)
     rows = [seen["indices"][seen["indptr"][u] : seen["indptr"][u + 1]] for u in users]
-    width = max([1, *(len(r) for r in rows)])
+    width = 1 + max([0, *(len(r) for r in rows)])  # at least one -1 in every row (model format 3)
     exclude = np.full((batch, width), -1, dtype=np.int64)
     for j, r in enumerate(rows):
         exclude[j, : len(r)] = r

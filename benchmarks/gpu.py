@@ -461,9 +461,10 @@ def loaded_model_runner(model: Any) -> Runner:
 
 
 def exclusions(cat: Catalog, users: np.ndarray, width: int, seed: int) -> np.ndarray:
-    """Per user a fixed exclusion list [n, width] (its "seen" items for the product graphs): between
-    width/2 and width random items, -1 pads after them, the same for a user on every run."""
-    out = np.full((len(users), width), -1, np.int64)
+    """Per user a fixed exclusion list [n, width + 1] (its "seen" items for the product graphs): between
+    width/2 and width random items, -1 pads after them (at least one, as model format 3 graphs need),
+    the same for a user on every run."""
+    out = np.full((len(users), width + 1), -1, np.int64)
     for j, u in enumerate(users):
         rng = np.random.default_rng([seed, int(u)])
         n = int(rng.integers(width // 2, width + 1))

@@ -90,7 +90,8 @@ def serve(args: argparse.Namespace) -> None:
     def infer(user_idx: np.ndarray) -> dict[str, np.ndarray]:
         users = user_idx.reshape(-1).astype(np.int64)
         rows = [indices[indptr[u] : indptr[u + 1]] for u in users]
-        exclude = np.full((len(users), max([1, *(len(r) for r in rows)])), -1, dtype=np.int64)
+        width = 1 + max([0, *(len(r) for r in rows)])  # at least one -1 in every row (model format 3)
+        exclude = np.full((len(users), width), -1, dtype=np.int64)
         for j, r in enumerate(rows):
             exclude[j, : len(r)] = r
         feed = {"user_idx": users, "exclude": exclude}

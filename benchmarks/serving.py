@@ -294,7 +294,8 @@ def inprocess_sweep(version: Path, batches: list[int], per_batch_s: float) -> di
         for _ in range(4):
             users = rng.integers(0, len(indptr) - 1, size=b)
             rows = [indices[indptr[u] : indptr[u + 1]] for u in users]
-            exclude = np.full((b, max([1, *(len(r) for r in rows)])), -1, dtype=np.int64)
+            width = 1 + max([0, *(len(r) for r in rows)])  # at least one -1 in every row (model format 3)
+            exclude = np.full((b, width), -1, dtype=np.int64)
             for j, r in enumerate(rows):
                 exclude[j, : len(r)] = r
             feeds.append({"user_idx": users.astype(np.int64), "exclude": exclude, **k_feed})

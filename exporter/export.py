@@ -106,6 +106,7 @@ def _graphs(model: Recommender, ds: Dataset, tables: ServingTables, opts: Export
 
     def rand_exclude(b: int) -> np.ndarray:
         ex = rng.integers(-1, n_items, size=(b, 5))
+        ex[:, -1] = -1  # format 3: every row holds at least one -1
         return ex
 
     def user_feats(users: np.ndarray) -> list[np.ndarray]:
@@ -120,7 +121,7 @@ def _graphs(model: Recommender, ds: Dataset, tables: ServingTables, opts: Export
     hist_batches = []
     for u in _chunks(len(real_users), opts.max_batch):
         hist = np.stack([seqs.recent(np.array([x]), h)[0] for x in u])
-        hist_batches.append((hist, hist.copy(), *user_feats(u)))
+        hist_batches.append((hist, _pad_rows(list(hist), h + 1), *user_feats(u)))
     for b in sizes:
         hist = rng.integers(0, n_items, size=(b, h))
         hist[:, rng.integers(1, h + 1) :] = -1

@@ -34,6 +34,17 @@ def topk_of_padded(
     return values, items
 
 
+def topk_excluding(scores: torch.Tensor, exclude: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-k of ``scores`` [B, num_items + 1] after setting the ``exclude`` [B, E] columns to -inf, for
+    callers that hold to the model format 3 contract: -1 pads, and every row holds at least one -1. A -1
+    lands on the last (padding) column, so that column is -inf without the graph appending a pad to
+    every row: Mod -> ScatterElements -> TopK, 8 nodes in the recommend graph where
+    :func:`topk_of_padded` takes 14 (each node costs a served request CPU; BENCHMARKS.md)."""
+    index = torch.remainder(exclude, scores.shape[1])  # -1 -> num_items (floored modulo, ONNX Mod fmod=0)
+    values, items = torch.topk(scores.scatter(1, index, float("-inf")), k, dim=1)
+    return values, items
+
+
 def masked_topk(scores: torch.Tensor, exclude: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Top-k of ``scores`` [B, N] after setting the ``exclude`` [B, E] columns (-1 pads) to -inf
     (one Pad, then :func:`topk_of_padded`)."""
@@ -133,9 +144,9 @@ class RecommendGraph(_Base):
         self.num_items = model.num_items
         if self.factorized:
             # score = [u, 1] . [v, b]: one Gather and one MatMul, the bias folded in. The padding column
-            # topk_of_padded needs is a zero column of the matrix, so the MatMul writes it and no Pad copies
+            # topk_excluding needs is a zero column of the matrix, so the MatMul writes it and no Pad copies
             # the [B, N] scores again (zero, not -inf: int8 quantization scales by the largest magnitude;
-            # the scatter in topk_of_padded sets it to -inf).
+            # the scatter in topk_excluding sets it to -inf).
             users = self.known_user_matrix()
             self.register_buffer("user_matrix", torch.cat([users, torch.ones(len(users), 1)], dim=1))
             scoring = torch.cat([self.item_matrix, self.item_bias[:, None]], dim=1).T
@@ -147,8 +158,8 @@ class RecommendGraph(_Base):
     def forward(self, user_idx: torch.Tensor, exclude: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self.factorized:
             scores = torch.index_select(self.user_matrix, 0, user_idx) @ self.scoring_matrix
-            return topk_of_padded(scores, exclude, self.num_items, self.k)
-        return masked_topk(self.model.score_all(user_idx, {}), exclude, self.k)
+            return topk_excluding(scores, exclude, self.k)
+        return topk_excluding(F.pad(self.model.score_all(user_idx, {}), (0, 1)), exclude, self.k)
 
 
 class HistoryGraph(_Base):
@@ -182,7 +193,7 @@ class HistoryGraph(_Base):
                 m = mask.to(c.dtype)  # the tables' dtype: float32, or float16 in the fp16 variant
                 rows.append((c * m).sum(1) / m.sum(1).clamp_min(1.0))
             scores = self.model.score_with_user(rows, None)
-        return masked_topk(scores, exclude, self.k)
+        return topk_excluding(F.pad(scores, (0, 1)), exclude, self.k)
 
 
 class ScoreGraph(_Base):

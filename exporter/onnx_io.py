@@ -82,30 +82,17 @@ def export_module(module: nn.Module, spec: GraphSpec, example: tuple[torch.Tenso
 
 
 def add_k_input(model: onnx.ModelProto, spec: GraphSpec) -> None:
-    """Make the graph's top-k take its k at run time: a new int64 input ``k`` [1], clamped to
-    ``[1, spec.k_max]``, feeds the TopK node instead of the constant PyTorch traced, and the outputs'
-    k axis becomes symbolic. A caller asking for 10 of a k_max=100 graph then pays for a top-10 (the
-    sort is most of the graph's time at large batches)."""
+    """Make the graph's top-k take its k at run time: a new int64 input ``k`` [1] feeds the TopK node
+    instead of the constant PyTorch traced, and the outputs' k axis becomes symbolic. A caller asking
+    for 10 of a k_max=100 graph then pays for a top-10 (the sort is most of the graph's time at large
+    batches). ``k`` must be in ``[1, spec.k_max]``: the server checks it, so the graph spends no nodes
+    clamping it (format 2 graphs did)."""
     graph = model.graph
     topks = [n for n in graph.node if n.op_type == "TopK"]
     if len(topks) != 1:
         raise ExportError(f"{spec.name}: expected one TopK node in the exported graph, found {len(topks)}")
-    k_name, lo_name, hi_name, clamped = K, "k_min_1", "k_max", "k_clamped"
-    graph.input.append(onnx.helper.make_tensor_value_info(k_name, onnx.TensorProto.INT64, [1]))
-    graph.initializer.extend(
-        [
-            onnx.helper.make_tensor(lo_name, onnx.TensorProto.INT64, [1], [1]),
-            onnx.helper.make_tensor(hi_name, onnx.TensorProto.INT64, [1], [spec.k_max]),
-        ]
-    )
-    index = list(graph.node).index(topks[0])
-    clamp = [
-        onnx.helper.make_node("Min", [k_name, hi_name], ["k_upper"], name="k_clamp_upper"),
-        onnx.helper.make_node("Max", ["k_upper", lo_name], [clamped], name="k_clamp_lower"),
-    ]
-    for offset, node in enumerate(clamp):
-        graph.node.insert(index + offset, node)
-    topks[0].input[1] = clamped
+    graph.input.append(onnx.helper.make_tensor_value_info(K, onnx.TensorProto.INT64, [1]))
+    topks[0].input[1] = K
     del graph.value_info[:]  # shapes recorded with the traced k; onnxruntime infers them again
     for out in graph.output:
         dims = out.type.tensor_type.shape.dim

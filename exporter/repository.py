@@ -16,8 +16,10 @@ from typing import Any
 from onnxrec.errors import ExportError
 
 MANIFEST = "manifest.json"
-MODEL_FORMAT = "onnxrec.model/2"  # 2: the top-k graphs take an input ``k``
-READABLE_FORMATS = ("onnxrec.model/1", MODEL_FORMAT)  # 1: top-k_max graphs (no ``k`` input), still served
+# 3: every exclude row of recommend / recommend_from_history holds at least one -1, and k is not clamped
+# in the graph (the server checks it); 2: the top-k graphs take an input ``k``; 1: top-k_max graphs
+MODEL_FORMAT = "onnxrec.model/3"
+READABLE_FORMATS = ("onnxrec.model/1", "onnxrec.model/2", MODEL_FORMAT)
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
 

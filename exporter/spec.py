@@ -11,7 +11,10 @@ from typing import Any
 
 BATCH = "batch"
 K = "k"  # the input, and the output axis, of a graph's runtime top-k
-EXCLUDE_DOC = "item indices in [0, num_items) never to return; -1 pads"
+EXCLUDE_DOC = (
+    "item indices in [0, num_items) never to return; -1 pads, and every row holds at least one -1 (it masks the "
+    "graph's padding column)"
+)
 
 
 @dataclass(frozen=True)

@@ -181,6 +181,15 @@ class LoadedModel:
         with np.load(self.path / "seen.npz", allow_pickle=False) as seen:
             self.seen_indptr = seen["indptr"]
             self.seen_indices = seen["indices"].astype(np.int64)
+        # the same lists with a -1 after each user's, so a lone request's exclusion row is a view that
+        # already holds the -1 format 3 graphs need (no copy per request)
+        counts = np.diff(self.seen_indptr)
+        self._seen_padded_ptr = self.seen_indptr + np.arange(len(self.seen_indptr))
+        self._seen_padded = np.full(len(self.seen_indices) + len(counts), -1, dtype=np.int64)
+        self._seen_padded[np.arange(len(self.seen_indices)) + np.repeat(np.arange(len(counts)), counts)] = (
+            self.seen_indices
+        )
+        self._seen_padded.flags.writeable = False
         self.popular = np.load(self.path / "popular.npy", allow_pickle=False).astype(np.int64)
         self.popularity = np.asarray(items["popularity"].to_numpy(), dtype=np.float64)
         spec = m.get("feature_spec", {})
@@ -205,20 +214,36 @@ class LoadedModel:
         """Items the user is known to have, oldest first."""
         return self.seen_indices[self.seen_indptr[user] : self.seen_indptr[user + 1]]
 
+    def seen_row(self, user: int) -> np.ndarray:
+        """:meth:`seen` followed by one -1: a ready exclusion row (read-only view)."""
+        return self._seen_padded[self._seen_padded_ptr[user] : self._seen_padded_ptr[user + 1]]
+
     def encode_user_features(self, features: dict[str, str]) -> list[int]:
         """Encoded user features in the graph's order; unknown names or values encode as 0."""
         return [self._vocab.get(name, {}).get(features.get(name, ""), 0) for name in self.user_features]
 
     # -- batched graph runs (blocking; called from the batcher's thread) ----------------------------
     @staticmethod
-    def _pad(rows: list[np.ndarray]) -> np.ndarray:
-        if len(rows) == 1 and len(rows[0]):  # a lone request (the common case at low load): no copy
+    def _pad(rows: list[np.ndarray], spare: int = 0) -> np.ndarray:
+        """``rows`` as one [B, width] int64 array padded with -1, with at least ``spare`` -1s in every row."""
+        width = max([1, *(len(r) for r in rows)]) + spare
+        if len(rows) == 1 and len(rows[0]) == width:  # a lone full row: no copy
             return np.asarray(rows[0], dtype=np.int64).reshape(1, -1)
-        width = max([1, *(len(r) for r in rows)])
         out = np.full((len(rows), width), -1, dtype=np.int64)
         for j, r in enumerate(rows):
             out[j, : len(r)] = r
         return out
+
+    @classmethod
+    def _pad_exclude(cls, rows: list[np.ndarray]) -> np.ndarray:
+        """Exclusion rows with at least one -1 each: format 3 graphs need it (the -1 masks their padding
+        column) and earlier formats take the extra pad as nothing to exclude. A lone row that already
+        ends in -1 (:meth:`seen_row`) goes as it is."""
+        if len(rows) == 1:
+            row = rows[0]
+            if len(row) and row[-1] == -1 and row.dtype == np.int64:
+                return row.reshape(1, -1)
+        return cls._pad(rows, spare=1)
 
     def _run(self, graph: str, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
         """One run of ``graph``: plain ``run``, or through an IO binding (inputs copied to the session's
@@ -243,7 +268,7 @@ class LoadedModel:
 
     def recommend(self, users: np.ndarray, exclude: list[np.ndarray], k: int | None = None) -> list[TopK]:
         """Top-k (default k_max) for known users, each with its own exclusion list."""
-        feed = {"user_idx": np.asarray(users, dtype=np.int64), "exclude": self._pad(exclude)}
+        feed = {"user_idx": np.asarray(users, dtype=np.int64), "exclude": self._pad_exclude(exclude)}
         scores, items = self._run("recommend", self._k("recommend", k, feed))
         return _split(scores, items)
 
@@ -255,7 +280,7 @@ class LoadedModel:
         k: int | None = None,
     ) -> list[TopK]:
         """Top-k (default k_max) for users the model does not know, from their recent items (newest first)."""
-        feed = {"history": self._pad(history), "exclude": self._pad(exclude)}
+        feed = {"history": self._pad(history), "exclude": self._pad_exclude(exclude)}
         for j, name in enumerate(self.user_features):
             feed[f"user_{name}"] = np.array([f[j] for f in features], dtype=np.int64)
         scores, items = self._run("recommend_from_history", self._k("recommend_from_history", k, feed))

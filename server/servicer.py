@@ -144,7 +144,7 @@ class RecommenderServicer(pb_grpc.RecommenderServiceServicer):
         plan = _Plan(served, request.k, request.include_metadata)
         if user is not None:
             if exclude_seen:
-                plan.exclude = np.concatenate([model.seen(user), excluded]) if len(excluded) else model.seen(user)
+                plan.exclude = np.concatenate([model.seen(user), excluded]) if len(excluded) else model.seen_row(user)
             else:
                 plan.exclude = excluded
             plan.source, plan.user = pb.SOURCE_MODEL, user

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from onnxrec.errors import ExportError, ParityError, TrainingError
 from onnxrec.exporter.export import ExportOptions, export, serving_tables
-from onnxrec.exporter.graphs import RecommendGraph, ScoreGraph, masked_topk
+from onnxrec.exporter.graphs import RecommendGraph, ScoreGraph, masked_topk, topk_excluding
 from onnxrec.exporter.inspect import inspect_version
 from onnxrec.exporter.onnx_io import add_k_input
 from onnxrec.exporter.parity import check_values
@@ -105,16 +105,17 @@ def test_every_model_exports_with_parity(model: str, repo: Path, runs: dict[str,
 
 @pytest.mark.parametrize("model", MODELS)
 def test_top_k_graphs_take_k_at_run_time(model: str, repo: Path) -> None:
-    """recommend and similar_items return min(k, k_max) columns, the first columns of the k_max answer."""
+    """recommend and similar_items return k columns for any k in [1, k_max], the first columns of the
+    k_max answer (format 3 graphs do not clamp k: the server refuses a k outside that range)."""
     version = repo / model / "1"
     rec = _session(version / "recommend.onnx")
     users = np.arange(12, dtype=np.int64)
     base = {"user_idx": users, "exclude": np.full((12, 1), -1, dtype=np.int64)}
     full_s, full_i = rec.run(None, {**base, "k": np.array([20])})
-    for k in (1, 5, 19, 20, 21, 1000):
+    for k in (1, 5, 19, 20):
         s, i = rec.run(None, {**base, "k": np.array([k])})
-        assert s.shape == i.shape == (12, min(k, 20))
-        np.testing.assert_allclose(s, full_s[:, : min(k, 20)], rtol=1e-6)
+        assert s.shape == i.shape == (12, k)
+        np.testing.assert_allclose(s, full_s[:, :k], rtol=1e-6)
         assert (i[:, 0] == full_i[:, 0]).all()
     sim = _session(version / "similar_items.onnx")
     s, i = sim.run(None, {"item_idx": np.arange(4, dtype=np.int64), "k": np.array([3])})
@@ -167,7 +168,9 @@ class _OnnxBackend:
         self.score_s = _session(version / "score.onnx")
 
     def recommend(self, users: np.ndarray, k: int, exclude: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        feed = {"user_idx": users.astype(np.int64), "exclude": exclude.astype(np.int64), "k": np.array([k])}
+        pad = np.full((len(users), 1), -1, dtype=np.int64)  # the format 3 contract: a -1 in every row
+        feed = {"user_idx": users.astype(np.int64), "exclude": np.hstack([exclude.astype(np.int64), pad])}
+        feed["k"] = np.array([k])
         s, i = self.rec.run(None, feed)
         assert s.shape == (len(users), k)
         return s, i
@@ -320,15 +323,25 @@ def test_cli_export_inspect_and_errors(runs: dict[str, Path], tmp_path: Path) ->
     width=st.integers(1, 8),
     batch=st.integers(1, 4),
     seed=st.integers(0, 2**31 - 1),
+    padded=st.booleans(),
 )
-def test_masked_topk_is_the_top_k_of_the_items_left(n: int, k: int, width: int, batch: int, seed: int) -> None:
+def test_masked_topk_is_the_top_k_of_the_items_left(
+    n: int, k: int, width: int, batch: int, seed: int, padded: bool
+) -> None:
     """Against a plain sort: the k best scores among the items not excluded (-1 pads ignored), in order;
-    when fewer than k items are left the rest is -inf, and no excluded or padding item has a finite score."""
+    when fewer than k items are left the rest is -inf, and no excluded or padding item has a finite score.
+    ``masked_topk`` takes any rows; ``topk_excluding`` (the format 3 graphs) takes scores with a padding
+    column and rows that each hold a -1, whatever that column's score was."""
     k = min(k, n)
     gen = torch.Generator().manual_seed(seed)
     scores = torch.randn(batch, n, generator=gen)
     exclude = torch.randint(-1, n, (batch, width), generator=gen)
-    values, items = masked_topk(scores, exclude, k)
+    if padded:
+        exclude[:, -1] = -1
+        pad_column = torch.randn(batch, 1, generator=gen) + 5.0  # would win if the -1 did not mask it
+        values, items = topk_excluding(torch.cat([scores, pad_column], dim=1), exclude, k)
+    else:
+        values, items = masked_topk(scores, exclude, k)
     assert values.shape == items.shape == (batch, k)
     for row in range(batch):
         banned = {int(e) for e in exclude[row] if e >= 0}

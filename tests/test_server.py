@@ -130,13 +130,12 @@ def test_a_format_1_version_without_runtime_k_still_serves(repository: Path, tmp
     load and answer: the server feeds ``k`` only to graphs that have it and cuts the answer itself."""
     old = tmp_path / "old" / "mf" / "1"
     shutil.copytree(repository / "mf" / "1", old)
+    legacy_k = json.loads((old / "manifest.json").read_text())["k_max"]
     for graph in ("recommend", "recommend_from_history", "similar_items"):
         model = onnx.load(str(old / f"{graph}.onnx"))
         (topk,) = [n for n in model.graph.node if n.op_type == "TopK"]
-        topk.input[1] = "k_max"  # the constant the runtime k was clamped to
-        keep = [n for n in model.graph.node if n.name not in ("k_clamp_upper", "k_clamp_lower")]
-        del model.graph.node[:]
-        model.graph.node.extend(keep)
+        topk.input[1] = "k_max"  # a constant k, as format 1 graphs had
+        model.graph.initializer.append(onnx.helper.make_tensor("k_max", onnx.TensorProto.INT64, [1], [legacy_k]))
         inputs = [i for i in model.graph.input if i.name != "k"]
         del model.graph.input[:]
         model.graph.input.extend(inputs)
