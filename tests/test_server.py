@@ -272,20 +272,26 @@ def test_many_concurrent_clients_all_answered(server: ServerProcess, synthetic: 
         s = pb_grpc.RecommenderServiceStub(channel)
         expected = {u: [i.item_id for i in s.Recommend(rec("twotower", u), timeout=10).items] for u in users}
 
+    assert _hammer(server.address, expected, clients=64, calls=200) == [200] * 64
+
+
+def _hammer(address: str, expected: dict[str, list[str]], clients: int, calls: int) -> list[int]:
+    """``clients`` threads, each on its own channel, ask for ``calls`` random users of ``expected``
+    (the twotower model); per client, how many answers equalled the expected item ids."""
+    users = sorted(expected)
+
     def client(seed: int) -> int:
         rng = np.random.default_rng(seed)
         ok = 0
-        with grpc.insecure_channel(server.address) as ch:
+        with grpc.insecure_channel(address) as ch:
             st = pb_grpc.RecommenderServiceStub(ch)
-            for _ in range(200):
+            for _ in range(calls):
                 u = users[int(rng.integers(len(users)))]
-                if [i.item_id for i in st.Recommend(rec("twotower", u), timeout=30).items] == expected[u]:
-                    ok += 1
+                ok += [i.item_id for i in st.Recommend(rec("twotower", u), timeout=30).items] == expected[u]
         return ok
 
-    with concurrent.futures.ThreadPoolExecutor(64) as pool:
-        answered = list(pool.map(client, range(64)))
-    assert answered == [200] * 64
+    with concurrent.futures.ThreadPoolExecutor(clients) as pool:
+        return list(pool.map(client, range(clients)))
 
 
 def test_linger_batches_concurrent_clients_without_changing_answers(
@@ -303,19 +309,7 @@ def test_linger_batches_concurrent_clients_without_changing_answers(
         repository, tmp_path / "server.log", "--linger-us", "30000", "--linger-max-us", "200000", "--metrics-port", "0"
     )
     try:
-
-        def client(seed: int) -> int:
-            rng = np.random.default_rng(seed)
-            ok = 0
-            with grpc.insecure_channel(srv.address) as ch:
-                st = pb_grpc.RecommenderServiceStub(ch)
-                for _ in range(15):
-                    u = users[int(rng.integers(len(users)))]
-                    ok += [i.item_id for i in st.Recommend(rec("twotower", u), timeout=30).items] == expected[u]
-            return ok
-
-        with concurrent.futures.ThreadPoolExecutor(16) as pool:
-            assert list(pool.map(client, range(16))) == [15] * 16
+        assert _hammer(srv.address, expected, clients=16, calls=15) == [15] * 16
         url = re.findall(r"metrics on (http://\S+)", srv.log.read_text())[0]
         text = urllib.request.urlopen(url, timeout=10).read().decode()
         runs = float(re.findall(r'onnxrec_batch_size_count\{graph="recommend",model="twotower"\} (\S+)', text)[0])
