@@ -56,6 +56,8 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+_RECENT_RUNS = 15  # runs whose median seconds per row decides inlining
+
 T = TypeVar("T")
 R = TypeVar("R")
 
@@ -171,7 +173,7 @@ class DynamicBatcher(Generic[T, R]):
         self._drain = True
         # median seconds per row of the recent runs (for inlining): a median, because a run that was
         # preempted on a busy machine measures long without the model being slow
-        self._recent_per_row: collections.deque[float] = collections.deque(maxlen=15)
+        self._recent_per_row: collections.deque[float] = collections.deque(maxlen=_RECENT_RUNS)
         self._seconds_per_row: float | None = None
         self._runs = 0
         # created with the scheduler task, in the loop that first submits
@@ -305,10 +307,12 @@ class DynamicBatcher(Generic[T, R]):
         return per_row is not None and per_row * rows <= self._config.inline_max_s
 
     def _record_run(self, rows: int, seconds: float) -> None:
+        """Add a run's seconds per row; re-take the median while the window fills, then every 4th run
+        (it moves slowly, and sorting on every run cost a lone request about 1 us)."""
         recent = self._recent_per_row
         recent.append(seconds / rows)
         self._runs += 1
-        if self._runs <= recent.maxlen or self._runs % 4 == 0:  # type: ignore[operator]  # the median moves slowly
+        if self._runs <= _RECENT_RUNS or self._runs % 4 == 0:
             ordered = sorted(recent)
             self._seconds_per_row = ordered[len(ordered) // 2]
 
