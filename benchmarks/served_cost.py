@@ -37,7 +37,16 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 BENCH_DIR = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH_DIR))
-from serving import MODEL, TICKS, Server, answers_k, loadavg, measure, start_server  # noqa: E402
+from serving import (  # noqa: E402
+    MODEL,
+    Server,
+    answers_k,
+    latest_version,
+    loadavg,
+    measure,
+    start_server,
+    stat_cpu_seconds,
+)
 
 from onnxrec.clients.bench import load_user_ids  # noqa: E402
 
@@ -67,8 +76,7 @@ def run_as_server(variant: str, graph: str | None, repository: str, model: str, 
         opts.intra_op_num_threads = 1
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         session = ort.InferenceSession(graph, opts, providers=["CPUExecutionProvider"])
-        version = max((d for d in (Path(repository) / model).iterdir() if d.name.isdigit()), key=lambda d: int(d.name))
-        loaded = LoadedModel(version, device="cpu")
+        loaded = LoadedModel(latest_version(Path(repository), model), device="cpu")
         feed = {"user_idx": np.array([0], dtype=np.int64), "exclude": loaded.seen_row(0).reshape(1, -1)}
         if "k" in {i.name for i in session.get_inputs()}:
             feed["k"] = np.array([10], dtype=np.int64)
@@ -90,11 +98,9 @@ def thread_cpu(pid: int) -> dict[str, float]:
     """CPU seconds of each thread of ``pid`` by thread id, "main" for the process's first thread."""
     out: dict[str, float] = {}
     for task in Path(f"/proc/{pid}/task").iterdir():
-        try:
-            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        out["main" if task.name == str(pid) else task.name] = (int(fields[11]) + int(fields[12])) / TICKS
+        seconds = stat_cpu_seconds(task / "stat")
+        if seconds is not None:  # the thread did not end meanwhile
+            out["main" if task.name == str(pid) else task.name] = seconds
     return out
 
 
@@ -116,8 +122,7 @@ def main() -> None:
         return
     graphs = dict(g.split("=", 1) for g in args.graph)
     conc = [int(c) for c in args.concurrency.split(",")]
-    version = max((d for d in (args.repository / args.model).iterdir() if d.name.isdigit()), key=lambda d: int(d.name))
-    users = load_user_ids(version)
+    users = load_user_ids(latest_version(args.repository, args.model))
     ready = answers_k(args.model, users[0])
     serve_args = ["--device", "cpu", "--port", "0"]
     me = [sys.executable, str(Path(__file__).resolve()), "--repository", str(args.repository), "--model", args.model]

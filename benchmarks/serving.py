@@ -55,6 +55,7 @@ import numpy as np
 
 from onnxrec.clients.bench import BenchConfig, BenchResult, load_user_ids, run_bench
 from onnxrec.clients.requests import recommend_request
+from onnxrec.exporter.repository import list_versions
 from onnxrec.v1 import recommender_pb2 as pb
 from onnxrec.v1 import recommender_pb2_grpc as pb_grpc
 
@@ -87,16 +88,26 @@ def process_tree(pid: int) -> list[int]:
     return tree
 
 
+def stat_cpu_seconds(stat: Path) -> float | None:
+    """utime + stime from a /proc ``stat`` file (a process's or a thread's); None when it vanished."""
+    try:
+        fields = stat.read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / TICKS  # utime, stime (fields 14 and 15 of stat)
+
+
 def cpu_seconds(pids: list[int]) -> float:
     """utime + stime of ``pids`` (processes that vanished count 0)."""
-    total = 0
-    for pid in pids:
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of stat)
-    return total / TICKS
+    return sum(stat_cpu_seconds(Path(f"/proc/{pid}/stat")) or 0.0 for pid in pids)
+
+
+def latest_version(repository: Path, model: str) -> Path:
+    """The newest complete version directory of ``model`` in ``repository``."""
+    versions = list_versions(repository / model)
+    if not versions:
+        raise RuntimeError(f"{repository / model}: no complete model version")
+    return repository / model / str(versions[-1])
 
 
 def children_cpu() -> float:
@@ -511,7 +522,7 @@ def main() -> None:
             )
             repo = tmp / "repo"
             export(run, repo, MODEL)
-        version = max((d for d in (repo / MODEL).iterdir() if d.name.isdigit()), key=lambda d: int(d.name))
+        version = latest_version(repo, MODEL)
         users = load_user_ids(version)
         manifest = json.loads((version / "manifest.json").read_text())
         report["model"] = {"num_users": manifest.get("num_users"), "num_items": manifest.get("num_items")}
