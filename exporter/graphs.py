@@ -20,35 +20,23 @@ from onnxrec.trainer.models.base import FactorizedRecommender, Recommender
 from onnxrec.trainer.models.two_tower import TwoTower
 
 
-def topk_of_padded(
-    scores: torch.Tensor, exclude: torch.Tensor, num_items: int, k: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Top-k of ``scores`` [B, num_items + 1] over the first ``num_items`` columns, after setting the
-    ``exclude`` [B, E] columns (-1 pads) to -inf. The extra column absorbs the -1 pads; one
-    ScatterElements writes -inf into the excluded columns and into that column, whatever it held, so
-    it surfaces only where a row has fewer than k finite scores (the server drops -inf entries)."""
-    index = torch.remainder(exclude, num_items + 1)  # -1 -> num_items (floored modulo, ONNX Mod fmod=0)
-    pad = torch.full_like(index[:, :1], num_items)
-    scores = scores.scatter(1, torch.cat([index, pad], dim=1), float("-inf"))
-    values, items = torch.topk(scores, k, dim=1)
-    return values, items
-
-
 def topk_excluding(scores: torch.Tensor, exclude: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Top-k of ``scores`` [B, num_items + 1] after setting the ``exclude`` [B, E] columns to -inf, for
     callers that hold to the model format 3 contract: -1 pads, and every row holds at least one -1. A -1
-    lands on the last (padding) column, so that column is -inf without the graph appending a pad to
-    every row: Mod -> ScatterElements -> TopK, 8 nodes in the recommend graph where
-    :func:`topk_of_padded` takes 14 (each node costs a served request CPU; BENCHMARKS.md)."""
+    lands on the last (padding) column, whatever it held, so that column is -inf and surfaces only where
+    a row has fewer than k finite scores (the server drops -inf entries): Mod -> ScatterElements -> TopK,
+    8 nodes in the recommend graph where appending a pad to every row in the graph took 14 (each node
+    costs a served request CPU; BENCHMARKS.md)."""
     index = torch.remainder(exclude, scores.shape[1])  # -1 -> num_items (floored modulo, ONNX Mod fmod=0)
     values, items = torch.topk(scores.scatter(1, index, float("-inf")), k, dim=1)
     return values, items
 
 
 def masked_topk(scores: torch.Tensor, exclude: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Top-k of ``scores`` [B, N] after setting the ``exclude`` [B, E] columns (-1 pads) to -inf
-    (one Pad, then :func:`topk_of_padded`)."""
-    return topk_of_padded(F.pad(scores, (0, 1)), exclude, scores.shape[1], k)
+    """Top-k of ``scores`` [B, N] after setting the ``exclude`` [B, E] columns (-1 pads) to -inf, for
+    rows that need not hold a -1: a padding column on the scores and a -1 on every row, then
+    :func:`topk_excluding`."""
+    return topk_excluding(F.pad(scores, (0, 1)), F.pad(exclude, (0, 1), value=-1), k)
 
 
 @dataclass(frozen=True)
@@ -141,7 +129,6 @@ class RecommendGraph(_Base):
     def __init__(self, model: Recommender, tables: ServingTables, k: int) -> None:
         super().__init__(model, tables)
         self.k = k
-        self.num_items = model.num_items
         if self.factorized:
             # score = [u, 1] . [v, b]: one Gather and one MatMul, the bias folded in. The padding column
             # topk_excluding needs is a zero column of the matrix, so the MatMul writes it and no Pad copies
