@@ -33,9 +33,24 @@ def _connection(func: Any) -> Any:
         click.option("--timeout", type=float, default=5.0, show_default=True, help="Deadline per call (s)."),
         click.option("--token", envvar="ONNXREC_TOKEN", default=None, help="Bearer token (or $ONNXREC_TOKEN)."),
         click.option("--tls", is_flag=True, help="Use TLS (system roots unless --ca-cert)."),
-        click.option("--ca-cert", type=click.Path(exists=True, dir_okay=False), default=None),
-        click.option("--client-cert", type=click.Path(exists=True, dir_okay=False), default=None),
-        click.option("--client-key", type=click.Path(exists=True, dir_okay=False), default=None),
+        click.option(
+            "--ca-cert",
+            type=click.Path(exists=True, dir_okay=False),
+            default=None,
+            help="PEM CA that signed the server's certificate (implies --tls).",
+        ),
+        click.option(
+            "--client-cert",
+            type=click.Path(exists=True, dir_okay=False),
+            default=None,
+            help="PEM client certificate (mutual TLS; with --client-key).",
+        ),
+        click.option(
+            "--client-key",
+            type=click.Path(exists=True, dir_okay=False),
+            default=None,
+            help="PEM private key of --client-cert.",
+        ),
         click.option("--json", "as_json", is_flag=True, help="Machine-readable output."),
     ]
     for option in reversed(options):
@@ -90,7 +105,7 @@ def _print(result: Recommendation, as_json: bool, title: Callable[[], str]) -> N
 @click.command("recommend")
 @click.option("--user", required=True, help="Raw user id.")
 @click.option("--model", default=None, help="Model name (default: the server's only model).")
-@click.option("-k", "k", type=click.IntRange(min=1), default=10, show_default=True)
+@click.option("-k", "k", type=click.IntRange(min=1), default=10, show_default=True, help="How many items to return.")
 @click.option("--history", default=None, help="Recent item ids, oldest first, comma-separated (unknown users).")
 @click.option("--exclude", default=None, help="Item ids never to return, comma-separated.")
 @click.option("--include-seen", is_flag=True, help="Do not leave out items the user already has.")
@@ -124,7 +139,7 @@ def recommend_command(
 @click.command("similar")
 @click.option("--item", required=True, help="Raw item id.")
 @click.option("--model", default=None, help="Model name (default: the server's only model).")
-@click.option("-k", "k", type=click.IntRange(min=1), default=10, show_default=True)
+@click.option("-k", "k", type=click.IntRange(min=1), default=10, show_default=True, help="How many items to return.")
 @_connection
 def similar_command(item: str, model: str | None, k: int, **kw: Any) -> None:
     """Items most similar to one item."""
@@ -212,7 +227,7 @@ def health_command(**kw: Any) -> None:
     show_default=True,
     help="> 0: RecommendBatch with this many users per call.",
 )
-@click.option("-k", "k", type=click.IntRange(min=1), default=10, show_default=True)
+@click.option("-k", "k", type=click.IntRange(min=1), default=10, show_default=True, help="How many items to return.")
 @click.option("--metrics-url", default=None, help="The server's /metrics URL, for batch size and queue time.")
 @click.option("--token", envvar="ONNXREC_TOKEN", default=None, help="Bearer token (or $ONNXREC_TOKEN).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")

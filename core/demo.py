@@ -73,7 +73,13 @@ def serve_and_query(repository: Path, user: str, timeout: float = 120.0) -> tupl
 
 
 @click.command("demo")
-@click.option("--out", type=click.Path(path_type=Path), default=Path("demo-out"), show_default=True)
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path),
+    default=Path("demo-out"),
+    show_default=True,
+    help="Directory for the demo's data, run, repository and logs.",
+)
 @click.option(
     "--data",
     default="synthetic",

@@ -16,8 +16,32 @@ from onnxrec.errors import ConfigError
 C = TypeVar("C")
 
 
+def setting(default: Any, help: str) -> Any:
+    """A config dataclass field with its help text (shown by ``--help``; see ``onnxrec.cli_options``)."""
+    return dataclasses.field(default=default, metadata={"help": help})
+
+
+def type_name(typ: Any) -> str:
+    """A reader's name for a config field's type: ``integer``, ``number``, ``text``, ``true/false``,
+    ``comma-separated integers``, ... (never a Python repr such as ``<class 'int'>``)."""
+    origin = typ.__name__ if isinstance(typ, type) else str(typ)
+    optional = "None" in origin
+    base = origin.replace(" | None", "")
+    names = {
+        "int": "integer",
+        "float": "number",
+        "str": "text",
+        "bool": "true/false",
+        "tuple[int, ...]": "comma-separated integers",
+        "tuple[str, ...]": "comma-separated names",
+    }
+    name = names.get(base, base)
+    return f"{name} or none" if optional else name
+
+
 def _coerce(name: str, typ: Any, value: Any) -> Any:
-    origin = str(typ)
+    origin = typ.__name__ if isinstance(typ, type) else str(typ)
+    raw = value
     try:
         if typ is bool or origin == "bool":
             if isinstance(value, bool):
@@ -56,8 +80,12 @@ def _coerce(name: str, typ: Any, value: Any) -> Any:
                 raise ValueError(value)
             return value
     except (TypeError, ValueError) as exc:
-        raise ConfigError(f"option {name!r}: {value!r} is not a valid {origin}") from exc
+        raise ConfigError(f"option {name!r}: {raw!r} is not {_article(type_name(typ))}") from exc
     raise ConfigError(f"option {name!r} cannot be set")
+
+
+def _article(name: str) -> str:
+    return name if name.startswith(("comma", "true")) else f"an {name}" if name[0] in "aeiou" else f"a {name}"
 
 
 def load_config(
@@ -72,7 +100,7 @@ def load_config(
     keys) <- environment (``<env_prefix><NAME>``) <- ``overrides`` (CLI options that were given).
     Unknown keys and values of the wrong type are :class:`ConfigError`."""
     hints = get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls) if f.name != "extra"]  # type: ignore[arg-type]
+    names = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
     values: dict[str, Any] = {}
     if toml_path is not None:
         try:

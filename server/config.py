@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from onnxrec.errors import ConfigError
-from onnxrec.settings import load_config
+from onnxrec.settings import load_config, setting
 
 ENV_PREFIX = "ONNXREC_SERVE_"
 
@@ -18,34 +18,40 @@ ENV_PREFIX = "ONNXREC_SERVE_"
 class ServerConfig:
     """Every option of ``onnxrec serve``."""
 
-    repository: str = "repository"
-    host: str = "127.0.0.1"
-    port: int = 50051  # 0 picks a free port (tests)
-    device: str = "auto"  # auto | cuda | cpu
-    precision: str = "fp32"  # fp32 | fp16 | int8 (the exported variant to load)
-    intra_op_threads: int = 0  # 0 = auto: 1 on the CPU for catalogs under 100k items, else all cores
-    ort_spinning: bool = False  # let onnxruntime's idle threads spin (burns the cores the event loop needs)
-    io_binding: bool = False  # bind inputs/outputs on the device (CUDA; measured no faster, BENCHMARKS.md)
-    max_batch_size: int = 64
-    max_queue_delay_us: int = 0  # 0 = run as soon as the model is free (no added latency at low load)
-    max_queue_size: int = 2048
-    linger_us: int = 0  # > 0: hold a batch open while requests arrive closer together than this (adaptive)
-    linger_max_us: int = 4000  # the longest a lingering batch waits, from its first request
-    inline_max_us: int = 500  # run batches expected to take at most this on the event loop (no thread hop)
-    max_request_items: int = 1024  # users per RecommendBatch, candidates per Score
-    max_message_bytes: int = 4 * 1024 * 1024
-    workers: int = 1
-    metrics_port: int | None = None  # Prometheus /metrics over HTTP; None = off, 0 = a free port
-    version_policy: str = "latest"  # latest | all | specific
-    versions: tuple[int, ...] = ()  # with version_policy = specific
-    reload_interval_s: float = 2.0  # 0 = no hot reload
-    warmup: bool = True
-    grace_s: float = 10.0  # SIGTERM: how long in-flight requests may take to finish
-    tls_cert: str | None = None
-    tls_key: str | None = None
-    tls_client_ca: str | None = None  # set: clients must present a certificate signed by it (mutual TLS)
-    auth_tokens_file: str | None = None  # one bearer token per line
-    auth_tokens_env: str | None = None  # name of an environment variable holding comma-separated tokens
+    repository: str = setting(
+        "repository", "the model repository directory (NAME/VERSION/ folders written by onnxrec export)"
+    )
+    host: str = setting("127.0.0.1", "address to listen on")
+    port: int = setting(50051, "port to listen on (0: a free port, printed at start)")
+    device: str = setting("auto", "auto | cuda | cpu (auto: cuda when onnxruntime has it, else cpu)")
+    precision: str = setting("fp32", "fp32 | fp16 | int8: the exported variant to load")
+    intra_op_threads: int = setting(
+        0, "onnxruntime threads per session (0: 1 on the CPU for catalogs under 100k items, else all cores)"
+    )
+    ort_spinning: bool = setting(False, "let onnxruntime's idle threads spin (burns the cores the event loop needs)")
+    io_binding: bool = setting(False, "bind inputs and outputs on the device (CUDA; measured no faster, BENCHMARKS.md)")
+    max_batch_size: int = setting(64, "most rows in one onnxruntime run")
+    max_queue_delay_us: int = setting(
+        0, "how long a batch may wait for more requests (0: run as soon as the model is free)"
+    )
+    max_queue_size: int = setting(2048, "most queued requests per model; beyond it RESOURCE_EXHAUSTED at once")
+    linger_us: int = setting(0, "hold a batch open while requests arrive closer together than this (0: off)")
+    linger_max_us: int = setting(4000, "the longest a lingering batch waits, from its first request")
+    inline_max_us: int = setting(500, "run batches expected to take at most this on the event loop (no thread hop)")
+    max_request_items: int = setting(1024, "most users per RecommendBatch and candidates per Score")
+    max_message_bytes: int = setting(4 * 1024 * 1024, "largest request or response message")
+    workers: int = setting(1, "server processes sharing the port")
+    metrics_port: int | None = setting(None, "Prometheus /metrics over HTTP (none: off; 0: a free port)")
+    version_policy: str = setting("latest", "latest | all | specific: which versions of each model to serve")
+    versions: tuple[int, ...] = setting((), "with version_policy specific: the versions to serve, e.g. 1,3")
+    reload_interval_s: float = setting(2.0, "seconds between repository scans for new versions (0: no hot reload)")
+    warmup: bool = setting(True, "run every graph at every batch size before reporting SERVING")
+    grace_s: float = setting(10.0, "on SIGTERM, how long in-flight requests may take to finish")
+    tls_cert: str | None = setting(None, "PEM certificate chain of the server (TLS)")
+    tls_key: str | None = setting(None, "PEM private key of the server (TLS)")
+    tls_client_ca: str | None = setting(None, "PEM CA that client certificates must be signed by (mutual TLS)")
+    auth_tokens_file: str | None = setting(None, "file of accepted bearer tokens, one per line")
+    auth_tokens_env: str | None = setting(None, "name of an environment variable holding comma-separated bearer tokens")
 
     def validate(self) -> ServerConfig:
         """Raise :class:`ConfigError` for values no server can run with; returns self."""

@@ -29,9 +29,15 @@ def _split_names(value: str | None) -> tuple[str, ...]:
 @click.option("--threshold", type=float, default=None, help="Ratings >= this are positives (default: all).")
 @click.option("--min-user", type=int, default=1, show_default=True, help="k-core: min interactions per user.")
 @click.option("--min-item", type=int, default=1, show_default=True, help="k-core: min interactions per item.")
-@click.option("--split", type=click.Choice(["leave_one_out", "temporal"]), default="leave_one_out", show_default=True)
+@click.option(
+    "--split",
+    type=click.Choice(["leave_one_out", "temporal"]),
+    default="leave_one_out",
+    show_default=True,
+    help="Hold out each user's last items, or everything after a global time cut.",
+)
 @click.option("--negatives", type=int, default=99, show_default=True, help="Sampled negatives per evaluated user.")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the negative sampling.")
 @click.option("--user-col", default="user_id", show_default=True, help="Generic logs: the user column.")
 @click.option("--item-col", default="item_id", show_default=True, help="Generic logs: the item column.")
 @click.option("--rating-col", default=None, help="Generic logs: the rating column.")
@@ -103,10 +109,10 @@ def fetch_command(name: str, dest: Path | None, base_url: str | None) -> None:
 
 @data.command("synth")
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Log file to write (.csv or .parquet).")
-@click.option("--users", type=int, default=2000, show_default=True)
-@click.option("--items", type=int, default=1000, show_default=True)
+@click.option("--users", type=int, default=2000, show_default=True, help="How many users.")
+@click.option("--items", type=int, default=1000, show_default=True, help="How many items.")
 @click.option("--per-user", type=float, default=40.0, show_default=True, help="Mean interactions per user.")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True, help="Random seed (same seed, same log).")
 def synth_command(out: Path, users: int, items: int, per_user: float, seed: int) -> None:
     """Generate a synthetic interaction log with realistic skew."""
     from onnxrec.errors import DataError
@@ -152,7 +158,13 @@ def train_command(config_file: Path | None, **options: Any) -> None:
 @click.argument("run", type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.option("--k", "ks", default="10", show_default=True, help="Comma-separated cut-offs.")
-@click.option("--stage", type=click.Choice(["test", "valid"]), default="test", show_default=True)
+@click.option(
+    "--stage",
+    type=click.Choice(["test", "valid"]),
+    default="test",
+    show_default=True,
+    help="Score the held-out test items or the validation items.",
+)
 @click.option(
     "--baselines/--no-baselines",
     default=True,

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from onnxrec.settings import load_config
+from onnxrec.settings import load_config, setting
 
 ENV_PREFIX = "ONNXREC_TRAIN_"
 
@@ -18,45 +18,51 @@ ENV_PREFIX = "ONNXREC_TRAIN_"
 class TrainConfig:
     """Every option of ``onnxrec train``. ``model="auto"`` picks the best model for the data."""
 
-    data: str = "synthetic"
-    out: str = "runs/default"
-    model: str = "auto"
-    loss: str = "auto"  # auto | softmax | bce | bpr
-    dim: int = 64
-    feature_dim: int = 16
-    layers: tuple[int, ...] = ()  # () = the model's default: (128,) two-tower, (64, 32, 16) MLP and NeuMF
-    history_len: int = 50
-    id_dropout: float = 0.1
-    dropout: float = 0.0
-    epochs: int = 10
-    batch_size: int = 1024
-    lr: float = 0.005
-    weight_decay: float = 0.0
-    optimizer: str = "adamw"
-    num_negatives: int = 4
-    max_softmax_items: int = 200_000
-    temperature: float = 1.0
-    seed: int = 0
-    patience: int = 3
-    early_stop_metric: str = "full/ndcg@10"
-    eval_ks: tuple[int, ...] = (10,)
-    threads: int = 0  # 0 = torch's default
-    device: str = "cpu"
+    data: str = setting(
+        "synthetic", "a prepared dataset directory, a MovieLens folder, a CSV/TSV/Parquet log, or synthetic"
+    )
+    out: str = setting("runs/default", "the run directory to write")
+    model: str = setting("auto", "auto | mf | mlp | neumf | twotower (auto: the history-aware two-tower)")
+    loss: str = setting("auto", "auto | softmax | bce | bpr (auto: the model's default)")
+    dim: int = setting(64, "embedding size of users and items")
+    feature_dim: int = setting(16, "embedding size of each side feature")
+    layers: tuple[int, ...] = setting(
+        (), "hidden layer sizes, e.g. 128,64 (none: the model's default: 128 two-tower, 64,32,16 MLP and NeuMF)"
+    )
+    history_len: int = setting(50, "how many of a user's most recent items the history encoder reads")
+    id_dropout: float = setting(
+        0.1, "probability of dropping a user or item id in training (so unknown ids still get vectors)"
+    )
+    dropout: float = setting(0.0, "dropout between hidden layers")
+    epochs: int = setting(10, "most epochs to train (early stopping may end sooner)")
+    batch_size: int = setting(1024, "training examples per step")
+    lr: float = setting(0.005, "learning rate")
+    weight_decay: float = setting(0.0, "weight decay (L2) of the optimizer")
+    optimizer: str = setting("adamw", "adam | adamw")
+    num_negatives: int = setting(4, "sampled negatives per positive (bce, bpr, sampled softmax)")
+    max_softmax_items: int = setting(200_000, "full softmax up to this many items, sampled softmax above")
+    temperature: float = setting(1.0, "softmax temperature")
+    seed: int = setting(0, "random seed of initialisation, sampling and data order")
+    patience: int = setting(3, "epochs without a better validation metric before stopping")
+    early_stop_metric: str = setting("full/ndcg@10", "validation metric that picks the best epoch")
+    eval_ks: tuple[int, ...] = setting((10,), "cut-offs K of the reported metrics, e.g. 5,10,20")
+    threads: int = setting(0, "torch CPU threads (0: torch's default)")
+    device: str = setting("cpu", "cpu | cuda")
     # data preparation, when --data is a raw log rather than a prepared dataset
-    positive_threshold: float | None = None
-    min_user_interactions: int = 1
-    min_item_interactions: int = 1
-    split: str = "leave_one_out"
-    eval_negatives: int = 99
-    progress: bool = True
-    resume: str | None = None
-    overwrite: bool = False
-    extra: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+    positive_threshold: float | None = setting(
+        None, "raw logs: ratings >= this are positives (none: every interaction)"
+    )
+    min_user_interactions: int = setting(1, "raw logs: k-core, fewest interactions a user keeps")
+    min_item_interactions: int = setting(1, "raw logs: k-core, fewest interactions an item keeps")
+    split: str = setting("leave_one_out", "raw logs: leave_one_out | temporal")
+    eval_negatives: int = setting(99, "raw logs: sampled negatives per evaluated user")
+    progress: bool = setting(True, "show a progress bar (plain periodic lines when stderr is not a terminal)")
+    resume: str | None = setting(None, "a run directory whose checkpoint (model and optimizer) training continues from")
+    overwrite: bool = setting(False, "replace an existing run directory")
 
     def to_dict(self) -> dict[str, Any]:
         """Every option as used, TOML-ready (None values left out)."""
         d = dataclasses.asdict(self)
-        d.pop("extra")
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in d.items() if v is not None}
 
 
