@@ -78,12 +78,25 @@ def _client(kw: dict[str, Any]) -> Iterator[RecommenderClient]:
         client.close()
 
 
-def _model(client: RecommenderClient, model: str | None) -> str:
+def _no_models(client: RecommenderClient, address: str) -> None:
+    """Say that the server has no model loaded, with its health, and exit 1 (the server's state, not
+    the caller's arguments)."""
+    click.echo(
+        f"error: the server at {address} has no model loaded (health: {client.health()}); "
+        "it is still loading, or its --repository holds no loadable version",
+        err=True,
+    )
+    sys.exit(1)
+
+
+def _model(client: RecommenderClient, model: str | None, address: str) -> str:
     if model:
         return model
     names = [m.name for m in client.list_models()]
-    if len(names) != 1:
-        raise click.UsageError(f"the server has {len(names)} models ({', '.join(names) or 'none'}): pass --model")
+    if not names:
+        _no_models(client, address)
+    if len(names) > 1:
+        raise click.UsageError(f"the server has {len(names)} models ({', '.join(names)}): pass --model")
     return names[0]
 
 
@@ -123,7 +136,7 @@ def recommend_command(
 ) -> None:
     """Top-k recommendations for one user."""
     with _client(kw) as client:
-        name = _model(client, model)
+        name = _model(client, model, kw["server"])
         r = client.recommend(
             name,
             user,
@@ -144,7 +157,7 @@ def recommend_command(
 def similar_command(item: str, model: str | None, k: int, **kw: Any) -> None:
     """Items most similar to one item."""
     with _client(kw) as client:
-        name = _model(client, model)
+        name = _model(client, model, kw["server"])
         r = client.similar(name, item, k, include_metadata=True)
         _print(r, kw["as_json"], lambda: f"similar to {item}: {name} version {r.model_version}")
 
@@ -160,7 +173,7 @@ def score_command(user: str, items: str, model: str | None, **kw: Any) -> None:
     if not ids:
         raise click.UsageError("--items needs at least one item id")
     with _client(kw) as client:
-        name = _model(client, model)
+        name = _model(client, model, kw["server"])
         s = client.score(name, user, ids)
         if kw["as_json"]:
             click.echo(json.dumps(dataclasses.asdict(s), indent=2))
@@ -176,6 +189,8 @@ def models_command(**kw: Any) -> None:
     """The models the server has loaded."""
     with _client(kw) as client:
         models = client.list_models()
+        if not models and not kw["as_json"]:
+            _no_models(client, kw["server"])
         if kw["as_json"]:
             click.echo(json.dumps([dataclasses.asdict(m) for m in models], indent=2))
             return
@@ -270,7 +285,7 @@ def bench_command(
                 "client_key": None,
             }
         ) as client:
-            model = _model(client, None)
+            model = _model(client, None, server)
     results = []
     for level in levels:
         cfg = BenchConfig(

@@ -17,7 +17,7 @@ import pytest
 from onnxrec.clients import AsyncRecommenderClient, RecommenderClient, RecommenderError
 from onnxrec.server.loaded_model import LoadedModel
 from tests.contract import RecommenderContract
-from tests.serverproc import ServerProcess
+from tests.serverproc import ServerProcess, start_server
 
 
 def test_sync_and_async_clients_agree(live_server: ServerProcess) -> None:
@@ -145,3 +145,19 @@ class TestGrpcContract(RecommenderContract):
         self.backend = backend
         self.num_users = backend.model.num_users
         self.num_items = backend.model.num_items
+
+
+def test_cli_against_a_server_with_no_model_says_so(tmp_path: Path) -> None:
+    """Before the fix `recommend` said 'pass --model' and `models` printed nothing with exit 0."""
+    repo = tmp_path / "empty-repo"
+    repo.mkdir()
+    server = start_server(repo, tmp_path / "server.log", wait_serving=False)
+    try:
+        for args in (("recommend", "--user", "u1"), ("models",), ("similar", "--item", "i1")):
+            p = _cli(*args, "--server", server.address)
+            lines = p.stderr.strip().splitlines()
+            assert p.returncode == 1, (args, p.stderr)
+            assert len(lines) == 1 and "has no model loaded (health: NOT_SERVING)" in lines[0], (args, lines)
+            assert "--model" not in lines[0]
+    finally:
+        server.stop()
