@@ -6,10 +6,7 @@ BIN := $(VENV)/bin
 TORCH_VERSION ?= 2.13.0
 DEMO_DIR ?= demo-out
 
-BUF_VERSION ?= 1.75.0
-BUF := .tools/node_modules/.bin/buf
-
-.PHONY: setup demo test lint typecheck unit clean proto proto-check proto-lint clients
+.PHONY: setup demo test test-quick lint typecheck unit clean proto proto-check proto-lint clients
 
 $(BIN)/onnxrec: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -49,20 +46,26 @@ client-dist: setup
 proto-check: setup
 	$(BIN)/python scripts/gen_proto.py --check
 
-$(BUF):
-	mkdir -p .tools
-	cd .tools && npm install --silent --no-audit --no-fund @bufbuild/buf@$(BUF_VERSION)
-
-proto-lint: $(BUF)
-	$(BUF) lint
+# buf comes from PyPI (buf-bin, a dev dependency), so linting needs no npm.
+proto-lint: setup
+	$(BIN)/buf lint
 
 typecheck: setup
 	$(BIN)/mypy core trainer exporter server clients
 
-unit: setup
-	$(BIN)/python -m pytest -q
+# Per-file progress, and the 15 slowest tests at the end.
+PYTEST := $(BIN)/python -m pytest --durations=15
 
+unit: setup clients
+	$(PYTEST)
+
+# Everything: lint, types, the other languages' toolchains and examples, every test (what CI runs).
 test: lint typecheck unit
+
+# The quick lane for local work (a few minutes): every test but the long end-to-end ones (marker
+# `slow`) and the other languages' example clients (marker `clients`, which need `make clients`).
+test-quick: setup
+	$(PYTEST) -m "not slow and not clients"
 
 clean:
 	rm -rf $(DEMO_DIR) .pytest_cache .mypy_cache .ruff_cache

@@ -120,6 +120,7 @@ def stage(dest: Path) -> Path:
     version, requirements = root_metadata()
     for name in ("pyproject.toml", "README.md"):
         shutil.copy2(PACKAGING / name, dest / name)
+    shutil.copy2(REPO / "LICENSE", dest / "LICENSE")
     (dest / "VERSION").write_text(version + "\n", encoding="utf-8")
     (dest / "requirements.txt").write_text("".join(r + "\n" for r in requirements), encoding="utf-8")
     for files, package in ((client_modules(), "clients"), (stub_files(), "v1")):

@@ -33,6 +33,16 @@ def run_step(cmd: list[str], what: str, timeout: float) -> None:
         pytest.fail(f"{what} failed (exit {p.returncode}): {' '.join(cmd)}\n{p.stdout[-2000:]}\n{p.stderr[-3000:]}")
 
 
+def require_toolchain(language: str, missing: list[str]) -> None:
+    """Fail (never skip) when ``make clients`` has not installed what the example needs: installs are
+    not the tests' business, and a skip would hide a broken client."""
+    if missing:
+        pytest.fail(
+            f"the {language} example client needs {', '.join(missing)}: run `make clients` first "
+            "(it installs the toolchains from Debian's packages and the npm registry, then builds every example)"
+        )
+
+
 def stale(target: Path, inputs: list[Path]) -> bool:
     """Whether ``target`` is missing or older than any of ``inputs``."""
     return not target.exists() or target.stat().st_mtime < max(p.stat().st_mtime for p in inputs)

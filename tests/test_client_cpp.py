@@ -1,7 +1,8 @@
 """The C++ example client (clients/cpp) against a real server: same answers as the Python stub.
 
-Builds the client on first use (scripts/ci/install_cpp_java.sh cpp, then clients/cpp/build.sh). A missing
-toolchain that cannot be installed FAILS these tests: CI installs it, so a skip would hide a broken client.
+The toolchain comes from `make clients` (scripts/ci/install_*.sh: Debian's packages and the npm registry),
+which `make test` runs first; these tests (re)build the example when its sources are newer, and FAIL, never
+skip, when the toolchain is missing: a skip would hide a broken client.
 """
 
 from __future__ import annotations
@@ -12,13 +13,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.example_clients import ExampleClientContract, run_step, stale
+from tests.example_clients import ExampleClientContract, require_toolchain, run_step, stale
+
+pytestmark = pytest.mark.clients  # needs `make clients` (toolchains from Debian and npm); not in the quick lane
 
 REPO = Path(__file__).resolve().parents[1]
 CLIENT_DIR = REPO / "clients" / "cpp"
 BINARY = CLIENT_DIR / "bin" / "recommend"
 INPUTS = [CLIENT_DIR / "recommend.cc", CLIENT_DIR / "build.sh", REPO / "proto" / "onnxrec" / "v1" / "recommender.proto"]
-INSTALL = REPO / "scripts" / "ci" / "install_cpp_java.sh"
 
 
 def _missing_toolchain() -> list[str]:
@@ -33,11 +35,7 @@ def _missing_toolchain() -> list[str]:
 @pytest.fixture(scope="module")
 def client_command() -> list[str]:
     """clients/cpp/bin/recommend, installed and (re)built when missing or older than its sources."""
-    missing = _missing_toolchain()
-    if missing:
-        run_step(["bash", str(INSTALL), "cpp"], f"installing the C++ toolchain (missing: {', '.join(missing)})", 900)
-        still = _missing_toolchain()
-        assert not still, f"C++ toolchain still missing after {INSTALL}: {', '.join(still)}"
+    require_toolchain("C++", _missing_toolchain())
     if stale(BINARY, INPUTS):
         run_step(["bash", str(CLIENT_DIR / "build.sh")], "building the C++ client", 600)
     assert BINARY.is_file(), f"{BINARY} was not built"

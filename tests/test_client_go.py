@@ -1,8 +1,8 @@
 """The Go example client (clients/go) against a real server: same answers as the Python stub.
 
-Builds the client on first use (scripts/ci/install_node_go.sh go: Go, protoc and its Go plugins from
-Debian; then clients/go/build.sh, GOPATH mode). A missing toolchain that cannot be installed FAILS these
-tests: CI installs it, so a skip would hide a broken client.
+The toolchain comes from `make clients` (scripts/ci/install_*.sh: Debian's packages and the npm registry),
+which `make test` runs first; these tests (re)build the example when its sources are newer, and FAIL, never
+skip, when the toolchain is missing: a skip would hide a broken client.
 """
 
 from __future__ import annotations
@@ -12,7 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.example_clients import ExampleClientContract, run_step, stale
+from tests.example_clients import ExampleClientContract, require_toolchain, run_step, stale
+
+pytestmark = pytest.mark.clients  # needs `make clients` (toolchains from Debian and npm); not in the quick lane
 
 REPO = Path(__file__).resolve().parents[1]
 CLIENT_DIR = REPO / "clients" / "go"
@@ -23,7 +25,6 @@ INPUTS = [
     REPO / "proto" / "onnxrec" / "v1" / "recommender.proto",
 ]
 TOOLS = ["go", "protoc", "protoc-gen-go", "protoc-gen-go-grpc"]
-INSTALL = REPO / "scripts" / "ci" / "install_node_go.sh"
 GRPC_GO = Path("/usr/share/gocode/src/google.golang.org/grpc")
 
 
@@ -34,9 +35,7 @@ def _missing() -> list[str]:
 @pytest.fixture(scope="module")
 def client_command() -> list[str]:
     """clients/go/bin/recommend, installed and (re)built when missing or older than its sources."""
-    if _missing():
-        run_step(["bash", str(INSTALL), "go"], f"installing the Go toolchain (missing: {', '.join(_missing())})", 900)
-        assert not _missing(), f"Go toolchain still missing after {INSTALL}: {', '.join(_missing())}"
+    require_toolchain("Go", _missing())
     if stale(BINARY, INPUTS):
         run_step(["bash", str(CLIENT_DIR / "build.sh")], "building the Go client", 600)
     assert BINARY.is_file(), f"{BINARY} was not built"

@@ -1,7 +1,8 @@
 """The Java example client (clients/java) against a real server: same answers as the Python stub.
 
-Builds the client on first use (scripts/ci/install_cpp_java.sh java, then clients/java/build.sh). A missing
-toolchain that cannot be installed FAILS these tests: CI installs it, so a skip would hide a broken client.
+The toolchain comes from `make clients` (scripts/ci/install_*.sh: Debian's packages and the npm registry),
+which `make test` runs first; these tests (re)build the example when its sources are newer, and FAIL, never
+skip, when the toolchain is missing: a skip would hide a broken client.
 """
 
 from __future__ import annotations
@@ -11,7 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.example_clients import ExampleClientContract, run_step
+from tests.example_clients import ExampleClientContract, require_toolchain, run_step
+
+pytestmark = pytest.mark.clients  # needs `make clients` (toolchains from Debian and npm); not in the quick lane
 
 REPO = Path(__file__).resolve().parents[1]
 CLIENT_DIR = REPO / "clients" / "java"
@@ -22,7 +25,6 @@ INPUTS = [SOURCE, CLIENT_DIR / "build.sh", REPO / "proto" / "onnxrec" / "v1" / "
 JARS = Path("/usr/share/java")  # Debian's jars, as build.sh uses them
 # a sample of the jars build.sh needs, from each Debian package that ships them
 KEY_JARS = ["protobuf", "grpc-core", "grpc-netty", "guava", "gson", "perfmark-api", "netty-codec-http2"]
-INSTALL = REPO / "scripts" / "ci" / "install_cpp_java.sh"
 
 
 def _missing_toolchain() -> list[str]:
@@ -35,11 +37,7 @@ def _missing_toolchain() -> list[str]:
 @pytest.fixture(scope="module")
 def client_command() -> list[str]:
     """clients/java/bin/recommend (a launcher), installed and (re)built when missing or older than its sources."""
-    missing = _missing_toolchain()
-    if missing:
-        run_step(["bash", str(INSTALL), "java"], f"installing the Java toolchain (missing: {', '.join(missing)})", 900)
-        still = _missing_toolchain()
-        assert not still, f"Java toolchain still missing after {INSTALL}: {', '.join(still)}"
+    require_toolchain("Java", _missing_toolchain())
     if not BINARY.exists() or not CLASS.exists() or BINARY.stat().st_mtime < max(p.stat().st_mtime for p in INPUTS):
         run_step(["bash", str(CLIENT_DIR / "build.sh")], "building the Java client", 600)
     assert BINARY.is_file(), f"{BINARY} was not built"

@@ -1,8 +1,8 @@
 """The Node.js example client (clients/node) against a real server: same answers as the Python stub.
 
-Installs the client on first use (scripts/ci/install_node_go.sh node: node + npm if absent, then
-`npm install` in clients/node). A missing toolchain that cannot be installed FAILS these tests: CI
-installs it, so a skip would hide a broken client.
+The toolchain comes from `make clients` (scripts/ci/install_*.sh: Debian's packages and the npm registry),
+which `make test` runs first; these tests (re)build the example when its sources are newer, and FAIL, never
+skip, when the toolchain is missing: a skip would hide a broken client.
 """
 
 from __future__ import annotations
@@ -14,24 +14,23 @@ from pathlib import Path
 
 import pytest
 
-from tests.example_clients import ExampleClientContract, run_step
+from tests.example_clients import ExampleClientContract, require_toolchain
+
+pytestmark = pytest.mark.clients  # needs `make clients` (toolchains from Debian and npm); not in the quick lane
 
 REPO = Path(__file__).resolve().parents[1]
 CLIENT_DIR = REPO / "clients" / "node"
 SCRIPT = CLIENT_DIR / "recommend.js"
 MODULES = [CLIENT_DIR / "node_modules" / "@grpc" / "grpc-js", CLIENT_DIR / "node_modules" / "@grpc" / "proto-loader"]
 TOOLS = ["node", "npm"]
-INSTALL = REPO / "scripts" / "ci" / "install_node_go.sh"
 
 
 @pytest.fixture(scope="module")
 def client_command() -> list[str]:
     """The command line that runs clients/node/recommend.js, with node and the npm packages installed."""
-    missing = [t for t in TOOLS if shutil.which(t) is None] + [str(m) for m in MODULES if not m.is_dir()]
-    if missing:
-        run_step(["bash", str(INSTALL), "node"], f"installing the Node.js client (missing: {', '.join(missing)})", 900)
-        still = [t for t in TOOLS if shutil.which(t) is None] + [str(m) for m in MODULES if not m.is_dir()]
-        assert not still, f"Node.js client still missing after {INSTALL}: {', '.join(still)}"
+    require_toolchain(
+        "Node.js", [t for t in TOOLS if shutil.which(t) is None] + [str(m) for m in MODULES if not m.is_dir()]
+    )
     node = shutil.which("node")
     assert node is not None
     return [node, str(SCRIPT)]
