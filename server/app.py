@@ -28,11 +28,13 @@ from grpc_reflection.v1alpha import reflection
 
 from onnxrec.errors import ConfigError
 from onnxrec.server.config import ServerConfig
+from onnxrec.server.flow import AnswerBudget
 from onnxrec.server.interceptors import TokenAuthInterceptor
 from onnxrec.server.loaded_model import resolve_device
 from onnxrec.server.metrics import ServerMetrics
 from onnxrec.server.registry import ModelRegistry, Snapshot
 from onnxrec.server.servicer import RecommenderServicer
+from onnxrec.server.transport import bind_error, budgeted, serializer, transport_options
 from onnxrec.v1 import recommender_pb2 as pb
 
 log = logging.getLogger("onnxrec.server")
@@ -73,19 +75,28 @@ class _Undecodable:
         self.error = error
 
 
-def add_servicer(servicer: RecommenderServicer, server: grpc.aio.Server, metrics: ServerMetrics) -> None:
+def add_servicer(
+    servicer: RecommenderServicer,
+    server: grpc.aio.Server,
+    metrics: ServerMetrics,
+    budget: AnswerBudget | None = None,
+) -> None:
     """Register every RPC of the service, like the generated ``add_..._to_server``, except that each
-    call is counted and timed (in the handler itself: a server interceptor costs more per call), and
-    a request whose bytes do not decode is answered with INVALID_ARGUMENT (grpc would say UNKNOWN)."""
+    call is counted and timed (in the handler itself: a server interceptor costs more per call), a
+    request whose bytes do not decode is answered with INVALID_ARGUMENT (grpc would say UNKNOWN), and
+    with ``budget`` each call is admitted by it and its answer held on it until read (flow.py)."""
     service = pb.DESCRIPTOR.services_by_name["RecommenderService"]
     handlers = {}
     for method in service.methods:
         request_cls = getattr(pb, method.input_type.name)
         response_cls = getattr(pb, method.output_type.name)
+        behavior = getattr(servicer, method.name)
+        if budget is not None:
+            behavior = budgeted(behavior, method.name, budget)
         handlers[method.name] = grpc.unary_unary_rpc_method_handler(
-            _handler(getattr(servicer, method.name), method.name, metrics),
+            _handler(behavior, method.name, metrics),
             request_deserializer=_lenient(request_cls.FromString),
-            response_serializer=response_cls.SerializeToString,
+            response_serializer=serializer(response_cls.SerializeToString),
         )
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service.full_name, handlers),))
     server.add_registered_method_handlers(service.full_name, handlers)
@@ -142,14 +153,10 @@ class OnnxrecServer:
         if tokens:
             interceptors.append(TokenAuthInterceptor(tokens, self.metrics))
         self.server = grpc.aio.server(
-            interceptors=interceptors,
-            options=[
-                ("grpc.max_receive_message_length", config.max_message_bytes),
-                ("grpc.max_send_message_length", config.max_message_bytes),
-                ("grpc.so_reuseport", 1),
-            ],
+            interceptors=interceptors, options=transport_options(config, reuseport=config.workers > 1)
         )
-        add_servicer(RecommenderServicer(self.registry, config), self.server, self.metrics)
+        self.budget = AnswerBudget(config.max_unread_bytes_per_connection, config.max_unread_bytes)
+        add_servicer(RecommenderServicer(self.registry, config), self.server, self.metrics, self.budget)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server)
         self.port = 0
@@ -170,9 +177,17 @@ class OnnxrecServer:
         """Bind, start serving (health NOT_SERVING) and load the models in the background."""
         address = f"{self.config.host}:{self.config.port}"
         creds = server_credentials(self.config)
-        port = self.server.add_secure_port(address, creds) if creds else self.server.add_insecure_port(address)
+        reuseport = self.config.workers > 1
+        if self.config.port and (error := bind_error(self.config.host, self.config.port, reuseport=reuseport)):
+            raise error  # before grpc tries, which would log its own lines
+        try:
+            port = self.server.add_secure_port(address, creds) if creds else self.server.add_insecure_port(address)
+        except RuntimeError:  # grpc: "Failed to bind to address"
+            port = 0
         if port == 0:
-            raise ConfigError(f"cannot bind {address} (in use, or not an address of this machine)")
+            raise bind_error(self.config.host, self.config.port, reuseport=reuseport) or ConfigError(
+                f"cannot serve on {address} (in use, or not an address of this machine)"
+            )
         self.port = port
         await self._set_health(False)
         await self.server.start()
@@ -228,6 +243,9 @@ async def create_server(config: ServerConfig) -> tuple[OnnxrecServer, int]:
 
 async def _serve_one(config: ServerConfig) -> None:
     server, port = await create_server(config)
+    repository = Path(config.repository)
+    if repository.is_dir() and not any(p.is_dir() and not p.name.startswith(".") for p in repository.iterdir()):
+        log.warning("repository %s holds no model yet: waiting for one (health NOT_SERVING until then)", repository)
     loop = asyncio.get_running_loop()
     stopping = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -241,30 +259,22 @@ async def _serve_one(config: ServerConfig) -> None:
 
 
 def serve(config: ServerConfig) -> None:
-    """Run the server until SIGTERM/SIGINT (``workers`` processes sharing the port)."""
+    """Run the server until SIGTERM/SIGINT; with ``workers`` > 1, that many supervised processes
+    sharing the port (:mod:`onnxrec.server.supervisor`)."""
     config = config.validate()
+    check_repository(config.repository)
     load_tokens(config)  # fail before forking
     if config.workers == 1:
         asyncio.run(_serve_one(config))
         return
-    if config.port == 0:
-        raise ConfigError("--workers needs a fixed --port (the processes share it)")
-    children = []
-    for _ in range(config.workers):
-        pid = os.fork()
-        if pid == 0:  # child: nothing gRPC or onnxruntime exists yet in this process
-            try:
-                asyncio.run(_serve_one(config))
-            finally:
-                os._exit(0)
-        children.append(pid)
+    from onnxrec.server.supervisor import supervise
 
-    def forward(signum: int, _frame: object) -> None:
-        for pid in children:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signum)
+    supervise(config, lambda worker: asyncio.run(_serve_one(worker)))
 
-    signal.signal(signal.SIGTERM, forward)
-    signal.signal(signal.SIGINT, forward)
-    for pid in children:
-        os.waitpid(pid, 0)
+
+def check_repository(repository: str) -> None:
+    """Refuse a repository path that is not a directory (an empty one may get models later)."""
+    path = Path(repository)
+    if not path.is_dir():
+        what = "not a directory" if path.exists() else "no such directory"
+        raise ConfigError(f"repository {path}: {what} (run onnxrec export first, or fix --repository)")

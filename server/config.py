@@ -40,6 +40,21 @@ class ServerConfig:
     inline_max_us: int = setting(500, "run batches expected to take at most this on the event loop (no thread hop)")
     max_request_items: int = setting(1024, "most users per RecommendBatch and candidates per Score")
     max_message_bytes: int = setting(4 * 1024 * 1024, "largest request or response message")
+    max_unread_bytes: int = setting(
+        32 * 1024 * 1024,
+        "most bytes of answers the server holds for clients that have not read them yet, all connections "
+        "together; beyond it larger calls are RESOURCE_EXHAUSTED (0: no bound)",
+    )
+    max_unread_bytes_per_connection: int = setting(
+        8 * 1024 * 1024,
+        "the same per connection: further calls on it wait, and are RESOURCE_EXHAUSTED once one of its "
+        "answers has gone unread for 5 s (0: no bound)",
+    )
+    max_connection_age_s: float = setting(
+        600.0,
+        "close each connection after this long (clients reconnect; calls in flight get grace_s), which "
+        "bounds how long a client that never reads can hold answers (0: never)",
+    )
     workers: int = setting(1, "server processes sharing the port")
     metrics_port: int | None = setting(None, "Prometheus /metrics over HTTP (none: off; 0: a free port)")
     version_policy: str = setting("latest", "latest | all | specific: which versions of each model to serve")
@@ -75,6 +90,9 @@ class ServerConfig:
             ((self.tls_cert is None) == (self.tls_key is None), "tls_cert and tls_key go together"),
             (self.tls_client_ca is None or self.tls_cert is not None, "tls_client_ca needs tls_cert and tls_key"),
             (self.reload_interval_s >= 0, "reload_interval_s must be 0 or more"),
+            (self.max_unread_bytes >= 0, "max_unread_bytes must be 0 or more"),
+            (self.max_unread_bytes_per_connection >= 0, "max_unread_bytes_per_connection must be 0 or more"),
+            (self.max_connection_age_s >= 0, "max_connection_age_s must be 0 or more"),
         ]
         for ok, message in checks:
             if not ok:
