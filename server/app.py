@@ -29,7 +29,7 @@ from grpc_reflection.v1alpha import reflection
 from onnxrec.errors import ConfigError
 from onnxrec.server.config import ServerConfig
 from onnxrec.server.flow import AnswerBudget
-from onnxrec.server.interceptors import TokenAuthInterceptor
+from onnxrec.server.interceptors import ClientCertInterceptor, TokenAuthInterceptor
 from onnxrec.server.loaded_model import resolve_device
 from onnxrec.server.metrics import ServerMetrics
 from onnxrec.server.registry import ModelRegistry, Snapshot
@@ -149,6 +149,8 @@ class OnnxrecServer:
         self.health = health.aio.HealthServicer()
         self.registry = ModelRegistry(config, on_batch=self.metrics.on_batch, on_change=self._changed)
         interceptors: list[grpc.aio.ServerInterceptor] = []
+        if config.tls_client_ca and config.tls_client_eku:
+            interceptors.append(ClientCertInterceptor())
         tokens = load_tokens(config)
         if tokens:
             interceptors.append(TokenAuthInterceptor(tokens, self.metrics))

@@ -65,6 +65,11 @@ class ServerConfig:
     tls_cert: str | None = setting(None, "PEM certificate chain of the server (TLS)")
     tls_key: str | None = setting(None, "PEM private key of the server (TLS)")
     tls_client_ca: str | None = setting(None, "PEM CA that client certificates must be signed by (mutual TLS)")
+    tls_client_eku: bool = setting(
+        True,
+        "mutual TLS: a client certificate must list clientAuth in its extended key usage (off: one without "
+        "that extension passes too, e.g. a server's; TLS refuses one whose usage excludes clients either way)",
+    )
     auth_tokens_file: str | None = setting(None, "file of accepted bearer tokens, one per line")
     auth_tokens_env: str | None = setting(None, "name of an environment variable holding comma-separated bearer tokens")
 

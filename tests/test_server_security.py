@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 import time
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from onnxrec.trainer.train import train
 from onnxrec.v1 import recommender_pb2 as pb
 from onnxrec.v1 import recommender_pb2_grpc as pb_grpc
 from tests.certs import make_certs
-from tests.serverproc import start_server, wait_health
+from tests.serverproc import ServerProcess, start_server, wait_health
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +31,41 @@ def repo(synthetic: Dataset, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def certs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    return make_certs(tmp_path_factory.mktemp("certs"))
+    """tests/certs.py's certificates (none has an extended key usage), and from the same CA
+    ``client-eku`` (clientAuth) and ``server-eku`` (serverAuth only, as real server certificates are)."""
+    root = tmp_path_factory.mktemp("certs")
+    found = make_certs(root)
+    for name, usage in (("client-eku", "clientAuth"), ("server-eku", "serverAuth")):
+        (root / f"{name}.cnf").write_text(f"extendedKeyUsage={usage}\nsubjectAltName=IP:127.0.0.1\n")
+        request = f"req -newkey rsa:2048 -nodes -subj /CN={name} -keyout {name}.key -out {name}.csr"
+        sign = f"x509 -req -in {name}.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 -out {name}.pem"
+        for args in (request.split(), [*sign.split(), "-extfile", f"{name}.cnf"]):
+            subprocess.run(["openssl", *args], cwd=root, check=True, capture_output=True, timeout=60)
+        found[name], found[f"{name}.key"] = root / f"{name}.pem", root / f"{name}.key"
+    return found
+
+
+def _client_creds(certs: dict[str, Path], name: str) -> grpc.ChannelCredentials:
+    return grpc.ssl_channel_credentials(
+        certs["ca"].read_bytes(), certs[f"{name}.key"].read_bytes(), certs[name].read_bytes()
+    )
+
+
+def _mtls_server(repo: Path, certs: dict[str, Path], log: Path, *args: str) -> ServerProcess:
+    srv = start_server(
+        repo,
+        log,
+        "--tls-cert",
+        str(certs["server"]),
+        "--tls-key",
+        str(certs["server.key"]),
+        "--tls-client-ca",
+        str(certs["ca"]),
+        *args,
+        wait_serving=False,
+    )
+    wait_health(srv.address, health_pb2.HealthCheckResponse.SERVING, 60, _client_creds(certs, "client-eku"))
+    return srv
 
 
 LIST = pb.ListModelsRequest()
@@ -69,7 +104,7 @@ def test_tls_and_mutual_tls(repo: Path, certs: dict[str, Path], tmp_path: Path) 
     )
     try:
         ca = certs["ca"].read_bytes()
-        good = grpc.ssl_channel_credentials(ca, certs["client.key"].read_bytes(), certs["client"].read_bytes())
+        good = _client_creds(certs, "client-eku")
         wait_health(srv.address, health_pb2.HealthCheckResponse.SERVING, 60, good)
         with grpc.secure_channel(srv.address, good) as ch:
             assert pb_grpc.RecommenderServiceStub(ch).ListModels(LIST, timeout=10).models
@@ -166,7 +201,7 @@ def test_python_client_tls_and_token(repo: Path, certs: dict[str, Path], tmp_pat
         wait_serving=False,
     )
     try:
-        tls = {"ca_cert": certs["ca"], "client_cert": certs["client"], "client_key": certs["client.key"]}
+        tls = {"ca_cert": certs["ca"], "client_cert": certs["client-eku"], "client_key": certs["client-eku.key"]}
         with RecommenderClient(srv.address, token="t0k3n", **tls) as client:
             deadline = time.monotonic() + 60
             while client.health() != "SERVING" and time.monotonic() < deadline:
@@ -181,5 +216,38 @@ def test_python_client_tls_and_token(repo: Path, certs: dict[str, Path], tmp_pat
         ):
             client.list_models()  # no client certificate: the TLS handshake fails
         assert err.value.code == grpc.StatusCode.UNAVAILABLE
+    finally:
+        srv.stop()
+
+
+def _code(address: str, creds: grpc.ChannelCredentials) -> grpc.StatusCode:
+    with grpc.secure_channel(address, creds) as ch:
+        try:
+            pb_grpc.RecommenderServiceStub(ch).ListModels(LIST, timeout=10)
+        except grpc.RpcError as err:
+            return err.code()  # type: ignore[attr-defined,no-any-return]
+    return grpc.StatusCode.OK
+
+
+def test_client_certificates_need_client_auth_usage(repo: Path, certs: dict[str, Path], tmp_path: Path) -> None:
+    """Issue #14.12: the CA's signature alone is not enough. A client certificate must list clientAuth:
+    the server's own certificate and a client one without extended key usage are UNAUTHENTICATED (a
+    serverAuth-only one fails the TLS handshake itself, UNAVAILABLE). ``--no-tls-client-eku`` lets a
+    certificate without the extension in."""
+    srv = _mtls_server(repo, certs, tmp_path / "log")
+    try:
+        assert _code(srv.address, _client_creds(certs, "client-eku")) == grpc.StatusCode.OK
+        for name in ("server", "client"):
+            assert _code(srv.address, _client_creds(certs, name)) == grpc.StatusCode.UNAUTHENTICATED, name
+        assert _code(srv.address, _client_creds(certs, "server-eku")) == grpc.StatusCode.UNAVAILABLE
+        with grpc.secure_channel(srv.address, _client_creds(certs, "server")) as ch, pytest.raises(grpc.RpcError) as e:
+            pb_grpc.RecommenderServiceStub(ch).ListModels(LIST, timeout=10)
+        assert "has no extended key usage; it must list clientAuth" in e.value.details()  # type: ignore[attr-defined]
+    finally:
+        srv.stop()
+    srv = _mtls_server(repo, certs, tmp_path / "log2", "--no-tls-client-eku")
+    try:
+        assert _code(srv.address, _client_creds(certs, "client")) == grpc.StatusCode.OK
+        assert _code(srv.address, _client_creds(certs, "server-eku")) == grpc.StatusCode.UNAVAILABLE
     finally:
         srv.stop()
