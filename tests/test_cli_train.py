@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -23,9 +24,13 @@ def onnxrec(*args: str, cwd: Path | None = None, env: dict[str, str] | None = No
     )
 
 
+_LOG_LINE = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ \S+ (INFO|WARNING) ")
+
+
 def assert_clean_error(proc: subprocess.CompletedProcess[str], needle: str) -> None:
     assert proc.returncode == 2, proc.stderr
-    lines = [ln for ln in proc.stderr.splitlines() if ln.strip() and " INFO " not in ln]
+    # log lines (INFO, and WARNING such as "no timestamp column") may come first; the error is one line
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip() and not _LOG_LINE.match(ln)]
     assert len(lines) == 1, proc.stderr
     assert "Traceback" not in proc.stderr
     assert needle in lines[0], lines[0]
@@ -114,3 +119,169 @@ def test_synth_command(tmp_path: Path) -> None:
     assert p.returncode == 0, p.stderr
     assert out.is_file() and (tmp_path / "log.users.parquet").is_file()
     assert_clean_error(onnxrec("data", "synth", "--out", str(tmp_path / "x.txt")), "x.txt")
+
+
+def _ml100k_csv(ml100k_dir: Path, path: Path, header: str, rows: int = 6000, sep: str = ",") -> Path:
+    """The first ``rows`` lines of the real u.data under a header (a small, real log)."""
+    lines = (ml100k_dir / "u.data").read_text().splitlines()[:rows]
+    path.write_text(header + "\n" + "\n".join(sep.join(ln.split("\t")) for ln in lines) + "\n")
+    return path
+
+
+def test_train_detects_the_columns_of_a_csv_and_says_which(ml100k_dir: Path, tmp_path: Path) -> None:
+    log = _ml100k_csv(ml100k_dir, tmp_path / "ratings.csv", "userId,movieId,rating,timestamp")
+    run = tmp_path / "run"
+    p = onnxrec("train", "--data", str(log), "--out", str(run), "--epochs", "1", "--model", "mf", "--dim", "8")
+    assert p.returncode == 0, p.stderr
+    assert "columns user 'userId' (detected), item 'movieId' (detected)" in p.stderr
+    assert "timestamp 'timestamp' (detected)" in p.stderr
+    columns = json.loads((run / "dataset" / "dataset.json").read_text())["columns"]
+    assert columns["timestamp"] == "timestamp" and columns["time_order"] == "timestamp"
+
+
+@pytest.mark.slow
+def test_train_takes_the_same_column_options_as_data_prepare(ml100k_dir: Path, tmp_path: Path) -> None:
+    log = _ml100k_csv(ml100k_dir, tmp_path / "log.tsv", "who\twhat\tstars\twhen", sep="\t")
+    run = tmp_path / "run"
+    args = ["--epochs", "1", "--model", "mf", "--dim", "8", "--no-progress"]
+    p = onnxrec("train", "--data", str(log), "--out", str(run), *args)
+    assert_clean_error(p, "no user column (looked for user_id, userId, user; columns are: who, what, stars, when)")
+    cols = ["--user-col", "who", "--item-col", "what", "--rating-col", "stars", "--time-col", "when", "--sep", "tab"]
+    p = onnxrec("train", "--data", str(log), "--out", str(run), *args, *cols, "--positive-threshold", "4")
+    assert p.returncode == 0, p.stderr
+    meta = json.loads((run / "dataset" / "dataset.json").read_text())
+    assert meta["columns"] == {
+        "user": "who",
+        "item": "what",
+        "rating": "stars",
+        "timestamp": "when",
+        "detected": [],
+        "time_order": "timestamp",
+    }
+    assert meta["preprocess"]["positive_threshold"] == 4
+    prep = onnxrec("data", "prepare", str(log), "--out", str(tmp_path / "ds"), *cols, "--threshold", "4")
+    assert prep.returncode == 0, prep.stderr
+    assert json.loads((tmp_path / "ds" / "dataset.json").read_text())["content_hash"] == meta["content_hash"]
+
+
+@pytest.mark.parametrize(
+    ("field", "bad", "needle"),
+    [
+        (3, "oops", "line 2719: timestamp column 'timestamp' (found by its name"),
+        (0, "NaN", "line 2719: user column 'user_id' holds 'NaN', a missing-value marker, not a user id"),
+        (1, "", "line 2719: item column 'item_id' is empty, not a item id"),
+    ],
+    ids=["bad-timestamp", "nan-user", "empty-item"],
+)
+def test_train_refuses_bad_rows_with_one_line(
+    ml100k_dir: Path, tmp_path: Path, field: int, bad: str, needle: str
+) -> None:
+    log = _ml100k_csv(ml100k_dir, tmp_path / "log.csv", "user_id,item_id,rating,timestamp", rows=3000)
+    lines = log.read_text().splitlines()
+    cells = lines[2718].split(",")
+    cells[field] = bad
+    lines[2718] = ",".join(cells)
+    log.write_text("\n".join(lines) + "\n")
+    p = onnxrec("train", "--data", str(log), "--out", str(tmp_path / "run"), "--epochs", "1")
+    assert_clean_error(p, needle)
+    assert not (tmp_path / "run").exists()
+
+
+def test_column_options_on_a_movielens_folder_are_refused(ml100k_dir: Path, tmp_path: Path) -> None:
+    p = onnxrec("train", "--data", str(ml100k_dir), "--out", str(tmp_path / "r"), "--time-col", "ts")
+    assert_clean_error(p, "apply to CSV/TSV/Parquet logs only")
+
+
+def test_a_missing_data_path_is_refused_before_torch_loads(tmp_path: Path) -> None:
+    missing = tmp_path / "nope" / "log.csv"
+    p = onnxrec("train", "--data", str(missing), "--out", str(tmp_path / "r"))
+    assert_clean_error(p, f"{missing}: no such file or directory")
+    # the same command in-process: the error comes before anything imports torch
+    script = (
+        "import sys\n"
+        "from onnxrec.cli import main\n"
+        f"code = main(['train', '--data', {str(missing)!r}, '--out', {str(tmp_path / 'r')!r}], standalone_mode=False)\n"
+        "print(code, 'torch' in sys.modules)\n"
+    )
+    q = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=False, timeout=120)
+    assert q.stdout.split() == ["2", "False"], q.stdout + q.stderr
+    for args, needle in (
+        (["--epochs", "0"], "epochs must be at least 1"),
+        (["--resume", str(tmp_path / "gone")], "no such run directory"),
+        (["--optimizer", "sgd"], "unknown optimizer"),
+    ):
+        cmd = ["train", "--out", str(tmp_path / "r"), *args]
+        q = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                script.replace(f"['train', '--data', {str(missing)!r}, '--out', {str(tmp_path / 'r')!r}]", repr(cmd)),
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=120,
+        )
+        assert q.stdout.split() == ["2", "False"] and needle in q.stderr, q.stdout + q.stderr
+
+
+# a small, fast training of the log given next (60 items: 20 evaluation negatives fit)
+TRAIN_SMALL = [sys.executable, "-m", "onnxrec", "train", "--model", "mf", "--dim", "8", "--batch-size", "64"]
+TRAIN_SMALL += ["--eval-negatives", "20", "--data"]
+
+
+def _small_log(tmp_path: Path) -> Path:
+    out = tmp_path / "log.parquet"
+    p = onnxrec("data", "synth", "--out", str(out), "--users", "120", "--items", "60", "--per-user", "20")
+    assert p.returncode == 0, p.stderr
+    return out
+
+
+def test_progress_in_a_log_file_is_plain_lines(tmp_path: Path) -> None:
+    log = _small_log(tmp_path)
+    stderr_file = tmp_path / "train.log"
+    with stderr_file.open("w") as fh:
+        p = subprocess.run(
+            [*TRAIN_SMALL, str(log), "--out", str(tmp_path / "run"), "--epochs", "2"],
+            stdout=subprocess.PIPE,
+            stderr=fh,
+            text=True,
+            check=False,
+            timeout=600,
+        )
+    text = stderr_file.read_text()
+    assert p.returncode == 0, text
+    assert "\r" not in text and "\x1b[" not in text
+    assert "epoch 1: loss" in text and "epoch 2: loss" in text
+
+
+def test_progress_on_a_terminal_is_a_bar(tmp_path: Path) -> None:
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    log = _small_log(tmp_path)
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))  # a 100-column terminal
+    proc = subprocess.Popen(
+        [*TRAIN_SMALL, str(log), "--out", str(tmp_path / "run"), "--epochs", "1"],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=slave,
+    )
+    os.close(slave)
+    chunks = []
+    while True:
+        try:
+            data = os.read(master, 4096)
+        except OSError:
+            break
+        if not data:
+            break
+        chunks.append(data)
+    os.close(master)
+    assert proc.wait(timeout=600) == 0, b"".join(chunks).decode(errors="replace")
+    text = b"".join(chunks).decode(errors="replace")
+    bar = [fragment for fragment in text.split("\r") if "epoch 1/1:" in fragment]
+    assert bar and ("batch/s" in text or "s/batch" in text), text  # tqdm redraws with carriage returns

@@ -12,6 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from onnxrec.errors import DataError
+from onnxrec.trainer.data.columns import MISSING_MARKERS
 from onnxrec.trainer.data.log import INTERACTION_SCHEMA
 from onnxrec.trainer.data.readers import (
     ColumnMapping,
@@ -155,7 +156,10 @@ def test_ml100k_reader_rejects_wrong_separator(tmp_path: Path) -> None:
         read_movielens_100k(tmp_path)
 
 
-_ids = st.text(alphabet=string.ascii_letters + string.digits + "_-", min_size=1, max_size=8)
+# any id but a missing-value marker (those are refused: see tests/test_data_validation.py)
+_ids = st.text(alphabet=string.ascii_letters + string.digits + "_-", min_size=1, max_size=8).filter(
+    lambda s: s.lower() not in MISSING_MARKERS
+)
 
 
 @settings(max_examples=40, suppress_health_check=[HealthCheck.function_scoped_fixture])

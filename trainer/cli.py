@@ -38,10 +38,22 @@ def _split_names(value: str | None) -> tuple[str, ...]:
 )
 @click.option("--negatives", type=int, default=99, show_default=True, help="Sampled negatives per evaluated user.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the negative sampling.")
-@click.option("--user-col", default="user_id", show_default=True, help="Generic logs: the user column.")
-@click.option("--item-col", default="item_id", show_default=True, help="Generic logs: the item column.")
-@click.option("--rating-col", default=None, help="Generic logs: the rating column.")
-@click.option("--time-col", default=None, help="Generic logs: the timestamp column.")
+@click.option(
+    "--user-col", default=None, help="Generic logs: the user column (default: found as user_id, userId or user)."
+)
+@click.option(
+    "--item-col",
+    default=None,
+    help="Generic logs: the item column (default: found as item_id, itemId, movieId or item).",
+)
+@click.option(
+    "--rating-col", default=None, help="Generic logs: the rating column (default: found as rating; 'none': no rating)."
+)
+@click.option(
+    "--time-col",
+    default=None,
+    help="Generic logs: the timestamp column (default: found as timestamp, time or ts; 'none': the row order).",
+)
 @click.option("--user-features", default=None, help="Generic logs: comma-separated user feature columns.")
 @click.option("--item-features", default=None, help="Generic logs: comma-separated item feature columns.")
 @click.option("--sep", default=None, help="Generic CSV logs: the separator (default: detected).")
@@ -55,8 +67,8 @@ def prepare_command(
     split: str,
     negatives: int,
     seed: int,
-    user_col: str,
-    item_col: str,
+    user_col: str | None,
+    item_col: str | None,
     rating_col: str | None,
     time_col: str | None,
     user_features: str | None,
@@ -137,10 +149,13 @@ def synth_command(out: Path, users: int, items: int, per_user: float, seed: int)
 def train_command(config_file: Path | None, **options: Any) -> None:
     """Train a recommender: --data (prepared dataset, MovieLens folder, log file or 'synthetic'),
     --model (auto, mf, mlp, neumf, twotower), --out RUN_DIR."""
-    from onnxrec.trainer.train import train
+    from onnxrec.trainer.preflight import preflight
 
     overrides = {k: v for k, v in options.items() if v is not None}
     cfg = load_train_config(config_file, overrides)
+    preflight(cfg)  # before torch loads: a wrong path or option costs no 3-9 s torch import
+    from onnxrec.trainer.train import train
+
     run = train(cfg)
     if int(os.environ.get("RANK", "0")) != 0:
         return  # under torchrun, rank 0 reports

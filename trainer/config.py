@@ -46,7 +46,9 @@ class TrainConfig:
     patience: int = setting(3, "epochs without a better validation metric before stopping")
     early_stop_metric: str = setting("full/ndcg@10", "validation metric that picks the best epoch")
     eval_ks: tuple[int, ...] = setting((10,), "cut-offs K of the reported metrics, e.g. 5,10,20")
-    threads: int = setting(0, "torch CPU threads (0: torch's default)")
+    threads: int = setting(
+        0, "torch CPU threads (0: torch's default, one per core); a seeded run repeats exactly at the same count"
+    )
     device: str = setting("cpu", "cpu | cuda")
     # data preparation, when --data is a raw log rather than a prepared dataset
     positive_threshold: float | None = setting(
@@ -56,6 +58,19 @@ class TrainConfig:
     min_item_interactions: int = setting(1, "raw logs: k-core, fewest interactions an item keeps")
     split: str = setting("leave_one_out", "raw logs: leave_one_out | temporal")
     eval_negatives: int = setting(99, "raw logs: sampled negatives per evaluated user")
+    user_col: str | None = setting(None, "CSV/Parquet logs: the user column (none: found as user_id, userId or user)")
+    item_col: str | None = setting(
+        None, "CSV/Parquet logs: the item column (none: found as item_id, itemId, movieId or item)"
+    )
+    rating_col: str | None = setting(
+        None, "CSV/Parquet logs: the rating column (none: found as rating; 'none': the log has no rating)"
+    )
+    time_col: str | None = setting(
+        None, "CSV/Parquet logs: the timestamp column (none: found as timestamp, time or ts; 'none': use row order)"
+    )
+    user_features: tuple[str, ...] = setting((), "CSV/Parquet logs: user side-feature columns, e.g. age,country")
+    item_features: tuple[str, ...] = setting((), "CSV/Parquet logs: item side-feature columns, e.g. genres")
+    sep: str | None = setting(None, "CSV logs: the separator, one character or 'tab' (none: detected)")
     progress: bool = setting(True, "show a progress bar (plain periodic lines when stderr is not a terminal)")
     resume: str | None = setting(None, "a run directory whose checkpoint (model and optimizer) training continues from")
     overwrite: bool = setting(False, "replace an existing run directory")

@@ -11,6 +11,7 @@ popularity and ItemKNN baselines and (later) ONNX sessions are all evaluated by 
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import nullcontext
 
 import numpy as np
 
@@ -20,6 +21,8 @@ from onnxrec.trainer.metrics import coverage, single_positive_metrics, topk_metr
 
 Scorer = Callable[[np.ndarray, str], np.ndarray]
 VIEWS = ("sampled", "full")
+#: Most bytes of float64 scores one batch of users may hold (fewer users per batch for big catalogs).
+SCORE_BATCH_BYTES = 256 << 20
 
 
 def _rank_counts(scores: np.ndarray, pos_scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -36,7 +39,21 @@ def evaluate(
     views: tuple[str, ...] = VIEWS,
     batch_size: int = 512,
 ) -> dict[str, dict[str, float]]:
-    """Metrics of ``scorer`` on ``stage`` (``valid`` or ``test``): ``{view: {"hr@10": ..., ...}}``."""
+    """Metrics of ``scorer`` on ``stage`` (``valid`` or ``test``): ``{view: {"hr@10": ..., ...}}``.
+
+    Users are scored ``batch_size`` at a time, fewer when their scores would pass
+    :data:`SCORE_BATCH_BYTES`; a scorer with an ``items_once()`` context (a PyTorch model's
+    :class:`~onnxrec.trainer.fit.ModelScorer`) computes its item side once for the whole pass.
+    """
+    batch_size = max(1, min(batch_size, SCORE_BATCH_BYTES // (8 * max(ds.num_items, 1))))
+    once = getattr(scorer, "items_once", None)
+    with once() if once is not None else nullcontext():
+        return _evaluate(scorer, ds, stage, ks, views, batch_size)
+
+
+def _evaluate(
+    scorer: Scorer, ds: Dataset, stage: str, ks: tuple[int, ...], views: tuple[str, ...], batch_size: int
+) -> dict[str, dict[str, float]]:
     part = ds.splits.valid if stage == "valid" else ds.splits.test
     negatives = ds.splits.valid_negatives if stage == "valid" else ds.splits.test_negatives
     users = np.unique(part.user_idx)

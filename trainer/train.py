@@ -22,46 +22,37 @@ import torch.distributed as dist
 
 from onnxrec import __version__
 from onnxrec.atomic import atomic_dir
-from onnxrec.errors import ConfigError, TrainingError
+from onnxrec.errors import TrainingError
 from onnxrec.trainer.checkpoint import CHECKPOINT_FILE, FORMAT, load_checkpoint, save_checkpoint
 from onnxrec.trainer.config import TrainConfig
+from onnxrec.trainer.data.columns import ColumnMapping
 from onnxrec.trainer.data.dataset import Dataset, save_dataset
 from onnxrec.trainer.data.preprocess import PreprocessSpec
 from onnxrec.trainer.data.source import resolve_data
 from onnxrec.trainer.data.split import SplitSpec
+from onnxrec.trainer.determinism import reproducible
 from onnxrec.trainer.evaluate import evaluate
 from onnxrec.trainer.factory import model_config, resolve_model
 from onnxrec.trainer.fit import FitResult, ModelScorer, fit
 from onnxrec.trainer.models.registry import build_model, config_to_dict
+from onnxrec.trainer.plan import check_model_memory
+from onnxrec.trainer.preflight import preflight
 
 log = logging.getLogger("onnxrec.train")
 
 
+def column_mapping(cfg: TrainConfig) -> ColumnMapping:
+    """The column options of ``cfg`` (``--user-col`` ...) as a :class:`ColumnMapping`."""
+    return ColumnMapping(
+        cfg.user_col, cfg.item_col, cfg.rating_col, cfg.time_col, tuple(cfg.user_features), tuple(cfg.item_features)
+    )
+
+
 def load_for_training(cfg: TrainConfig) -> tuple[Dataset, Path | None]:
     """The dataset ``cfg.data`` names, prepared with ``cfg``'s preprocessing and split options."""
-    if cfg.split not in ("leave_one_out", "temporal"):
-        raise ConfigError(f"unknown split {cfg.split!r} (use leave_one_out or temporal)")
     pre = PreprocessSpec(cfg.positive_threshold, cfg.min_user_interactions, cfg.min_item_interactions)
     split_spec = SplitSpec(kind=cfg.split, num_negatives=cfg.eval_negatives, seed=cfg.seed)
-    return resolve_data(cfg.data, pre, split_spec, seed=cfg.seed)
-
-
-def _validate(cfg: TrainConfig) -> None:
-    checks = [
-        (cfg.epochs >= 1, "epochs must be at least 1"),
-        (cfg.batch_size >= 1, "batch_size must be at least 1"),
-        (cfg.dim >= 1, "dim must be at least 1"),
-        (0 < cfg.lr <= 10, "lr must be in (0, 10]"),
-        (cfg.num_negatives >= 1, "num_negatives must be at least 1"),
-        (cfg.patience >= 1, "patience must be at least 1"),
-        (cfg.history_len >= 0, "history_len must be 0 or more"),
-        (0 <= cfg.id_dropout < 1, "id_dropout must be in [0, 1)"),
-        (cfg.temperature > 0, "temperature must be positive"),
-        (all(k >= 1 for k in cfg.eval_ks) and len(cfg.eval_ks) > 0, "eval_ks must be positive integers"),
-    ]
-    for ok, message in checks:
-        if not ok:
-            raise ConfigError(message)
+    return resolve_data(cfg.data, pre, split_spec, columns=column_mapping(cfg), sep=cfg.sep, seed=cfg.seed)
 
 
 def _init_distributed(cfg: TrainConfig) -> bool:
@@ -77,13 +68,12 @@ def train(cfg: TrainConfig) -> Path:
 
     Under ``torchrun --nproc_per_node N`` the same call trains data-parallel; rank 0 writes the run.
     """
-    _validate(cfg)
+    preflight(cfg)
     out = Path(cfg.out)
-    if out.exists() and not cfg.overwrite:
-        raise TrainingError(f"{out} already exists (use --overwrite or another --out)")
     started = _init_distributed(cfg)
     try:
-        run = _train(cfg, out)
+        with reproducible(cfg.seed, cfg.threads, cfg.device) as threads:
+            run = _train(cfg, out, threads)
         if started:
             dist.barrier()  # every rank returns once rank 0 has written the run
         return run
@@ -92,11 +82,8 @@ def train(cfg: TrainConfig) -> Path:
             dist.destroy_process_group()
 
 
-def _train(cfg: TrainConfig, out: Path) -> Path:
-    if cfg.threads > 0:
-        torch.set_num_threads(cfg.threads)
+def _train(cfg: TrainConfig, out: Path, threads: int) -> Path:
     rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
-    torch.manual_seed(cfg.seed)
     ds, data_dir = load_for_training(cfg)
     resume = load_checkpoint(Path(cfg.resume)) if cfg.resume else None
     model_type, loss = resolve_model(cfg)
@@ -108,6 +95,7 @@ def _train(cfg: TrainConfig, out: Path) -> Path:
     else:
         mcfg_dict = config_to_dict(model_config(model_type, cfg, ds))
     model = build_model(model_type, mcfg_dict)
+    check_model_memory(sum(p.numel() for p in model.parameters()), ds.num_users, ds.num_items)
     if hasattr(model, "set_item_features"):
         model.set_item_features({k: torch.from_numpy(v) for k, v in ds.item_features.items()})
     if resume is not None:
@@ -148,6 +136,7 @@ def _train(cfg: TrainConfig, out: Path) -> Path:
         "valid": evaluate(scorer, ds, "valid", ks=cfg.eval_ks),
         "test": evaluate(scorer, ds, "test", ks=cfg.eval_ks),
     }
+    metrics["threads"] = threads
     return _write_run(cfg, ds, data_dir, model_type, mcfg_dict, loss, model.state_dict(), opt, result, metrics, wall)
 
 

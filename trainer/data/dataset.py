@@ -142,6 +142,7 @@ def build_dataset(log: InteractionLog, pre: PreprocessSpec, split_spec: SplitSpe
             "valid": len(splits.valid),
             "test": len(splits.test),
         },
+        **({"columns": log.columns} if log.columns else {}),
         "preprocess": asdict(pre),
         "split": asdict(split_spec),
         "features": spec.to_dict(),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import pyarrow as pa
 
@@ -24,7 +25,9 @@ class InteractionLog:
     ``user_table`` has a ``user_id`` string column and ``item_table`` an ``item_id`` string column;
     their other columns are either side features (named in ``user_feature_columns`` /
     ``item_feature_columns``; a string column is categorical, a list<string> column is
-    multi-categorical) or metadata returned to callers (title, ...).
+    multi-categorical) or metadata returned to callers (title, ...). ``columns`` says which columns
+    of a generic log were read as what (see :meth:`ResolvedColumns.describe
+    <onnxrec.trainer.data.columns.ResolvedColumns.describe>`); empty for the MovieLens formats.
     """
 
     interactions: pa.Table
@@ -33,6 +36,7 @@ class InteractionLog:
     item_table: pa.Table | None = None
     user_feature_columns: tuple[str, ...] = field(default=())
     item_feature_columns: tuple[str, ...] = field(default=())
+    columns: dict[str, Any] = field(default_factory=dict)
 
     @property
     def num_interactions(self) -> int:

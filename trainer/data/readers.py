@@ -7,9 +7,10 @@ logs with a column mapping. :func:`read_source` detects the format of a path.
 
 from __future__ import annotations
 
+import csv
 import io
+import logging
 import re
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -19,27 +20,24 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from onnxrec.errors import DataError
+from onnxrec.trainer.data.columns import (
+    USUAL_NAMES,
+    ColumnMapping,
+    ResolvedColumns,
+    Where,
+    check_ids,
+    parse_ratings,
+    parse_timestamps,
+    resolve_columns,
+)
 from onnxrec.trainer.data.log import INTERACTION_SCHEMA, InteractionLog
+
+__all__ = ["ColumnMapping", "detect_format", "read_log", "read_source"]
+
+log = logging.getLogger("onnxrec.data")
 
 _YEAR_IN_TITLE = re.compile(r"\((\d{4})\)\s*$")
 _SEPARATORS = (",", "\t", ";", "|")
-
-
-@dataclass(frozen=True)
-class ColumnMapping:
-    """Which columns of a generic log hold what.
-
-    ``user`` and ``item`` are required; ``rating`` and ``timestamp`` are optional. Feature columns
-    are copied into the user / item tables (the first value seen per id is kept); a feature whose
-    values hold ``|`` is split into a multi-categorical list.
-    """
-
-    user: str = "user_id"
-    item: str = "item_id"
-    rating: str | None = None
-    timestamp: str | None = None
-    user_features: tuple[str, ...] = field(default=())
-    item_features: tuple[str, ...] = field(default=())
 
 
 def _need_file(path: Path) -> Path:
@@ -79,14 +77,22 @@ def _read_delimited(
         raise DataError(f"{path}: cannot parse: {str(exc).splitlines()[0]}") from exc
 
 
-def _interactions(users: pa.Array, items: pa.Array, ratings: pa.Array | None, ts: pa.Array | None) -> pa.Table:
+def _interactions(
+    where: Where,
+    names: tuple[str, str],
+    users: pa.ChunkedArray,
+    items: pa.ChunkedArray,
+    ratings: pa.Array | None,
+    ts: pa.Array | None,
+) -> pa.Table:
+    """The interaction table; ids checked (none empty or NaN). No timestamps: the row order is the time."""
     n = len(users)
     return pa.table(
         {
-            "user_id": pc.cast(users, pa.string()),
-            "item_id": pc.cast(items, pa.string()),
+            "user_id": check_ids(where, names[0], "user", users),
+            "item_id": check_ids(where, names[1], "item", items),
             "rating": pc.cast(ratings, pa.float64()) if ratings is not None else pa.nulls(n, pa.float64()),
-            "timestamp": pc.cast(ts, pa.int64()) if ts is not None else pa.array(np.zeros(n, np.int64)),
+            "timestamp": pc.cast(ts, pa.int64()) if ts is not None else pa.array(np.arange(n, dtype=np.int64)),
         },
         schema=INTERACTION_SCHEMA,
     )
@@ -109,7 +115,9 @@ def read_movielens_100k(folder: Path) -> InteractionLog:
         ["user", "item", "rating", "timestamp"],
         types={"user": pa.string(), "item": pa.string(), "rating": pa.float64(), "timestamp": pa.int64()},
     )
-    interactions = _interactions(data["user"], data["item"], data["rating"], data["timestamp"])
+    where = Where(folder / "u.data", "line", 1)
+    ts = parse_timestamps(where, "timestamp", data["timestamp"])
+    interactions = _interactions(where, ("user", "item"), data["user"], data["item"], data["rating"], ts)
     genres = [ln.split("|")[0] for ln in (folder / "u.genre").read_text("latin-1").splitlines() if ln.strip()]
     item_rows: dict[str, list[object]] = {"item_id": [], "title": [], "genres": [], "year": []}
     for line in _need_file(folder / "u.item").read_text("latin-1").splitlines():
@@ -186,8 +194,10 @@ def read_movielens_1m(folder: Path, ratings_file: str = "ratings.dat") -> Intera
     users = pa.table(
         {"user_id": u["user"], "age_group": u["age"], "gender": u["gender"], "occupation": u["occupation"]}
     )
+    where = Where(folder / ratings_file, "line", 1)
+    ts = parse_timestamps(where, "timestamp", r["timestamp"])
     return InteractionLog(
-        interactions=_interactions(r["user"], r["item"], r["rating"], r["timestamp"]),
+        interactions=_interactions(where, ("user", "item"), r["user"], r["item"], r["rating"], ts),
         source="movielens-1m",
         user_table=users,
         item_table=_movies_table(m["item"].to_pylist(), m["title"].to_pylist(), m["genres"].to_pylist()),
@@ -196,11 +206,9 @@ def read_movielens_1m(folder: Path, ratings_file: str = "ratings.dat") -> Intera
     )
 
 
-def _read_csv_with_header(path: Path, sep: str | None, string_columns: tuple[str, ...] = ()) -> pa.Table:
-    raw = _need_file(path).read_bytes()
-    if not raw.strip():
-        raise DataError(f"{path}: the file is empty")
-    header = raw.split(b"\n", 1)[0].decode("utf-8", "replace")
+def _csv_header(path: Path, raw: bytes, sep: str | None) -> tuple[str, list[str]]:
+    """The separator (given, or the likeliest of , TAB ; |) and the column names of a CSV's header."""
+    header = raw.split(b"\n", 1)[0].decode("utf-8", "replace").lstrip("\ufeff").rstrip("\r")
     if sep is None:
         counts = {c: header.count(c) for c in _SEPARATORS}
         sep = max(counts, key=lambda c: counts[c])
@@ -208,6 +216,17 @@ def _read_csv_with_header(path: Path, sep: str | None, string_columns: tuple[str
             raise DataError(
                 f"{path}: found a single column in the header {header.strip()[:80]!r}; wrong separator? (pass --sep)"
             )
+    sep = {"tab": "\t", "\\t": "\t"}.get(sep, sep)
+    if len(sep) != 1:
+        raise DataError(f"--sep must be one character (or 'tab'), not {sep!r}")
+    return sep, next(csv.reader([header], delimiter=sep))
+
+
+def _read_csv_with_header(path: Path, sep: str | None, string_columns: tuple[str, ...] = ()) -> pa.Table:
+    raw = _need_file(path).read_bytes()
+    if not raw.strip():
+        raise DataError(f"{path}: the file is empty")
+    sep, _ = _csv_header(path, raw, sep)
     try:
         return pacsv.read_csv(
             io.BytesIO(raw),
@@ -224,13 +243,15 @@ def read_movielens_20m(folder: Path) -> InteractionLog:
     folder = Path(folder)
     r = _read_csv_with_header(folder / "ratings.csv", ",", ("userId", "movieId"))
     _require_columns(folder / "ratings.csv", r, ["userId", "movieId", "rating", "timestamp"])
+    where = Where(folder / "ratings.csv")
+    ts = parse_timestamps(where, "timestamp", r["timestamp"])
     m = _read_csv_with_header(folder / "movies.csv", ",")
     _require_columns(folder / "movies.csv", m, ["movieId", "title", "genres"])
     items = _movies_table(
         pc.cast(m["movieId"], pa.string()).to_pylist(), m["title"].to_pylist(), m["genres"].to_pylist()
     )
     return InteractionLog(
-        interactions=_interactions(r["userId"], r["movieId"], r["rating"], r["timestamp"]),
+        interactions=_interactions(where, ("userId", "movieId"), r["userId"], r["movieId"], r["rating"], ts),
         source="movielens-20m",
         item_table=items,
         item_feature_columns=("genres", "year"),
@@ -261,49 +282,68 @@ def _feature_table(table: pa.Table, key: str, columns: tuple[str, ...], out_key:
     return pa.table(data)
 
 
-def read_log(path: Path, columns: ColumnMapping | None = None, *, sep: str | None = None) -> InteractionLog:
-    """Read a generic interaction log (CSV / TSV with a header, or Parquet) with a column mapping."""
-    path = Path(path)
-    columns = columns or ColumnMapping()
+def _read_generic(path: Path, columns: ColumnMapping, sep: str | None) -> tuple[pa.Table, ResolvedColumns, Where]:
     if path.suffix.lower() == ".parquet":
         try:
             table = pq.read_table(_need_file(path))
         except (pa.ArrowInvalid, OSError) as exc:
             raise DataError(f"{path}: not a readable Parquet file ({str(exc).splitlines()[0]})") from exc
-    else:
-        table = _read_csv_with_header(path, sep, (columns.user, columns.item))
-    _require_columns(
+        return table, resolve_columns(path, table.column_names, columns), Where(path, "row", 1)
+    raw = _need_file(path).read_bytes()
+    if not raw.strip():
+        raise DataError(f"{path}: the file is empty")
+    sep, header = _csv_header(path, raw, sep)
+    cols = resolve_columns(path, header, columns)
+    # ids stay text ("007" is not 7); so do times, so that an error quotes the value as written
+    text = (cols.user, cols.item) + ((cols.timestamp,) if cols.timestamp else ())
+    return _read_csv_with_header(path, sep, text), cols, Where(path, "line", 2)
+
+
+def _announce(path: Path, cols: ResolvedColumns) -> None:
+    def name(role: str, col: str | None) -> str:
+        return f"{role} {col!r}" + (" (detected)" if role in cols.detected else "")
+
+    log.info(
+        "%s: columns %s",
         path,
-        table,
-        [columns.user, columns.item, columns.rating, columns.timestamp, *columns.user_features, *columns.item_features],
+        ", ".join(name(r, getattr(cols, r)) for r in ("user", "item", "rating", "timestamp") if getattr(cols, r)),
     )
+    if cols.timestamp is None:
+        log.warning(
+            "%s: no timestamp column (looked for %s; name one with --time-col): the file's row order stands in "
+            "for time, so leave-one-out holds out each user's last rows",
+            path,
+            ", ".join(USUAL_NAMES["timestamp"]),
+        )
+
+
+def read_log(path: Path, columns: ColumnMapping | None = None, *, sep: str | None = None) -> InteractionLog:
+    """Read a generic interaction log (CSV / TSV with a header, or Parquet) with a column mapping.
+
+    Columns the mapping leaves unnamed are detected by their usual names (see
+    :mod:`onnxrec.trainer.data.columns`); the columns used are logged and kept in
+    :attr:`InteractionLog.columns`. Empty or NaN ids and unparseable times are a :class:`DataError`
+    naming the line and column.
+    """
+    path = Path(path)
+    columns = columns or ColumnMapping()
+    table, cols, where = _read_generic(path, columns, sep)
     if table.num_rows == 0:
         raise DataError(f"{path}: the log has no rows")
-    for col in (columns.user, columns.item):
-        if table[col].null_count:
-            raise DataError(f"{path}: column {col!r} has {table[col].null_count} empty values")
-    ts = table[columns.timestamp] if columns.timestamp else None
-    if ts is not None and not pa.types.is_integer(ts.type):
-        if pa.types.is_timestamp(ts.type):
-            ts = pc.cast(pc.cast(ts, pa.timestamp("s")), pa.int64())
-        else:
-            try:
-                ts = pc.cast(ts, pa.int64())
-            except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
-                raise DataError(f"{path}: column {columns.timestamp!r} is not a unix timestamp ({ts.type})") from exc
-    rating = table[columns.rating] if columns.rating else None
-    if rating is not None:
-        try:
-            rating = pc.cast(rating, pa.float64())
-        except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
-            raise DataError(f"{path}: column {columns.rating!r} is not numeric ({rating.type})") from exc
+    _announce(path, cols)
+    ts = None
+    if cols.timestamp is not None:
+        ts = parse_timestamps(where, cols.timestamp, table[cols.timestamp], detected="timestamp" in cols.detected)
+    rating = parse_ratings(where, cols.rating, table[cols.rating]) if cols.rating else None
+    interactions = _interactions(where, (cols.user, cols.item), table[cols.user], table[cols.item], rating, ts)
     return InteractionLog(
-        interactions=_interactions(table[columns.user], table[columns.item], rating, ts),
+        interactions=interactions,
         source=f"log:{path.name}",
-        user_table=_feature_table(table, columns.user, columns.user_features, "user_id"),
-        item_table=_feature_table(table, columns.item, columns.item_features, "item_id"),
+        user_table=_feature_table(table, cols.user, columns.user_features, "user_id"),
+        item_table=_feature_table(table, cols.item, columns.item_features, "item_id"),
         user_feature_columns=columns.user_features,
         item_feature_columns=columns.item_features,
+        columns=cols.describe(),
     )
 
 

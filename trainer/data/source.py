@@ -8,28 +8,15 @@ detected), ``synthetic`` (the embedded generator; works with no network), or a M
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
-from onnxrec.errors import DataError
 from onnxrec.trainer.data.dataset import Dataset, build_dataset, is_dataset_dir, load_dataset
+from onnxrec.trainer.data.home import MOVIELENS_FOLDERS, check_source, data_home
 from onnxrec.trainer.data.preprocess import PreprocessSpec
 from onnxrec.trainer.data.readers import ColumnMapping, read_source
 from onnxrec.trainer.data.split import SplitSpec
 
-MOVIELENS_FOLDERS = {
-    "movielens-100k": "ml-100k",
-    "ml-100k": "ml-100k",
-    "movielens-1m": "ml-1m",
-    "ml-1m": "ml-1m",
-    "movielens-20m": "ml-20m",
-    "ml-20m": "ml-20m",
-}
-
-
-def data_home() -> Path:
-    """Where fetched datasets live."""
-    return Path(os.environ.get("ONNXREC_DATA_HOME", Path.home() / ".cache" / "onnxrec" / "data"))
+__all__ = ["MOVIELENS_FOLDERS", "check_source", "data_home", "resolve_data"]
 
 
 def resolve_data(
@@ -41,16 +28,18 @@ def resolve_data(
     sep: str | None = None,
     seed: int = 0,
 ) -> tuple[Dataset, Path | None]:
-    """The dataset ``spec`` names, and its directory if it is a prepared one (else None)."""
+    """The dataset ``spec`` names, and its directory if it is a prepared one (else None).
+
+    ``columns`` and ``sep`` apply to CSV/TSV/Parquet logs only; given for anything else they are a
+    :class:`ConfigError` rather than silently ignored.
+    """
+    check_source(spec, columns_given=not (columns is None or columns.is_default()) or sep is not None)
     if spec == "synthetic":
         from onnxrec.trainer.data.synth import generate_synthetic
 
         return build_dataset(generate_synthetic(seed=seed), pre, split_spec, "synthetic"), None
     if spec in MOVIELENS_FOLDERS:
-        folder = data_home() / MOVIELENS_FOLDERS[spec]
-        if not folder.exists():
-            raise DataError(f"{spec} is not downloaded yet: run 'onnxrec data fetch {spec}' (looked in {folder})")
-        return build_dataset(read_source(folder), pre, split_spec, spec), None
+        return build_dataset(read_source(data_home() / MOVIELENS_FOLDERS[spec]), pre, split_spec, spec), None
     path = Path(spec)
     if is_dataset_dir(path):
         return load_dataset(path), path

@@ -84,7 +84,7 @@ def sample_negatives(
             raise DataError(
                 f"user index {u} has only {free} items left to sample {num_negatives} negatives from "
                 "(lower the number of negatives or filter the data)"
-            )
+            )  # split() names the raw id before it gets here
         seen_mask = np.zeros(num_items, dtype=bool)
         seen_mask[seen] = True
         picked: list[np.ndarray] = []
@@ -99,6 +99,25 @@ def sample_negatives(
             need -= len(take)
         out[row] = np.concatenate(picked)
     return out
+
+
+def check_negatives_fit(enc: EncodedInteractions, users: np.ndarray, num_negatives: int) -> None:
+    """A :class:`DataError` naming the raw id of the evaluated user with the fewest items left to
+    sample ``num_negatives`` distinct negatives from, if that is too few, and the options to change."""
+    num_items = len(enc.item_ids)
+    pairs = np.unique(enc.user_idx.astype(np.int64) * num_items + enc.item_idx)
+    seen = np.bincount(pairs // num_items, minlength=len(enc.user_ids))
+    if not len(users):
+        return
+    worst = users[np.argmax(seen[users])]
+    free = num_items - int(seen[worst])
+    if free >= num_negatives:
+        return
+    raise DataError(
+        f"user {enc.user_ids[worst]!r} has interacted with {int(seen[worst]):,} of the {num_items:,} items, leaving "
+        f"{free} to sample {num_negatives} evaluation negatives from: lower the negatives to {free} or fewer "
+        "(--negatives for data prepare, --eval-negatives for train) or use a log with more items"
+    )
 
 
 def _csr(users: np.ndarray, items: np.ndarray, num_users: int) -> tuple[np.ndarray, np.ndarray]:
@@ -157,6 +176,8 @@ def split(enc: EncodedInteractions, spec: SplitSpec) -> Splits:
     valid_rows = valid_rows[np.lexsort((enc.timestamp[valid_rows], enc.user_idx[valid_rows]))]
     test_rows = test_rows[np.lexsort((enc.timestamp[test_rows], enc.user_idx[test_rows]))]
     indptr, all_items = _csr(enc.user_idx, enc.item_idx, num_users)
+    evaluated = np.union1d(enc.user_idx[valid_rows], enc.user_idx[test_rows])
+    check_negatives_fit(enc, evaluated, spec.num_negatives)
     rng = np.random.default_rng(spec.seed)
     valid_neg = sample_negatives(
         np.unique(enc.user_idx[valid_rows]), indptr, all_items, num_items, spec.num_negatives, rng
