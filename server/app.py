@@ -4,8 +4,11 @@
 (port 0 picks a free one, for tests) and returns it with the port; the models load in the
 background and the standard health service says NOT_SERVING until they are loaded and warmed up.
 ``serve(config)`` runs one until SIGTERM or SIGINT: health goes NOT_SERVING, in-flight requests get
-``grace_s`` to finish, then the process exits. With ``workers > 1`` it forks that many processes
-before any gRPC server or onnxruntime session exists; they share the port (SO_REUSEPORT).
+``grace_s`` to finish, then the process exits. With ``workers > 1`` a supervisor (supervisor.py) forks
+that many processes before any gRPC server or onnxruntime session exists and restarts the ones that die;
+they share the port with SO_REUSEPORT, which a single worker never sets, so a second server cannot join
+a port in use ("address in use", exit 2). What the server holds for clients that do not read their
+answers is bounded (transport.py, flow.py).
 """
 
 from __future__ import annotations

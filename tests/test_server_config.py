@@ -32,6 +32,10 @@ def test_layers_and_types(tmp_path: Path) -> None:
         ("", {}, {"version_policy": "specific"}, "needs versions"),
         ("", {}, {"tls_cert": "c.pem"}, "go together"),
         ("", {}, {"warmup": "maybe"}, "'warmup'"),
+        ("", {}, {"max_unread_bytes": "-1"}, "max_unread_bytes must be 0 or more"),
+        ("", {}, {"max_unread_bytes_per_connection": "-1"}, "max_unread_bytes_per_connection must be 0 or more"),
+        ("", {}, {"max_connection_age_s": "-0.5"}, "max_connection_age_s must be 0 or more"),
+        ("", {"ONNXREC_SERVE_TLS_CLIENT_EKU": "sometimes"}, {}, "'tls_client_eku'"),
     ],
 )
 def test_rejections(tmp_path: Path, toml: str, env: dict[str, str], overrides: dict[str, str], needle: str) -> None:

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import grpc
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from onnxrec.exporter.export import ExportOptions, export
 from onnxrec.trainer.config import TrainConfig
@@ -182,3 +184,58 @@ def test_missing_repository_is_refused_and_an_empty_one_waits(tmp_path: Path) ->
         assert srv.proc.poll() is None
     finally:
         srv.stop()
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.sampled_from(["a", "b", "c"]), st.integers(1, 3000), st.integers(0, 3), st.booleans()),
+        min_size=1,
+        max_size=30,
+    )
+)
+def test_answer_budget_accounts_every_byte(calls: list[tuple[str, int, int, bool]]) -> None:
+    """Whatever calls are admitted, answered (or not) and ended in whatever order, the budget's totals
+    are the sum of what is reserved and held, never over the bound for calls it admits while something is
+    outstanding, and back to zero (every connection forgotten) once every call has ended."""
+    import asyncio
+
+    from onnxrec.server.flow import AnswerBudget, Refused
+
+    async def scenario() -> None:
+        budget = AnswerBudget(per_connection=0, overall=200_000)
+        tickets = []
+        for peer, k, sent_kind, end_early in calls:
+            request = pb.RecommendRequest(model=pb.ModelRef(name=MODEL), user_id="u1", k=k)
+            before = budget.total
+            try:
+                ticket = await budget.admit(peer, "Recommend", request)
+            except Refused:  # only past the bound
+                assert before > 0
+                continue
+            _, est = budget.estimate("Recommend", request)
+            assert before == 0 or before + est <= 200_000 or est <= 64 * 1024
+            if sent_kind:
+                ticket.sent(k * 10 * sent_kind)
+            if end_early:
+                ticket.done()
+            else:
+                tickets.append(ticket)
+            assert budget.total == sum(budget.held_by(p) for p in "abc")
+        for ticket in tickets:
+            ticket.done()
+        assert budget.total == 0 and all(budget.held_by(p) == 0 for p in "abc")
+
+    asyncio.run(scenario())
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=400))
+def test_client_certificate_check_never_crashes_on_garbage(der: bytes) -> None:
+    """Whatever bytes a peer certificate holds, the check answers with a reason, never an exception."""
+    import base64
+
+    from onnxrec.server.interceptors import client_cert_refusal
+
+    pem = b"-----BEGIN CERTIFICATE-----\n" + base64.encodebytes(der) + b"-----END CERTIFICATE-----\n"
+    assert isinstance(client_cert_refusal(pem), str)
