@@ -21,7 +21,7 @@ from onnxrec.trainer.data.preprocess import PreprocessSpec
 from onnxrec.trainer.data.split import SplitSpec
 from onnxrec.trainer.fit import compact_history
 from onnxrec.trainer.models.two_tower import TwoTower, TwoTowerConfig
-from onnxrec.trainer.plan import FULL_SOFTMAX_BYTES, check_model_memory, choose_softmax
+from onnxrec.trainer.plan import FULL_SOFTMAX_BYTES, check_model_memory, choose_softmax, long_epoch_warning
 from onnxrec.trainer.train import train
 
 
@@ -44,6 +44,13 @@ def test_a_model_too_big_for_the_machine_is_refused_with_the_options() -> None:
         check_model_memory(64 * 10**9 // 16, 1000, 10**9, available=32 << 30)
     message = str(err.value)
     assert "--min-item-interactions" in message and "--dim" in message and "\n" not in message
+
+
+def test_an_epoch_estimated_at_hours_is_warned_about() -> None:
+    # issue #14's log: 10^6 items, about 1,000 batches of 1,024, 11-13 s each before the fix
+    warning = long_epoch_warning(12.0, 977, 1_000_000)
+    assert warning is not None and "about 195 min" in warning and "--min-item-interactions" in warning
+    assert long_epoch_warning(0.05, 96, 1682) is None  # ML-100K
 
 
 def test_compact_history_gives_the_full_tables_answer() -> None:

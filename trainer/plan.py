@@ -86,3 +86,20 @@ def check_model_memory(
             "users and items (--min-user-interactions, --min-item-interactions) or lower --dim"
         )
     return need
+
+
+#: An epoch estimated to take longer than this (seconds) gets a warning with the options that shorten it.
+LONG_EPOCH_SECONDS = 1800.0
+
+
+def long_epoch_warning(seconds_per_batch: float, batches: int, num_items: int) -> str | None:
+    """The warning for an epoch of ``batches`` at ``seconds_per_batch`` (measured on the first
+    batches) when it would pass :data:`LONG_EPOCH_SECONDS`; None otherwise. Every step updates every
+    item's embedding and optimizer moments, so a wide catalog costs per batch, not per item seen."""
+    total = seconds_per_batch * batches
+    if total <= LONG_EPOCH_SECONDS:
+        return None
+    return (
+        f"an epoch of {batches:,} batches will take about {total / 60:,.0f} min at {seconds_per_batch:.2f} s per batch "
+        f"({num_items:,} items): drop rare items with --min-item-interactions, or raise --batch-size for fewer steps"
+    )
