@@ -122,20 +122,44 @@ def _handler(
     latency = metrics.latency.labels(name)
 
     async def handle(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        """Run the method; count the status its caller sees. A call whose deadline passes or whose
+        caller leaves ends quietly (gRPC cannot answer it any more and would log a traceback trying):
+        counted as DEADLINE_EXCEEDED or CANCELLED, never as OK, and never logged."""
         t0 = time.perf_counter()
+        seen: grpc.StatusCode | None = None
         try:
             if isinstance(request, _Undecodable):
                 await context.abort(
                     grpc.StatusCode.INVALID_ARGUMENT,
                     f"the request is not a valid {name} request message ({request.error})",
                 )
-            return await behavior(request, context)
+            response = await behavior(request, context)
+            if _expired(context):  # the answer came too late to be sent
+                seen = grpc.StatusCode.DEADLINE_EXCEEDED
+                raise asyncio.CancelledError
+            return response
+        except asyncio.CancelledError:  # the caller left, or its deadline passed, while this ran
+            seen = seen or (grpc.StatusCode.DEADLINE_EXCEEDED if _expired(context) else grpc.StatusCode.CANCELLED)
+            raise
+        except grpc.aio.InternalError:  # sending the status failed: the call had already ended
+            if not (_expired(context) or context.cancelled()):
+                raise  # not an expected end: gRPC logs it, loudly
+            seen = grpc.StatusCode.DEADLINE_EXCEEDED if _expired(context) else grpc.StatusCode.CANCELLED
+            raise asyncio.CancelledError from None
         finally:
-            code = context.code()
-            requests[code if isinstance(code, grpc.StatusCode) else grpc.StatusCode.OK].inc()
+            if seen is None:
+                code = context.code()
+                seen = code if isinstance(code, grpc.StatusCode) else grpc.StatusCode.OK
+            requests[seen].inc()
             latency.observe(time.perf_counter() - t0)
 
     return handle
+
+
+def _expired(context: grpc.aio.ServicerContext) -> bool:
+    """Whether the call's deadline has passed."""
+    remaining = context.time_remaining()
+    return remaining is not None and remaining <= 0
 
 
 class OnnxrecServer:

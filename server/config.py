@@ -72,6 +72,8 @@ class ServerConfig:
     )
     auth_tokens_file: str | None = setting(None, "file of accepted bearer tokens, one per line")
     auth_tokens_env: str | None = setting(None, "name of an environment variable holding comma-separated bearer tokens")
+    max_id_chars: int = setting(256, "longest user id, item id or user feature a request may carry (characters)")
+    max_list_items: int = setting(10_000, "most entries in a request's history, exclude_item_ids or user_features")
 
     def validate(self) -> ServerConfig:
         """Raise :class:`ConfigError` for values no server can run with; returns self."""

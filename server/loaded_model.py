@@ -20,6 +20,7 @@ import pyarrow.parquet as pq
 
 from onnxrec.errors import OnnxrecError
 from onnxrec.exporter.repository import read_manifest, verify_files
+from onnxrec.server.limits import scored_item_bytes
 
 log = logging.getLogger("onnxrec.server")
 
@@ -178,6 +179,11 @@ class LoadedModel:
         self._metadata = [
             {c: _as_text(columns[c][i]) for c in meta_cols if columns[c][i] is not None} for i in range(len(items))
         ]
+        # the mean encoded size of one answered item, without and with its metadata (answer-size estimates)
+        sizes = np.array([scored_item_bytes(t, d) for t, d in zip(self.item_id_text, self._metadata, strict=True)])
+        self.item_bytes: tuple[float, float] = (
+            (float(sizes[:, 0].mean()), float(sizes[:, 1].mean())) if len(sizes) else (0.0, 0.0)
+        )
         with np.load(self.path / "seen.npz", allow_pickle=False) as seen:
             self.seen_indptr = seen["indptr"]
             self.seen_indices = seen["indices"].astype(np.int64)

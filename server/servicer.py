@@ -1,6 +1,12 @@
 """The gRPC service: validate a request, map raw ids to indices, queue it on the model's batcher,
 map the answer back. Nothing from a request reaches the filesystem: model names are only looked up
-in the registry's in-memory table."""
+in the registry's in-memory table. Every length a caller controls is bounded first, and error
+messages quote at most 64 characters of what was sent (:mod:`onnxrec.server.limits`).
+
+A RecommendBatch call's rows go to the batcher ``max_batch_size`` rows at a time, one chunk after the
+other, so requests that arrive meanwhile run between its chunks instead of behind all of them (no
+head-of-line blocking by big batches), and its answer is built a chunk at a time, letting other calls
+run in between."""
 
 from __future__ import annotations
 
@@ -15,6 +21,7 @@ import numpy as np
 
 from onnxrec.server.batcher import BatcherClosedError, DeadlineExpiredError, QueueFullError
 from onnxrec.server.config import ServerConfig
+from onnxrec.server.limits import RESPONSE_OVERHEAD_BYTES, RequestError, RequestLimits, invalid, shown
 from onnxrec.server.loaded_model import LoadedModel, TopK
 from onnxrec.server.registry import ModelNotFound, ModelRegistry, ServedModel
 from onnxrec.v1 import recommender_pb2 as pb
@@ -23,16 +30,8 @@ from onnxrec.v1 import recommender_pb2_grpc as pb_grpc
 log = logging.getLogger("onnxrec.server")
 
 
-class RequestError(Exception):
-    """A request a caller must change: carries the gRPC status code and an actionable message."""
-
-    def __init__(self, code: grpc.StatusCode, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-
-
-def _invalid(message: str) -> RequestError:
-    return RequestError(grpc.StatusCode.INVALID_ARGUMENT, message)
+__all__ = ["RecommenderServicer", "RequestError"]
+_invalid = invalid
 
 
 def _deadline(context: grpc.aio.ServicerContext) -> float | None:
@@ -56,8 +55,10 @@ def _items_to_indices(model: LoadedModel, ids: Any, what: str) -> np.ndarray:
         else:
             out[j] = idx
     if unknown:
-        shown = ", ".join(repr(u) for u in unknown[:5]) + (f" and {len(unknown) - 5} more" if len(unknown) > 5 else "")
-        raise _invalid(f"unknown item id(s) in {what}: {shown} (model {model.name} version {model.version})")
+        listed = ", ".join(shown(u) for u in unknown[:5]) + (
+            f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""
+        )
+        raise _invalid(f"unknown item id(s) in {what}: {listed} (model {model.name} version {model.version})")
     return out
 
 
@@ -85,11 +86,11 @@ class RecommenderServicer(pb_grpc.RecommenderServiceServicer):
     def __init__(self, registry: ModelRegistry, config: ServerConfig) -> None:
         self.registry = registry
         self.config = config
+        self.limits = RequestLimits(config.max_id_chars, config.max_list_items, config.max_message_bytes)
 
     # -- helpers ------------------------------------------------------------------------------------
     def _model(self, ref: pb.ModelRef) -> ServedModel:
-        if not ref.name:
-            raise _invalid("model.name is empty")
+        self.limits.check_name(ref.name)
         if ref.version < 0:
             raise _invalid(f"model.version must be 0 (latest) or positive, not {ref.version}")
         try:
@@ -134,9 +135,13 @@ class RecommenderServicer(pb_grpc.RecommenderServiceServicer):
         """Validate one Recommend request and decide how it is answered (no model run yet)."""
         served = self._model(request.model)
         model = served.model
-        if not request.user_id:
-            raise _invalid("user_id is empty")
+        limits = self.limits
+        limits.check_id(request.user_id, "user_id")
         self._check_k(request.k, model)
+        limits.check_ids(request.exclude_item_ids, "exclude_item_ids")
+        limits.check_ids(request.history, "history")
+        if request.user_features:
+            limits.check_features(dict(request.user_features))
         exclude_seen = request.exclude_seen if request.HasField("exclude_seen") else True
         excluded = _items_to_indices(model, request.exclude_item_ids, "exclude_item_ids")
         history = _items_to_indices(model, request.history, "history")
@@ -167,6 +172,13 @@ class RecommenderServicer(pb_grpc.RecommenderServiceServicer):
         self._fill_items(response.items, model, plan.top, plan.k, plan.include_metadata)
         return response
 
+    def _respond_into(self, response: pb.RecommendResponse, plan: _Plan) -> None:
+        """:meth:`_respond` written into a RecommendBatch answer's own entry (no copy of the entry)."""
+        model = plan.served.model
+        assert plan.top is not None
+        response.model_name, response.model_version, response.source = model.name, model.version, plan.source
+        self._fill_items(response.items, model, plan.top, plan.k, plan.include_metadata)
+
     async def _recommend_one(self, request: pb.RecommendRequest, deadline: float | None) -> pb.RecommendResponse:
         plan = self._plan(request)
         served = plan.served
@@ -188,52 +200,84 @@ class RecommenderServicer(pb_grpc.RecommenderServiceServicer):
     async def RecommendBatch(
         self, request: pb.RecommendBatchRequest, context: grpc.aio.ServicerContext
     ) -> pb.RecommendBatchResponse:
-        """Every entry is planned like a Recommend; then all of the call's rows for one model version and
-        graph go to its batcher as ONE queue entry (weight = its rows), so a call takes one queue slot
-        per graph, not one per user, and its rows run together."""
         try:
-            n = len(request.requests)
-            if n == 0 or n > self.config.max_request_items:
-                raise _invalid(f"requests must hold 1 to {self.config.max_request_items} entries, got {n}")
-            deadline = _deadline(context)
-            plans = []
-            for j, r in enumerate(request.requests):
-                try:
-                    plans.append(self._plan(r))
-                except RequestError as exc:
-                    raise RequestError(exc.code, f"requests[{j}]: {exc}") from exc
-            groups: dict[tuple[int, int], list[_Plan]] = {}
-            for plan in plans:
-                if plan.source != pb.SOURCE_POPULARITY:
-                    groups.setdefault((id(plan.served), plan.source), []).append(plan)
-            await asyncio.gather(*(self._run_group(group, deadline) for group in groups.values()))
-            return pb.RecommendBatchResponse(responses=[self._respond(plan) for plan in plans])
+            return await self._recommend_batch(request, _deadline(context))
         except Exception as exc:
             await self._abort(context, exc)
             raise
 
+    async def _recommend_batch(
+        self, request: pb.RecommendBatchRequest, deadline: float | None
+    ) -> pb.RecommendBatchResponse:
+        """Every entry is planned like a Recommend; an answer too big for ``max_message_bytes`` is refused
+        before any model runs. Then the call's rows of each model version and graph go to its batcher
+        ``max_batch_size`` rows at a time (one queue entry each, weight = its rows), one chunk after the
+        other, and the answer is built a chunk at a time (see the module docstring)."""
+        n = len(request.requests)
+        if n == 0 or n > self.config.max_request_items:
+            raise _invalid(f"requests must hold 1 to {self.config.max_request_items} entries, got {n}")
+        plans = []
+        for j, r in enumerate(request.requests):
+            try:
+                plans.append(self._plan(r))
+            except RequestError as exc:
+                raise RequestError(exc.code, f"requests[{j}]: {exc}") from exc
+        estimate = self._check_batch_size(plans)
+        groups: dict[tuple[int, int], list[_Plan]] = {}
+        for plan in plans:
+            if plan.source != pb.SOURCE_POPULARITY:
+                groups.setdefault((id(plan.served), plan.source), []).append(plan)
+        await asyncio.gather(*(self._run_group(group, deadline) for group in groups.values()))
+        response = pb.RecommendBatchResponse()
+        step = self.config.max_batch_size
+        for start in range(0, n, step):
+            if start:
+                await asyncio.sleep(0)  # let other calls run between the chunks of a big answer
+            for plan in plans[start : start + step]:
+                self._respond_into(response.responses.add(), plan)
+        if estimate > self.limits.max_message_bytes / 2:  # near the limit: measure, never let gRPC fail it
+            self._check_answer(response.ByteSize(), plans)
+        return response
+
+    def _check_batch_size(self, plans: list[_Plan]) -> float:
+        """The estimated bytes of a RecommendBatch answer; refused when over ``max_message_bytes``."""
+        estimate = 0.0
+        for p in plans:
+            model = p.served.model
+            estimate += RESPONSE_OVERHEAD_BYTES + min(p.k, model.num_items) * model.item_bytes[p.include_metadata]
+        self._check_answer(estimate, plans)
+        return estimate
+
+    def _check_answer(self, size: float, plans: list[_Plan]) -> None:
+        k = max(p.k for p in plans)
+        self.limits.check_answer_size(size, len(plans), k, any(p.include_metadata for p in plans))
+
     async def _run_group(self, group: list[_Plan], deadline: float | None) -> None:
-        """One batcher submit for a RecommendBatch call's rows of one model version and graph."""
-        served, k, rows = group[0].served, max(p.k for p in group), len(group)
-        if group[0].source == pb.SOURCE_MODEL:
-            item = ([p.user for p in group], [p.exclude for p in group], k)
-            tops = await served.recommend.submit(item, deadline=deadline, weight=rows, direct=False)
-        else:
-            hist = ([p.history for p in group], [p.exclude for p in group], [p.features for p in group], k)
-            tops = await served.history.submit(hist, deadline=deadline, weight=rows, direct=False)
-        for plan, top in zip(group, tops, strict=True):
-            plan.top = top
+        """The batcher submits of a RecommendBatch call's rows of one model version and graph: at most
+        ``max_batch_size`` rows each, one after the other, so other requests queue between them."""
+        served, step = group[0].served, self.config.max_batch_size
+        for start in range(0, len(group), step):
+            chunk = group[start : start + step]
+            k, rows = max(p.k for p in chunk), len(chunk)
+            if chunk[0].source == pb.SOURCE_MODEL:
+                item = ([p.user for p in chunk], [p.exclude for p in chunk], k)
+                tops = await served.recommend.submit(item, deadline=deadline, weight=rows, direct=False)
+            else:
+                hist = ([p.history for p in chunk], [p.exclude for p in chunk], [p.features for p in chunk], k)
+                tops = await served.history.submit(hist, deadline=deadline, weight=rows, direct=False)
+            for plan, top in zip(chunk, tops, strict=True):
+                plan.top = top
 
     # -- score ----------------------------------------------------------------------------------------
     async def Score(self, request: pb.ScoreRequest, context: grpc.aio.ServicerContext) -> pb.ScoreResponse:
         try:
             served = self._model(request.model)
             model = served.model
-            if not request.user_id:
-                raise _invalid("user_id is empty")
+            self.limits.check_id(request.user_id, "user_id")
             n = len(request.item_ids)
             if n == 0 or n > self.config.max_request_items:
                 raise _invalid(f"item_ids must hold 1 to {self.config.max_request_items} ids, got {n}")
+            self.limits.check_ids(request.item_ids, "item_ids")
             candidates = _items_to_indices(model, request.item_ids, "item_ids")
             user = model.user_index.get(request.user_id)
             if user is None:
@@ -259,13 +303,12 @@ class RecommenderServicer(pb_grpc.RecommenderServiceServicer):
             served = self._model(request.model)
             model = served.model
             self._check_k(request.k, model)
-            if not request.item_id:
-                raise _invalid("item_id is empty")
+            self.limits.check_id(request.item_id, "item_id")
             item = model.item_index.get(request.item_id)
             if item is None:
                 raise RequestError(
                     grpc.StatusCode.NOT_FOUND,
-                    f"unknown item id {request.item_id!r} (model {model.name} version {model.version})",
+                    f"unknown item id {shown(request.item_id)} (model {model.name} version {model.version})",
                 )
             top = await served.similar.submit((item, request.k), deadline=_deadline(context))
             response = pb.SimilarItemsResponse(model_name=model.name, model_version=model.version)
