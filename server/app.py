@@ -195,12 +195,39 @@ class OnnxrecServer:
         self.ready = asyncio.Event()
 
     def _changed(self, snapshot: Snapshot) -> None:
+        """The registry swapped what is loaded: update the ``model_loaded`` gauge (health follows at
+        the end of the refresh, :meth:`_set_health`)."""
         self.metrics.set_loaded({n: sorted(v) for n, v in snapshot.models.items()})
 
+    _health_final = False  # set when stopping: no later report may say SERVING
+    _health_sent: dict[str, int] | None = None  # the status last set per health service name
+
     async def _set_health(self, serving: bool) -> None:
-        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
-        for name in ("", SERVICE_NAME):
-            await self.health.set(name, status)
+        """Report health per service name (``grpc.health.v1``):
+
+        * ``onnxrec.v1.RecommenderService/NAME``, one per model: SERVING while NAME has a loaded version;
+        * ``""`` (the server) and ``onnxrec.v1.RecommenderService``: SERVING while every model the
+          repository holds (and every model loaded since the start whose folder is still there) has a
+          loaded version, and there is at least one;
+
+        from :meth:`ModelRegistry.health`. ``serving=False`` (starting, stopping) makes every name
+        NOT_SERVING; once the server has been ready that is final. Only changed statuses are sent."""
+        if not serving and self.ready.is_set():
+            self._health_final = True
+        up = serving and not self._health_final
+        models = self.registry.health()
+        wanted = {f"{SERVICE_NAME}/{n}": up and loaded for n, loaded in models.items()}
+        wanted[""] = wanted[SERVICE_NAME] = up and bool(models) and all(models.values())
+        previous = self._health_sent or {}
+        statuses = {name: health_pb2.HealthCheckResponse.NOT_SERVING for name in previous}  # models gone too
+        statuses.update(
+            (n, health_pb2.HealthCheckResponse.SERVING if ok else health_pb2.HealthCheckResponse.NOT_SERVING)
+            for n, ok in wanted.items()
+        )
+        self._health_sent = statuses
+        for name, status in statuses.items():
+            if previous.get(name) != status:
+                await self.health.set(name, status)
 
     async def start(self) -> int:
         """Bind, start serving (health NOT_SERVING) and load the models in the background."""
@@ -245,7 +272,7 @@ class OnnxrecServer:
             self.port,
             ", ".join(f"{n} v{sorted(v)}" for n, v in self.registry.snapshot.models.items()),
         )
-        await self.registry.watch(self._stop)
+        await self.registry.watch(self._stop, after=lambda: self._set_health(True))
 
     async def stop(self, grace: float | None = None) -> None:
         """Health NOT_SERVING, then let in-flight requests finish for ``grace`` seconds, then stop."""
