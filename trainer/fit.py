@@ -198,7 +198,8 @@ def fit(
     batch = max(1, -(-cfg.batch_size // world))
     plan = choose_softmax(model.num_items, batch, cfg.max_softmax_items)
     if loss == "softmax" and rank == 0:
-        log.info("loss: %s", plan.reason)
+        factorized = isinstance(model, FactorizedRecommender)
+        log.info("loss: %s", plan.reason if factorized else "sampled softmax (the model scores pairs, not a catalog)")
     step: nn.Module = TrainingStep(model, loss, cfg.temperature, plan.full)
     if distributed:
         step = nn.parallel.DistributedDataParallel(step, find_unused_parameters=True)
