@@ -27,6 +27,7 @@ import asyncio
 import contextlib
 import ctypes
 import ctypes.util
+import functools
 import logging
 import time
 from typing import Any
@@ -76,14 +77,17 @@ class _Connection:
 class Ticket:
     """One admitted call: ``sent(n)`` when its answer is serialised, ``done()`` when the call ends."""
 
-    __slots__ = ("_budget", "_conn", "_held", "_key", "_method", "_reserved", "_units")
+    __slots__ = ("_budget", "_conn", "_ended", "_held", "_key", "_method", "_reserved", "_units")
 
     def __init__(self, budget: AnswerBudget, key: str, conn: _Connection, method: str, units: int, est: int) -> None:
         self._budget, self._key, self._conn, self._method = budget, key, conn, method
         self._units, self._reserved, self._held = units, est, 0
+        self._ended = False
 
     def sent(self, nbytes: int) -> None:
         """The answer is serialised (``nbytes``): hold its real size instead of the estimate."""
+        if self._ended:  # the call ended first: nothing will release what would be held now
+            return
         self._budget._learn(self._method, nbytes / self._units)
         self._budget._account(self._conn, -self._reserved, nbytes)
         self._conn.unread_since[id(self)] = time.monotonic()
@@ -91,6 +95,9 @@ class Ticket:
 
     def done(self, _context: object = None) -> None:
         """The call ended (answer delivered, error, cancellation or a closed connection)."""
+        if self._ended:
+            return
+        self._ended = True
         self._conn.unread_since.pop(id(self), None)
         self._budget._account(self._conn, -self._reserved, -self._held)
         self._reserved = self._held = 0
@@ -178,13 +185,16 @@ class AnswerBudget:
             trim_heap()
 
 
+@functools.cache
+def _libc() -> ctypes.CDLL | None:
+    name = ctypes.util.find_library("c")
+    return ctypes.CDLL(name) if name else None
+
+
 def trim_heap() -> None:
     """Give the C heap's free pages back to the OS (glibc ``malloc_trim``; nothing elsewhere): the
     answers of slow readers are freed in many pieces that malloc would otherwise keep."""
-    name = ctypes.util.find_library("c")
-    if not name:
-        return
-    libc = ctypes.CDLL(name)
-    if hasattr(libc, "malloc_trim"):
+    libc = _libc()
+    if libc is not None and hasattr(libc, "malloc_trim"):
         libc.malloc_trim(0)
         log.debug("returned freed answer memory to the OS (malloc_trim)")

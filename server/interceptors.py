@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import functools
 import hmac
+import inspect
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -120,9 +121,9 @@ def client_cert_refusal(pem: bytes) -> str | None:
 
 
 class ClientCertInterceptor(grpc.aio.ServerInterceptor):
-    """Refuses unary calls (UNAUTHENTICATED) whose mutual-TLS client certificate fails
+    """Refuses every call (UNAUTHENTICATED) whose mutual-TLS client certificate fails
     :func:`client_cert_refusal`: without it the CA's signature alone would make any of its certificates,
-    a server's included, a client certificate. Streaming calls (health Watch, reflection) are not checked."""
+    a server's included, a client certificate."""
 
     async def intercept_service(
         self,
@@ -130,17 +131,45 @@ class ClientCertInterceptor(grpc.aio.ServerInterceptor):
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:
         handler = await continuation(handler_call_details)
-        if handler is None or handler.unary_unary is None:
+        if handler is None:
             return handler
-        behavior = handler.unary_unary
+        codec = {"request_deserializer": handler.request_deserializer}
+        codec["response_serializer"] = handler.response_serializer
+        if handler.unary_unary is not None:
+            return grpc.unary_unary_rpc_method_handler(_checked_unary(handler.unary_unary), **codec)
+        if handler.stream_unary is not None:
+            return grpc.stream_unary_rpc_method_handler(_checked_unary(handler.stream_unary), **codec)
+        if handler.unary_stream is not None:
+            return grpc.unary_stream_rpc_method_handler(_checked_stream(handler.unary_stream), **codec)
+        return grpc.stream_stream_rpc_method_handler(_checked_stream(handler.stream_stream), **codec)
 
-        async def checked(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            certs = context.auth_context().get("x509_pem_cert") or [b""]
-            why = client_cert_refusal(certs[0])
-            if why is not None:
-                await context.abort(grpc.StatusCode.UNAUTHENTICATED, why)
-            return await behavior(request, context)
 
-        return grpc.unary_unary_rpc_method_handler(
-            checked, request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer
-        )
+async def _check_peer(context: grpc.aio.ServicerContext) -> None:
+    certs = context.auth_context().get("x509_pem_cert") or [b""]
+    why = client_cert_refusal(certs[0])
+    if why is not None:
+        await context.abort(grpc.StatusCode.UNAUTHENTICATED, why)
+
+
+def _checked_unary(behavior: Callable[..., Any]) -> Callable[..., Any]:
+    async def checked(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        await _check_peer(context)
+        return await behavior(request, context)
+
+    return checked
+
+
+def _checked_stream(behavior: Callable[..., Any]) -> Callable[..., Any]:
+    """A streaming handler, an async generator or a coroutine that writes, checked first; its answers
+    go out through ``context.write`` either way."""
+
+    async def checked(request: Any, context: grpc.aio.ServicerContext) -> None:
+        await _check_peer(context)
+        result = behavior(request, context)
+        if inspect.isasyncgen(result):
+            async for message in result:
+                await context.write(message)
+        else:
+            await result
+
+    return checked

@@ -9,6 +9,7 @@ from pathlib import Path
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from onnxrec.exporter.export import ExportOptions, export
 from onnxrec.trainer.config import TrainConfig
@@ -243,6 +244,16 @@ def test_client_certificates_need_client_auth_usage(repo: Path, certs: dict[str,
         with grpc.secure_channel(srv.address, _client_creds(certs, "server")) as ch, pytest.raises(grpc.RpcError) as e:
             pb_grpc.RecommenderServiceStub(ch).ListModels(LIST, timeout=10)
         assert "has no extended key usage; it must list clientAuth" in e.value.details()  # type: ignore[attr-defined]
+        with grpc.secure_channel(srv.address, _client_creds(certs, "server")) as ch, pytest.raises(grpc.RpcError) as e:
+            next(health_pb2_grpc.HealthStub(ch).Watch(health_pb2.HealthCheckRequest(), timeout=10))  # a stream
+        assert e.value.code() == grpc.StatusCode.UNAUTHENTICATED  # type: ignore[attr-defined]
+        with grpc.secure_channel(srv.address, _client_creds(certs, "client-eku")) as ch:
+            watch = health_pb2_grpc.HealthStub(ch).Watch(health_pb2.HealthCheckRequest(), timeout=10)
+            assert next(watch).status == health_pb2.HealthCheckResponse.SERVING
+            watch.cancel()
+            ask = reflection_pb2.ServerReflectionRequest(list_services="")
+            answer = next(reflection_pb2_grpc.ServerReflectionStub(ch).ServerReflectionInfo(iter([ask]), timeout=10))
+            assert "onnxrec.v1.RecommenderService" in {s.name for s in answer.list_services_response.service}
     finally:
         srv.stop()
     srv = _mtls_server(repo, certs, tmp_path / "log2", "--no-tls-client-eku")
