@@ -110,8 +110,9 @@ class RecommenderServicer(pb_grpc.RecommenderServiceServicer):
         add = out.add
         pairs = zip(top.items[:k].tolist(), top.scores[:k].tolist(), strict=True)
         if metadata:
+            wire = model.metadata_wire
             for i, s in pairs:
-                add(item_id=ids[i], score=s, metadata=model.metadata(i))
+                add(item_id=ids[i], score=s).MergeFromString(wire(i))
         else:
             for i, s in pairs:
                 add(item_id=ids[i], score=s)
@@ -217,7 +218,10 @@ class RecommenderServicer(pb_grpc.RecommenderServiceServicer):
         if n == 0 or n > self.config.max_request_items:
             raise _invalid(f"requests must hold 1 to {self.config.max_request_items} entries, got {n}")
         plans = []
+        step = self.config.max_batch_size
         for j, r in enumerate(request.requests):
+            if j and j % step == 0:
+                await asyncio.sleep(0)  # let other calls run between the chunks of a big request
             try:
                 plans.append(self._plan(r))
             except RequestError as exc:
@@ -229,7 +233,6 @@ class RecommenderServicer(pb_grpc.RecommenderServiceServicer):
                 groups.setdefault((id(plan.served), plan.source), []).append(plan)
         await asyncio.gather(*(self._run_group(group, deadline) for group in groups.values()))
         response = pb.RecommendBatchResponse()
-        step = self.config.max_batch_size
         for start in range(0, n, step):
             if start:
                 await asyncio.sleep(0)  # let other calls run between the chunks of a big answer
