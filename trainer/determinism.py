@@ -10,10 +10,12 @@ What makes it so:
 * the caller's global RNG state is neither read nor changed (training runs inside
   :func:`torch.random.fork_rng`);
 * deterministic algorithms on CPU (``torch.set_deterministic_debug_mode("warn")``): the history encoder's gather
-  (``item_table[history]``) otherwise accumulates its gradient with unordered atomic adds, which
-  made two runs of one seed differ by up to 0.05 in a weight after one ML-100K epoch;
+  (``item_table[history]``) otherwise accumulates its gradient with unordered atomic adds: two
+  one-epoch ML-100K runs of one seed on the same two threads ended 0.0017 apart in their most
+  different weight (0.19 without id dropout), and 3-epoch runs at 0.3536 and 0.3572 test NDCG@10;
 * the thread count is fixed for the run (``--threads``, or torch's default of one per core):
-  matrix products split their sums by thread, so 1 and 2 threads differ in the last bits.
+  matrix products split their sums by thread, so 1 and 2 threads differ in the last bits, which
+  one ML-100K epoch grows to about 1e-3 in a weight.
 
 Not covered: CUDA (cuBLAS and atomics are not made deterministic here), different thread counts,
 torch versions or CPU instruction sets, and ``torchrun`` data-parallel runs across process counts.
