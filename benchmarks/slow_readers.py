@@ -118,7 +118,7 @@ class RssSampler(threading.Thread):
 
 def run(args: argparse.Namespace, repository: Path, log: Path) -> dict[str, Any]:
     """The three phases against one server; the report."""
-    srv = start_server(repository, log)
+    srv = start_server(repository, log, *args.serve_arg)
     sampler = RssSampler(srv.proc.pid)
     try:
         normal_clients(srv.address, args.clients, 2.0)  # warm-up
@@ -169,6 +169,7 @@ def main() -> None:
     ap.add_argument("--clients", type=int, default=16, help="normal client threads")
     ap.add_argument("--seconds", type=float, default=10.0, help="length of each normal-client window")
     ap.add_argument("--settle", type=float, default=5.0, help="seconds after the close before reading RSS")
+    ap.add_argument("--serve-arg", action="append", default=[], help="extra onnxrec serve option (repeatable)")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         repository = prepare(args.data, Path(tmp))
