@@ -56,7 +56,9 @@ def _split_names(value: str | None) -> tuple[str, ...]:
 )
 @click.option("--user-features", default=None, help="Generic logs: comma-separated user feature columns.")
 @click.option("--item-features", default=None, help="Generic logs: comma-separated item feature columns.")
-@click.option("--sep", default=None, help="Generic CSV logs: the separator (default: detected).")
+@click.option(
+    "--sep", default=None, help="Generic CSV logs: the separator, one character or 'tab' (default: detected)."
+)
 @click.option("--overwrite", is_flag=True, help="Replace an existing dataset directory.")
 def prepare_command(
     source: str,

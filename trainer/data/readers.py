@@ -2,7 +2,9 @@
 
 Each reader returns an :class:`~onnxrec.trainer.data.log.InteractionLog` with raw string ids. The
 supported formats are MovieLens ML-100K, ML-1M, ML-20M / ml-latest and generic CSV / TSV / Parquet
-logs with a column mapping. :func:`read_source` detects the format of a path.
+logs with a column mapping (columns not named are found by their usual names; see
+:mod:`onnxrec.trainer.data.columns`). Every reader refuses empty or NaN ids and unparseable times
+with the line and column. :func:`read_source` detects the format of a path.
 """
 
 from __future__ import annotations
