@@ -21,7 +21,7 @@ import numpy as np
 
 from onnxrec.server.batcher import BatcherClosedError, DeadlineExpiredError, QueueFullError
 from onnxrec.server.config import ServerConfig
-from onnxrec.server.limits import RESPONSE_OVERHEAD_BYTES, RequestError, RequestLimits, invalid, shown
+from onnxrec.server.limits import MAX_NAME_CHARS, RESPONSE_OVERHEAD_BYTES, RequestError, RequestLimits, invalid, shown
 from onnxrec.server.loaded_model import LoadedModel, TopK
 from onnxrec.server.registry import ModelNotFound, ModelRegistry, ServedModel
 from onnxrec.v1 import recommender_pb2 as pb
@@ -90,11 +90,13 @@ class RecommenderServicer(pb_grpc.RecommenderServiceServicer):
 
     # -- helpers ------------------------------------------------------------------------------------
     def _model(self, ref: pb.ModelRef) -> ServedModel:
-        self.limits.check_name(ref.name)
+        name = ref.name
+        if not name or len(name) > MAX_NAME_CHARS:  # (the checks inline: this is every request's path)
+            self.limits.check_name(name)
         if ref.version < 0:
             raise _invalid(f"model.version must be 0 (latest) or positive, not {ref.version}")
         try:
-            return self.registry.get(ref.name, int(ref.version))
+            return self.registry.get(name, int(ref.version))
         except ModelNotFound as exc:
             raise RequestError(grpc.StatusCode.NOT_FOUND, str(exc)) from exc
 
@@ -137,16 +139,20 @@ class RecommenderServicer(pb_grpc.RecommenderServiceServicer):
         served = self._model(request.model)
         model = served.model
         limits = self.limits
-        limits.check_id(request.user_id, "user_id")
+        user_id, exclude_ids, history_ids = request.user_id, request.exclude_item_ids, request.history
+        if not user_id or len(user_id) > limits.max_id_chars:  # (the checks inline, as in _model)
+            limits.check_id(user_id, "user_id")
         self._check_k(request.k, model)
-        limits.check_ids(request.exclude_item_ids, "exclude_item_ids")
-        limits.check_ids(request.history, "history")
+        if exclude_ids:
+            limits.check_ids(exclude_ids, "exclude_item_ids")
+        if history_ids:
+            limits.check_ids(history_ids, "history")
         if request.user_features:
             limits.check_features(dict(request.user_features))
         exclude_seen = request.exclude_seen if request.HasField("exclude_seen") else True
-        excluded = _items_to_indices(model, request.exclude_item_ids, "exclude_item_ids")
-        history = _items_to_indices(model, request.history, "history")
-        user = model.user_index.get(request.user_id)
+        excluded = _items_to_indices(model, exclude_ids, "exclude_item_ids")
+        history = _items_to_indices(model, history_ids, "history")
+        user = model.user_index.get(user_id)
         plan = _Plan(served, request.k, request.include_metadata)
         if user is not None:
             if exclude_seen:
