@@ -505,13 +505,16 @@ async def _primed(rec: Recorder, config: BatcherConfig) -> DynamicBatcher[int, i
 
 
 def test_linger_collects_requests_arriving_close_together() -> None:
+    """Four arrivals a few event-loop passes apart (no sleeps: far inside the 2 s linger however slow the
+    machine) wait for each other and run as one batch."""
+
     async def main() -> None:
         rec = Recorder()
-        batcher = await _primed(rec, BatcherConfig(max_batch_size=16, linger_s=0.3, linger_max_s=5.0))
+        batcher = await _primed(rec, BatcherConfig(max_batch_size=16, linger_s=2.0, linger_max_s=10.0))
         tasks = []
-        for i in range(1, 5):  # four arrivals 20 ms apart, well inside the 300 ms linger
+        for i in range(1, 5):
             tasks.append(asyncio.ensure_future(batcher.submit(i)))
-            await asyncio.sleep(0.02)
+            await settle()
         assert await asyncio.gather(*tasks) == [2, 4, 6, 8]
         await batcher.close()
         assert rec.batches == [[0], [1, 2, 3, 4]]
