@@ -312,3 +312,28 @@ def test_tiny_deadlines_are_counted_and_never_logged_as_tracebacks(
     assert server_ok <= client_ok + 12, (server_ok, client_ok)
     assert not [r for r in caplog.records if r.exc_info], caplog.text
     assert "Traceback" not in caplog.text
+
+
+def test_metadata_merged_from_wire_bytes_equals_the_items_metadata(served_repo: Path) -> None:
+    """Answers carry each item's metadata exactly (merged from per-item wire bytes), in a Recommend and
+    in every entry of a RecommendBatch."""
+
+    async def main() -> None:
+        config = ServerConfig(repository=str(served_repo), device="cpu", max_batch_size=8, reload_interval_s=0)
+        registry = ModelRegistry(config)
+        await registry.refresh()
+        servicer = RecommenderServicer(registry, config)
+        model = registry.get("demo").model
+        users = [str(u) for u in model.user_ids[:20]]
+        single = await servicer._recommend_one(rec(users[0], k=50, include_metadata=True), None)
+        batch = await servicer._recommend_batch(
+            pb.RecommendBatchRequest(requests=[rec(u, k=7, include_metadata=True) for u in users]), None
+        )
+        await registry.close()
+        answered = [*single.items, *(i for r in batch.responses for i in r.items)]
+        assert len(answered) == 50 + 20 * 7
+        assert any(item.metadata for item in answered)
+        for item in answered:
+            assert dict(item.metadata) == model.metadata(model.item_index[item.item_id])
+
+    asyncio.run(main())
