@@ -3,7 +3,6 @@ extended key usage of mutual-TLS client certificates."""
 
 from __future__ import annotations
 
-import base64
 import functools
 import hmac
 import inspect
@@ -11,6 +10,8 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
+from cryptography import x509
+from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from onnxrec.server.metrics import ServerMetrics
 
@@ -54,49 +55,7 @@ class TokenAuthInterceptor(grpc.aio.ServerInterceptor):
         )
 
 
-# -- client certificates: extended key usage (RFC 5280 4.2.1.12) ------------------------------------
-_EKU_OID = bytes.fromhex("551d25")  # 2.5.29.37 extKeyUsage
-CLIENT_AUTH = bytes.fromhex("2b06010505070302")  # 1.3.6.1.5.5.7.3.2 id-kp-clientAuth
-ANY_EKU = bytes.fromhex("551d2500")  # 2.5.29.37.0 anyExtendedKeyUsage
-
-
-def _der(data: bytes, pos: int) -> tuple[int, int, int]:
-    """The DER element at ``pos``: (tag, start of its content, end of its content)."""
-    tag, first = data[pos], data[pos + 1]
-    pos += 2
-    if first < 0x80:
-        return tag, pos, pos + first
-    n = first & 0x7F
-    length = int.from_bytes(data[pos : pos + n], "big")
-    return tag, pos + n, pos + n + length
-
-
-def _children(data: bytes, start: int, end: int) -> list[tuple[int, int, int]]:
-    out = []
-    while start < end:
-        element = _der(data, start)
-        out.append(element)
-        start = element[2]
-    return out
-
-
-def extended_key_usages(der: bytes) -> list[bytes] | None:
-    """The extended key usage OIDs (DER content bytes) of an X.509 certificate, or None when it has no
-    extendedKeyUsage extension. Raises ValueError (or IndexError) for bytes that are not a certificate."""
-    _, start, _end = _der(der, 0)  # Certificate
-    _, tbs_start, tbs_end = _der(der, start)  # TBSCertificate
-    for tag, s, _e in _children(der, tbs_start, tbs_end):
-        if tag != 0xA3:  # [3] extensions
-            continue
-        _, ext_start, ext_end = _der(der, s)
-        for _, xs, xe in _children(der, ext_start, ext_end):
-            parts = _children(der, xs, xe)  # extnID, critical?, extnValue
-            if parts[0][0] == 0x06 and der[parts[0][1] : parts[0][2]] == _EKU_OID:
-                _, vs, _ve = parts[-1]  # OCTET STRING holding SEQUENCE OF OID
-                _, ss, se = _der(der, vs)
-                return [der[a:b] for t, a, b in _children(der, ss, se) if t == 0x06]
-        return None
-    return None
+# -- client certificates: extended key usage (RFC 5280 4.2.1.12), read with the cryptography package --
 
 
 @functools.lru_cache(maxsize=256)
@@ -105,17 +64,19 @@ def client_cert_refusal(pem: bytes) -> str | None:
     usage must list clientAuth (or anyExtendedKeyUsage). gRPC's TLS already refuses a certificate whose
     extension excludes clients; this also refuses one without the extension (RFC 5280 reads that as
     "any use"), such as a server certificate from the same CA."""
-    body = b"".join(ln.strip() for ln in pem.splitlines() if ln.strip() and not ln.startswith(b"-----"))
     try:
-        usages = extended_key_usages(base64.b64decode(body))
-    except (ValueError, IndexError):
+        cert = x509.load_pem_x509_certificate(pem)
+        usages = list(cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value)
+    except x509.ExtensionNotFound:
+        usages = None
+    except ValueError:
         return "the client certificate could not be read"
     if usages is None:
         return (
             "the client certificate has no extended key usage; it must list clientAuth "
             "(or start the server with --no-tls-client-eku)"
         )
-    if CLIENT_AUTH in usages or ANY_EKU in usages:
+    if ExtendedKeyUsageOID.CLIENT_AUTH in usages or ExtendedKeyUsageOID.ANY_EXTENDED_KEY_USAGE in usages:
         return None
     return "the client certificate is not for client authentication (its extended key usage lacks clientAuth)"
 
