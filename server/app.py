@@ -37,6 +37,7 @@ from onnxrec.server.loaded_model import resolve_device
 from onnxrec.server.metrics import ServerMetrics
 from onnxrec.server.registry import ModelRegistry, Snapshot
 from onnxrec.server.servicer import RecommenderServicer
+from onnxrec.server.shutdown import SHUTTING_DOWN, ShutdownGate
 from onnxrec.server.transport import bind_error, budgeted, serializer, transport_options
 from onnxrec.v1 import recommender_pb2 as pb
 
@@ -83,11 +84,14 @@ def add_servicer(
     server: grpc.aio.Server,
     metrics: ServerMetrics,
     budget: AnswerBudget | None = None,
+    gate: ShutdownGate | None = None,
 ) -> None:
     """Register every RPC of the service, like the generated ``add_..._to_server``, except that each
     call is counted and timed (in the handler itself: a server interceptor costs more per call), a
     request whose bytes do not decode is answered with INVALID_ARGUMENT (grpc would say UNKNOWN), and
-    with ``budget`` each call is admitted by it and its answer held on it until read (flow.py)."""
+    with ``budget`` each call is admitted by it and its answer held on it until read (flow.py); ``gate``
+    counts the calls running and refuses new ones while the server shuts down (shutdown.py)."""
+    gate = gate or ShutdownGate()
     service = pb.DESCRIPTOR.services_by_name["RecommenderService"]
     handlers = {}
     for method in service.methods:
@@ -97,7 +101,7 @@ def add_servicer(
         if budget is not None:
             behavior = budgeted(behavior, method.name, budget)
         handlers[method.name] = grpc.unary_unary_rpc_method_handler(
-            _handler(behavior, method.name, metrics),
+            _handler(behavior, method.name, metrics, gate),
             request_deserializer=_lenient(request_cls.FromString),
             response_serializer=serializer(response_cls.SerializeToString),
         )
@@ -116,7 +120,10 @@ def _lenient(decode: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
 
 
 def _handler(
-    behavior: Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]], name: str, metrics: ServerMetrics
+    behavior: Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]],
+    name: str,
+    metrics: ServerMetrics,
+    gate: ShutdownGate,
 ) -> Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]:
     requests = {code: metrics.requests.labels(name, code.name) for code in grpc.StatusCode}
     latency = metrics.latency.labels(name)
@@ -126,6 +133,9 @@ def _handler(
         caller leaves ends quietly (gRPC cannot answer it any more and would log a traceback trying):
         counted as DEADLINE_EXCEEDED or CANCELLED, never as OK, and never logged."""
         t0 = time.perf_counter()
+        if not gate.enter(t0):
+            requests[grpc.StatusCode.UNAVAILABLE].inc()
+            await context.abort(grpc.StatusCode.UNAVAILABLE, SHUTTING_DOWN)
         seen: grpc.StatusCode | None = None
         try:
             if isinstance(request, _Undecodable):
@@ -152,6 +162,7 @@ def _handler(
                 seen = code if isinstance(code, grpc.StatusCode) else grpc.StatusCode.OK
             requests[seen].inc()
             latency.observe(time.perf_counter() - t0)
+            gate.leave()
 
     return handle
 
@@ -185,7 +196,8 @@ class OnnxrecServer:
             interceptors=interceptors, options=transport_options(config, reuseport=config.workers > 1)
         )
         self.budget = AnswerBudget(config.max_unread_bytes_per_connection, config.max_unread_bytes)
-        add_servicer(RecommenderServicer(self.registry, config), self.server, self.metrics, self.budget)
+        self.gate = ShutdownGate()
+        add_servicer(RecommenderServicer(self.registry, config), self.server, self.metrics, self.budget, self.gate)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server)
         self.port = 0
@@ -275,10 +287,14 @@ class OnnxrecServer:
         await self.registry.watch(self._stop, after=lambda: self._set_health(True))
 
     async def stop(self, grace: float | None = None) -> None:
-        """Health NOT_SERVING, then let in-flight requests finish for ``grace`` seconds, then stop."""
+        """Health NOT_SERVING; calls already sent are answered and later ones refused with UNAVAILABLE
+        (:mod:`onnxrec.server.shutdown`); then the calls still running get what is left of ``grace``
+        seconds (default ``grace_s``) to finish, and the server stops."""
+        grace = self.config.grace_s if grace is None else grace
         await self._set_health(False)
         self._stop.set()
-        await self.server.stop(self.config.grace_s if grace is None else grace)
+        left = await self.gate.drain(self.config.drain_s, grace)
+        await self.server.stop(left)
         for task in self._tasks:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

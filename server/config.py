@@ -62,6 +62,11 @@ class ServerConfig:
     reload_interval_s: float = setting(2.0, "seconds between repository scans for new versions (0: no hot reload)")
     warmup: bool = setting(True, "run every graph at every batch size before reporting SERVING")
     grace_s: float = setting(10.0, "on SIGTERM, how long in-flight requests may take to finish")
+    drain_s: float = setting(
+        1.0,
+        "on SIGTERM, answer new calls as usual this long first (health NOT_SERVING), then refuse them with "
+        "UNAVAILABLE; at most grace_s",
+    )
     tls_cert: str | None = setting(None, "PEM certificate chain of the server (TLS)")
     tls_key: str | None = setting(None, "PEM private key of the server (TLS)")
     tls_client_ca: str | None = setting(None, "PEM CA that client certificates must be signed by (mutual TLS)")
@@ -97,6 +102,7 @@ class ServerConfig:
             ((self.tls_cert is None) == (self.tls_key is None), "tls_cert and tls_key go together"),
             (self.tls_client_ca is None or self.tls_cert is not None, "tls_client_ca needs tls_cert and tls_key"),
             (self.reload_interval_s >= 0, "reload_interval_s must be 0 or more"),
+            (self.drain_s >= 0, "drain_s must be 0 or more"),
             (self.max_unread_bytes >= 0, "max_unread_bytes must be 0 or more"),
             (self.max_unread_bytes_per_connection >= 0, "max_unread_bytes_per_connection must be 0 or more"),
             (self.max_connection_age_s >= 0, "max_connection_age_s must be 0 or more"),

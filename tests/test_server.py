@@ -440,25 +440,45 @@ def test_hot_reload_under_load_loses_nothing(
     assert set(codes) == {"OK"}, {c: codes.count(c) for c in set(codes)}
 
 
-def test_sigterm_drains_and_exits_cleanly(repository: Path, tmp_path: Path) -> None:
-    srv = start_server(repository, tmp_path / "server.log", "--grace-s", "5")
+def _timed_load(address: str, stop: threading.Event, calls: list[tuple[float, str]]) -> None:
+    """Like :func:`_load`, recording when each call was sent (monotonic) and its status."""
+    with grpc.insecure_channel(address) as channel:
+        stub = pb_grpc.RecommenderServiceStub(channel)
+        while not stop.is_set():
+            sent = time.monotonic()
+            try:
+                stub.Recommend(rec("mf", KNOWN_USER), timeout=20)
+                calls.append((sent, "OK"))
+            except grpc.RpcError as err:
+                calls.append((sent, err.code().name))  # type: ignore[attr-defined]
+
+
+def test_sigterm_answers_the_calls_already_sent_and_exits_cleanly(repository: Path, tmp_path: Path) -> None:
+    """Every call sent before SIGTERM is answered OK (grpc.aio's own stop cancelled most of them: 61 of 64
+    in flight under load came back CANCELLED); later calls are served during --drain-s, then refused with
+    UNAVAILABLE (or, racing the final stop, CANCELLED); the process exits 0."""
+    srv = start_server(repository, tmp_path / "server.log", "--grace-s", "15", "--drain-s", "3")
     stop = threading.Event()
-    codes: list[str] = []
-    threads = [threading.Thread(target=_load, args=(srv.address, stop, codes, [])) for _ in range(8)]
+    calls: list[tuple[float, str]] = []
+    threads = [threading.Thread(target=_timed_load, args=(srv.address, stop, calls)) for _ in range(16)]
     for t in threads:
         t.start()
-    time.sleep(1.0)
+    deadline = time.monotonic() + 60
+    while len(calls) < 200 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    signalled = time.monotonic()
     srv.proc.send_signal(signal.SIGTERM)
-    rc = srv.proc.wait(30)
+    rc = srv.proc.wait(60)
     stop.set()
     for t in threads:
         t.join(30)
     assert rc == 0
-    assert codes.count("OK") > 0
-    # requests either finished or were refused because the server was going away (grpc reports a call
-    # that raced the shutdown as UNAVAILABLE or CANCELLED); none failed inside the server
-    assert set(codes) <= {"OK", "UNAVAILABLE", "CANCELLED"}, {c: codes.count(c) for c in set(codes)}
-    assert "shutting down" in srv.log.read_text()
+    before = [code for sent, code in calls if sent < signalled]
+    after = [code for sent, code in calls if sent >= signalled]
+    assert len(before) >= 200 and set(before) == {"OK"}, {c: before.count(c) for c in set(before)}
+    assert set(after) <= {"OK", "UNAVAILABLE", "CANCELLED"}, {c: after.count(c) for c in set(after)}
+    log = srv.log.read_text()
+    assert "shutting down" in log and "Traceback" not in log
 
 
 def _free_port() -> int:
