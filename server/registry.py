@@ -134,7 +134,7 @@ class ModelRegistry:
         self._on_change = on_change
         self._failed = Rejections()
         self._known: set[str] = set()  # models the repository holds, or held when loaded and still has a folder
-        self._retiring: set[asyncio.Task[None]] = set()
+        self._retiring: dict[asyncio.Task[None], ServedModel] = {}  # unloads waiting out RETIRE_AFTER_S
         self._batcher_config = BatcherConfig(
             max_batch_size=config.max_batch_size,
             max_queue_delay_s=config.max_queue_delay_us / 1e6,
@@ -263,8 +263,8 @@ class ModelRegistry:
         for name, version, served in dropped:
             # requests that picked this version just before the swap may still submit to it: let them
             task = asyncio.create_task(self._retire(name, version, served))
-            self._retiring.add(task)
-            task.add_done_callback(self._retiring.discard)
+            self._retiring[task] = served
+            task.add_done_callback(lambda t: self._retiring.pop(t, None))
         return bool(dropped or added)
 
     async def _retire(self, name: str, version: int, served: ServedModel) -> None:
@@ -288,9 +288,12 @@ class ModelRegistry:
                     await after()
 
     async def close(self) -> None:
-        """Drain and stop every loaded model (and those being retired)."""
-        for task in list(self._retiring):
+        """Drain and stop every loaded model, and those being retired (at once, not after their wait)."""
+        retiring = list(self._retiring.items())
+        for task, _ in retiring:
             task.cancel()
+        for _, served in retiring:
+            await served.close()
         for versions in self.snapshot.models.values():
             for served in versions.values():
                 await served.close()
