@@ -13,6 +13,8 @@ from __future__ import annotations
 import contextlib
 import copy
 import io
+import logging
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -45,6 +47,26 @@ class HalfPrecision(nn.Module):
         return out.float()
 
 
+class _QuantizerAdvice(logging.Filter):
+    """Drops the warnings onnxruntime's quantizer logs on the root logger ("Please consider to run
+    pre-processing before quantization"): advice about onnxrec's own pipeline, nothing a user can act
+    on. Its errors still show."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.ERROR or "onnxruntime" not in record.pathname
+
+
+@contextlib.contextmanager
+def _quiet_quantizer() -> Iterator[None]:
+    root, advice = logging.getLogger(), _QuantizerAdvice()
+    root.addFilter(advice)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
+    finally:
+        root.removeFilter(advice)
+
+
 def make_variant(
     module: nn.Module, spec: GraphSpec, example: tuple[torch.Tensor, ...], fp32_file: Path, dst: Path, precision: str
 ) -> None:
@@ -61,7 +83,7 @@ def make_variant(
         stripped = dst.with_suffix(".in.onnx")
         onnx.save(plain, str(stripped))
         try:
-            with contextlib.redirect_stdout(io.StringIO()):
+            with _quiet_quantizer():
                 quantize_dynamic(
                     str(stripped), str(dst), op_types_to_quantize=["MatMul", "Gather"], weight_type=QuantType.QInt8
                 )
