@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import shutil
 import time
 from collections.abc import Iterator, Sequence
@@ -37,7 +38,15 @@ from onnxrec.exporter.graphs import (
     fold_in_centroids,
 )
 from onnxrec.exporter.onnx_io import IR_VERSION, OPSET, cpu_session, export_module, optimize_offline
-from onnxrec.exporter.parity import GraphParity, check_signature, check_values
+from onnxrec.exporter.parity import (
+    DEFAULT_ATOL,
+    DEFAULT_RTOL,
+    GraphParity,
+    RawIds,
+    Tolerance,
+    check_signature,
+    check_values,
+)
 from onnxrec.exporter.repository import (
     MANIFEST,
     MODEL_FORMAT,
@@ -66,7 +75,8 @@ class ExportOptions:
 
     k_max: int = 100
     max_batch: int = 256
-    atol: float = 1e-5
+    atol: float = DEFAULT_ATOL  # parity: |onnxruntime - PyTorch| <= atol + rtol * (the graph's largest |score|)
+    rtol: float = DEFAULT_RTOL
     min_topk_agreement: float = 0.999
     parity_users: int = 2048
     seed: int = 0
@@ -186,6 +196,61 @@ def _write_side_files(ds: Dataset, out: Path) -> None:
     np.save(out / "popular.npy", np.argsort(-popularity, kind="stable").astype(np.int32), allow_pickle=False)
 
 
+def _check_options(opts: ExportOptions) -> None:
+    """Refuse options no export can satisfy."""
+    if opts.k_max < 1 or opts.max_batch < 1:
+        raise ExportError("k_max and max_batch must be at least 1")
+    for label, value in (("atol", opts.atol), ("rtol", opts.rtol)):
+        if not (math.isfinite(value) and value >= 0):
+            raise ExportError(f"{label} must be a number >= 0, not {value:g}")
+    unknown = sorted(set(opts.precisions) - set(PRECISIONS))
+    if unknown:
+        raise ExportError(f"unknown precision {unknown[0]!r} (use {' or '.join(PRECISIONS)})")
+
+
+def _target(repository: Path, name: str, version: int | None) -> tuple[Path, int]:
+    """The version directory to write (``repository/name/version``) and its number, checked."""
+    check_model_name(name)
+    check_writable(repository)
+    model_dir = repository / name
+    version = next_version(model_dir) if version is None else version
+    if version < 1:
+        raise ExportError(f"version must be a positive integer, not {version}")
+    final = model_dir / str(version)
+    if final.exists():
+        raise ExportError(f"{final} already exists (versions are never modified; pick another --version)")
+    return final, version
+
+
+def _write_graphs(
+    graphs: list[_Graph], out: Path, opts: ExportOptions, ids: RawIds
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Export, optimise and check every graph (and its precision variants) into ``out``; return the
+    parity report and the variants' files per precision."""
+    raw = out / ".raw"
+    raw.mkdir()
+    tol = Tolerance(atol=opts.atol, rtol=opts.rtol)
+    parity: dict[str, Any] = {}
+    variants: dict[str, Any] = {p: {"files": [], "split": "valid"} for p in opts.precisions}
+    for g in graphs:
+        log.info("exporting %s", g.spec.name)
+        export_module(g.module, g.spec, g.example, raw / g.spec.file)
+        optimize_offline(raw / g.spec.file, out / g.spec.file)
+        session = cpu_session(out / g.spec.file)
+        check_signature(session, g.spec)
+        report: GraphParity = check_values(
+            session, g.module, g.spec, g.batches, tolerance=tol, min_topk_agreement=opts.min_topk_agreement, ids=ids
+        )
+        parity[g.spec.name] = report.to_dict()
+        for precision in opts.precisions:
+            dst = out / f"{g.spec.name}.{precision}.onnx"
+            make_variant(g.module, g.spec, g.example, raw / g.spec.file, dst, precision)
+            check_signature(cpu_session(dst), g.spec)
+            variants[precision]["files"].append(dst.name)
+    shutil.rmtree(raw)
+    return parity, variants
+
+
 def export(
     run: Path,
     repository: Path,
@@ -195,47 +260,15 @@ def export(
 ) -> Path:
     """Export the run at ``run`` into ``repository/name/version`` and return that directory."""
     opts = options or ExportOptions()
-    if opts.k_max < 1 or opts.max_batch < 1:
-        raise ExportError("k_max and max_batch must be at least 1")
-    unknown = sorted(set(opts.precisions) - set(PRECISIONS))
-    if unknown:
-        raise ExportError(f"unknown precision {unknown[0]!r} (use {' or '.join(PRECISIONS)})")
-    check_model_name(name)
-    repository = Path(repository)
-    check_writable(repository)
-    model_dir = repository / name
-    version = next_version(model_dir) if version is None else version
-    if version < 1:
-        raise ExportError(f"version must be a positive integer, not {version}")
-    final = model_dir / str(version)
-    if final.exists():
-        raise ExportError(f"{final} already exists (versions are never modified; pick another --version)")
+    _check_options(opts)
+    final, version = _target(Path(repository), name, version)
     ckpt, ds = open_run(Path(run))
     model = model_from_checkpoint(ckpt)
     tables = serving_tables(model, ds)
     t0 = time.perf_counter()
     graphs = _graphs(model, ds, tables, opts)
-    parity: dict[str, Any] = {}
     with atomic_dir(final) as tmp:
-        raw = tmp / ".raw"
-        raw.mkdir()
-        variants: dict[str, Any] = {p: {"files": [], "split": "valid"} for p in opts.precisions}
-        for g in graphs:
-            log.info("exporting %s", g.spec.name)
-            export_module(g.module, g.spec, g.example, raw / g.spec.file)
-            optimize_offline(raw / g.spec.file, tmp / g.spec.file)
-            session = cpu_session(tmp / g.spec.file)
-            check_signature(session, g.spec)
-            report: GraphParity = check_values(
-                session, g.module, g.spec, g.batches, atol=opts.atol, min_topk_agreement=opts.min_topk_agreement
-            )
-            parity[g.spec.name] = report.to_dict()
-            for precision in opts.precisions:
-                dst = tmp / f"{g.spec.name}.{precision}.onnx"
-                make_variant(g.module, g.spec, g.example, raw / g.spec.file, dst, precision)
-                check_signature(cpu_session(dst), g.spec)
-                variants[precision]["files"].append(dst.name)
-        shutil.rmtree(raw)
+        parity, variants = _write_graphs(graphs, tmp, opts, RawIds(users=ds.user_ids, items=ds.item_ids))
         for precision in opts.precisions:
             quality = quality_change(tmp / "score.onnx", tmp / f"score.{precision}.onnx", ds)
             variants[precision]["quality"] = quality
@@ -261,7 +294,13 @@ def export(
             "feature_spec": ckpt["feature_spec"],
             "graphs": {g.spec.name: {"file": g.spec.file, **g.spec.to_dict()} for g in graphs},
             "metrics": ckpt.get("metrics", {}),
-            "parity": {"atol": opts.atol, "min_topk_agreement": opts.min_topk_agreement, "graphs": parity},
+            "parity": {
+                "atol": opts.atol,
+                "rtol": opts.rtol,
+                "rule": "|onnxruntime - pytorch| <= atol + rtol * (the graph's largest |score|)",
+                "min_topk_agreement": opts.min_topk_agreement,
+                "graphs": parity,
+            },
             "variants": variants,
             "dataset": ckpt["dataset"] | {"path": None},
             "source_run": str(Path(run).resolve()),

@@ -43,11 +43,16 @@ def format_manifest(m: dict[str, Any]) -> str:
                 )
                 lines.append(f"  {view:<8} {shown}")
     parity = m.get("parity", {})
-    lines += ["", f"parity with PyTorch (fp32, tolerance {parity.get('atol')}):"]
+    if "rtol" in parity:
+        bound = f"|difference| <= {parity['atol']:g} + {parity['rtol']:g} x the graph's largest |score|"
+    else:  # versions exported before relative tolerances
+        bound = f"tolerance {parity.get('atol')}"
+    lines += ["", f"parity with PyTorch (fp32, {bound}):"]
     for name, p in parity.get("graphs", {}).items():
         agree = f", top-10 agreement {p['topk_agreement']:.2%}" if p.get("topk_rows") else ""
+        rel = f" ({p['max_rel_diff']:.2e} of the largest |score|)" if "max_rel_diff" in p else ""
         lines.append(
-            f"  {name:<24} max abs diff {p['max_abs_diff']:.2e} over {p['rows']:,} rows{agree}, "
+            f"  {name:<24} max abs diff {p['max_abs_diff']:.2e}{rel} over {p['rows']:,} rows{agree}, "
             f"batch sizes {p['batch_sizes']}"
         )
     variants = m.get("variants", {})

@@ -77,7 +77,7 @@ def test_every_model_exports_with_parity(model: str, repo: Path, runs: dict[str,
     for name, g in manifest["graphs"].items():
         onnx.checker.check_model(str(version / g["file"]))
         p = manifest["parity"]["graphs"][name]
-        assert p["max_abs_diff"] <= 1e-5 and p["rows"] > 0
+        assert p["tolerance_used"] <= 1.0 and p["max_rel_diff"] <= p["rtol"] and p["rows"] > 0
         assert {1, 7, 64} <= set(p["batch_sizes"])
         if name != "score":
             assert p["topk_agreement"] >= 0.999
@@ -245,13 +245,6 @@ def test_versions_count_up_and_existing_versions_are_refused(runs: dict[str, Pat
     assert list_versions(tmp_path / "m") == [1, 2]
 
 
-def test_parity_failure_writes_nothing(runs: dict[str, Path], tmp_path: Path) -> None:
-    # a negative tolerance makes every graph fail its value check, exercising the real failure path
-    with pytest.raises(ParityError, match="differ from PyTorch"):
-        export(runs["mf"], tmp_path, "m", options=ExportOptions(atol=-1.0, max_batch=16))
-    assert list((tmp_path / "m").iterdir()) == []
-
-
 def test_parity_catches_a_graph_that_computes_something_else(runs: dict[str, Path], tmp_path: Path) -> None:
     ckpt, ds = open_run(runs["mf"])
     model = model_from_checkpoint(ckpt)
@@ -295,11 +288,22 @@ def _cli(*args: str) -> subprocess.CompletedProcess[str]:
 
 def test_cli_export_inspect_and_errors(runs: dict[str, Path], tmp_path: Path) -> None:
     repo = tmp_path / "repo"
-    p = _cli("export", str(runs["twotower"]), "--repository", str(repo), "--name", "tt", "--max-batch", "16")
+    p = _cli(
+        "export",
+        str(runs["twotower"]),
+        *("--repository", str(repo), "--name", "tt", "--max-batch", "16", "--precision", "int8"),
+        *("--rtol", "2e-4", "--atol", "0"),
+    )
     assert p.returncode == 0, p.stderr
     assert "parity with PyTorch" in p.stdout and "wrote" in p.stdout
+    # onnxruntime's notes about initializers its optimiser drops and its quantizer's advice are not the user's
+    assert "Removing initializer" not in p.stderr and "[W:onnxruntime" not in p.stderr, p.stderr
+    assert "WARNING" not in p.stderr, p.stderr
     j = _cli("inspect", str(repo / "tt" / "1"), "--json")
     assert j.returncode == 0 and json.loads(j.stdout)["model_type"] == "twotower"
+    parity = json.loads(j.stdout)["parity"]
+    assert (parity["rtol"], parity["atol"]) == (2e-4, 0.0)
+    assert all(g["rtol"] == 2e-4 and g["tolerance_used"] <= 1.0 for g in parity["graphs"].values())
     cases: list[tuple[list[str], str]] = [
         (["export", str(tmp_path / "none"), "--repository", str(repo), "--name", "x"], "no such run directory"),
         (["export", str(runs["mf"]), "--repository", str(repo), "--name", "tt", "--version", "1"], "already exists"),
