@@ -8,7 +8,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.serverproc import ServerProcess
+
+pytestmark = pytest.mark.slow  # end to end; left out of make test-quick
 
 
 def _bench(*args: str) -> subprocess.CompletedProcess[str]:

@@ -36,6 +36,7 @@ def assert_clean_error(proc: subprocess.CompletedProcess[str], needle: str) -> N
     assert needle in lines[0], lines[0]
 
 
+@pytest.mark.slow
 def test_prepare_then_train_then_evaluate(ml100k_dir: Path, tmp_path: Path) -> None:
     ds = tmp_path / "ml100k"
     p = onnxrec("data", "prepare", str(ml100k_dir), "--out", str(ds))
@@ -58,6 +59,7 @@ def test_prepare_then_train_then_evaluate(ml100k_dir: Path, tmp_path: Path) -> N
     assert table.returncode == 0 and "sampled/hr@5" in table.stdout
 
 
+@pytest.mark.slow
 def test_config_file_and_environment(tmp_path: Path) -> None:
     cfg = tmp_path / "train.toml"
     cfg.write_text('[train]\nepochs = 1\nmodel = "mf"\nbogus = 3\n')
@@ -92,6 +94,7 @@ def test_bad_logs_give_one_line_and_exit_2(tmp_path: Path, content: str | None, 
     assert not [x for x in tmp_path.iterdir() if x.name.startswith(".")]
 
 
+@pytest.mark.slow
 def test_train_errors(tmp_path: Path) -> None:
     run = tmp_path / "run"
     assert_clean_error(onnxrec("train", "--data", str(tmp_path / "none.csv"), "--out", str(run)), "no such file")

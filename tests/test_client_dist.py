@@ -21,6 +21,8 @@ import pytest
 from onnxrec.clients import AsyncRecommenderClient, RecommenderClient
 from tests.serverproc import ServerProcess
 
+pytestmark = pytest.mark.slow  # end to end; left out of make test-quick
+
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "scripts" / "build_client_dist.py"
 FULL_ONLY = {"cli.py", "bench.py"}

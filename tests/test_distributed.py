@@ -12,6 +12,8 @@ import pytest
 
 from onnxrec.trainer.data.dataset import Dataset, save_dataset
 
+pytestmark = pytest.mark.slow  # end to end; left out of make test-quick
+
 ARGS = [
     "--epochs",
     "4",

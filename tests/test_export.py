@@ -32,6 +32,8 @@ from onnxrec.trainer.runs import open_run
 from onnxrec.trainer.train import train
 from tests.contract import RecommenderContract
 
+pytestmark = pytest.mark.slow  # end to end; left out of make test-quick
+
 MODELS = ("mf", "mlp", "neumf", "twotower")
 
 

@@ -32,6 +32,8 @@ from onnxrec.v1 import recommender_pb2 as pb
 from onnxrec.v1 import recommender_pb2_grpc as pb_grpc
 from tests.serverproc import ServerProcess, start_server
 
+pytestmark = pytest.mark.slow  # end to end; left out of make test-quick
+
 
 @pytest.fixture(scope="module")
 def trained(synthetic: Dataset, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:

@@ -22,6 +22,8 @@ from onnxrec.v1 import recommender_pb2 as pb
 from onnxrec.v1 import recommender_pb2_grpc as pb_grpc
 from tests.test_request_limits import LocalServer, eventually
 
+pytestmark = pytest.mark.slow  # end to end; left out of make test-quick
+
 V = TypeVar("V")
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING

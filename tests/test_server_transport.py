@@ -24,6 +24,8 @@ from onnxrec.v1 import recommender_pb2 as pb
 from onnxrec.v1 import recommender_pb2_grpc as pb_grpc
 from tests.serverproc import SlowReaders, read_rss_mb, start_server
 
+pytestmark = pytest.mark.slow  # end to end; left out of make test-quick
+
 BATCH_PATH = "/onnxrec.v1.RecommenderService/RecommendBatch"
 MODEL = "big"
 IN_USE_HINT = "another server is listening there; pick another --port"

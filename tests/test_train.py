@@ -60,6 +60,7 @@ def test_every_model_trains_and_beats_random(model: str, synthetic_dir: Path, tm
     assert again["sampled"] == summary["test"]["sampled"]
 
 
+@pytest.mark.slow
 def test_default_model_on_ml100k_beats_the_baselines(ml100k: Dataset, tmp_path: Path) -> None:
     data = save_dataset(ml100k, tmp_path / "ml100k")
     run = train(TrainConfig(data=str(data), out=str(tmp_path / "run"), epochs=3, progress=False))

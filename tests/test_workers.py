@@ -21,6 +21,8 @@ from onnxrec.v1 import recommender_pb2 as pb
 from onnxrec.v1 import recommender_pb2_grpc as pb_grpc
 from tests.serverproc import ServerProcess, start_server
 
+pytestmark = pytest.mark.slow  # end to end; left out of make test-quick
+
 _SERVING = re.compile(r"onnxrec serving on 127\.0\.0\.1:\d+ \(pid (\d+)\)")
 
 
