@@ -756,18 +756,18 @@ class Bench:
                 self.skipped[f"{g} on {device}"] = f"session failed: {str(exc).splitlines()[0][:300]}"
         return out
 
-    def loaded(self, version: Path, device: str, precision: str = "fp32", io_binding: bool | None = None) -> Any:
+    def loaded(self, version: Path, device: str, precision: str = "fp32") -> Any:
         """The server's ``LoadedModel`` for an exported version, checked to run on CUDA when asked."""
         from onnxrec.server.loaded_model import LoadedModel
 
-        lm = LoadedModel(version, device=device, precision=precision, io_binding=io_binding)
+        lm = LoadedModel(version, device=device, precision=precision)
         if device == "cuda" and lm.provider != "CUDAExecutionProvider":
             raise CudaNotActive(f"LoadedModel runs on {lm.provider}, not CUDA")
         return lm
 
     def inprocess(self, cat: Catalog, sessions: dict[str, Any], device: str, batches: list[int]) -> None:
         """Users/s of every runner on ``device``: the graphs (IO binding off/on), the exported versions through
-        LoadedModel (fp32/fp16, IO binding off/on), PyTorch."""
+        LoadedModel (fp32/fp16; the server has no IO binding since plain runs measured as fast), PyTorch."""
         rec = Recorder(cat, self.report["inprocess"], self.rng, self.seconds, self.args.exclude_width)
         cpu_extra = device == "cpu" and self.cuda  # the CPU beside the GPU: fewer rows
         for g, sess in sessions.items():
@@ -782,9 +782,9 @@ class Bench:
         else:
             has16 = "fp16" in cat.info.get("precisions", ())
             for p in ["fp32", "fp16"] if has16 and not cpu_extra else ["fp32"]:
-                for io in (False,) if cpu_extra else (False, True):
+                for io in (False,):
                     try:
-                        lm = self.loaded(cat.version, device, p, io)
+                        lm = self.loaded(cat.version, device, p)
                     except CudaNotActive:
                         raise
                     except Exception as exc:  # ModelLoadError, onnxruntime's errors

@@ -86,7 +86,7 @@ def add_k_input(model: onnx.ModelProto, spec: GraphSpec) -> None:
     instead of the constant PyTorch traced, and the outputs' k axis becomes symbolic. A caller asking
     for 10 of a k_max=100 graph then pays for a top-10 (the sort is most of the graph's time at large
     batches). ``k`` must be in ``[1, spec.k_max]``: the server checks it, so the graph spends no nodes
-    clamping it (format 2 graphs did)."""
+    clamping it."""
     graph = model.graph
     topks = [n for n in graph.node if n.op_type == "TopK"]
     if len(topks) != 1:

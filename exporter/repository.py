@@ -19,7 +19,7 @@ MANIFEST = "manifest.json"
 # 3: every exclude row of recommend / recommend_from_history holds at least one -1, and k is not clamped
 # in the graph (the server checks it); 2: the top-k graphs take an input ``k``; 1: top-k_max graphs
 MODEL_FORMAT = "onnxrec.model/3"
-READABLE_FORMATS = ("onnxrec.model/1", "onnxrec.model/2", MODEL_FORMAT)
+READABLE_FORMATS = (MODEL_FORMAT,)
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
 
@@ -79,7 +79,8 @@ def read_manifest(version_dir: Path) -> dict[str, Any]:
         raise ExportError(f"{path}: not valid JSON ({exc.msg})") from exc
     if manifest.get("format") not in READABLE_FORMATS:
         raise ExportError(
-            f"{path}: unsupported format {manifest.get('format')!r} (this onnxrec reads {', '.join(READABLE_FORMATS)})"
+            f"{path}: unsupported format {manifest.get('format')!r} (this onnxrec reads {', '.join(READABLE_FORMATS)}; "
+            "export the run again with this onnxrec)"
         )
     return dict(manifest)
 

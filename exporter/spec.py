@@ -47,7 +47,7 @@ class GraphSpec:
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
     doc: str = ""
-    k_max: int = 0  # graphs ending in a top-k: the largest k (their input ``k`` is clamped to it); 0 = none
+    k_max: int = 0  # graphs ending in a top-k: the largest k their input ``k`` may be (the server checks); 0 = none
 
     @property
     def module_inputs(self) -> tuple[TensorSpec, ...]:
@@ -77,17 +77,16 @@ def _topk_outputs() -> tuple[TensorSpec, ...]:
 
 
 def _k_input(k_max: int) -> TensorSpec:
-    return TensorSpec(K, "int64", (1,), f"how many items to return; values above {k_max} (k_max) give {k_max}")
+    return TensorSpec(K, "int64", (1,), f"how many items to return, 1 to {k_max} (k_max; the graph does not clamp it)")
 
 
-def recommend_spec(k: int, extra_inputs: tuple[TensorSpec, ...] = ()) -> GraphSpec:
+def recommend_spec(k: int) -> GraphSpec:
     """Known users: user indices and an exclusion list -> top-k."""
     return GraphSpec(
         "recommend",
         (
             TensorSpec("user_idx", "int64", (BATCH,), "user indices"),
             TensorSpec("exclude", "int64", (BATCH, "num_exclude"), EXCLUDE_DOC),
-            *extra_inputs,
             _k_input(k),
         ),
         _topk_outputs(),

@@ -28,8 +28,6 @@ class ServerConfig:
     intra_op_threads: int = setting(
         0, "onnxruntime threads per session (0: 1 on the CPU for catalogs under 100k items, else all cores)"
     )
-    ort_spinning: bool = setting(False, "let onnxruntime's idle threads spin (burns the cores the event loop needs)")
-    io_binding: bool = setting(False, "bind inputs and outputs on the device (CUDA; measured no faster, BENCHMARKS.md)")
     max_batch_size: int = setting(64, "most rows in one onnxruntime run")
     max_queue_delay_us: int = setting(
         0, "how long a batch may wait for more requests (0: run as soon as the model is free)"

@@ -115,8 +115,6 @@ class LoadedModel:
         device: str = "cpu",
         intra_op_threads: int = 0,
         precision: str = "fp32",
-        spinning: bool = False,
-        io_binding: bool = False,
     ) -> None:
         self.path = Path(version_dir)
         try:
@@ -138,9 +136,9 @@ class LoadedModel:
             intra_op_threads = 1  # a small catalog's run is shorter than waking a second thread
         if intra_op_threads:
             opts.intra_op_num_threads = intra_op_threads
-        if not spinning:  # idle onnxruntime threads otherwise spin on the cores the gRPC event loop needs
-            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-            opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
+        # idle onnxruntime threads would otherwise spin on the cores the gRPC event loop needs
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
         opts.log_severity_level = 3
         self.sessions: dict[str, ort.InferenceSession] = {}
         for graph in GRAPHS:
@@ -158,14 +156,9 @@ class LoadedModel:
                 raise ModelLoadError(f"{self.path / file}: CUDA was asked for but {session.get_providers()[0]} runs")
             self.sessions[graph] = session
         self.provider: str = self.sessions["recommend"].get_providers()[0]
-        # The item tables are initializers, resident on the GPU under CUDA either way. io_binding: inputs
-        # copied to the session's device and outputs allocated there through an IO binding, copied back
-        # once per run. Off by default: on onnxruntime 1.31 CUDA (H200) plain run() was as fast or faster
-        # at every batch size (the outputs are only [B, k]; BENCHMARKS.md, GPU section).
-        self.io_binding = io_binding
-        self._output_device = "cuda" if self.provider == "CUDAExecutionProvider" else "cpu"
-        self._outputs = {g: [o.name for o in sess.get_outputs()] for g, sess in self.sessions.items()}
-        self._runtime_k = {g for g, sess in self.sessions.items() if "k" in {i.name for i in sess.get_inputs()}}
+        # The item tables are initializers, resident on the GPU under CUDA. Plain run() (no IO binding): on
+        # onnxruntime 1.31 CUDA (H200) it was as fast or faster at every batch size (the outputs are only
+        # [B, k]; BENCHMARKS.md, GPU section).
         # the ``k`` input of every k a request may ask for, built once (index k; 0 stands for k_max)
         self._k_inputs = [np.array([k or self.k_max], dtype=np.int64) for k in range(self.k_max + 1)]
         items = pq.read_table(self.path / "items.parquet")
@@ -190,7 +183,7 @@ class LoadedModel:
             self.seen_indptr = seen["indptr"]
             self.seen_indices = seen["indices"].astype(np.int64)
         # the same lists with a -1 after each user's, so a lone request's exclusion row is a view that
-        # already holds the -1 format 3 graphs need (no copy per request)
+        # already holds the -1 the graphs need (no copy per request)
         counts = np.diff(self.seen_indptr)
         self._seen_padded_ptr = self.seen_indptr + np.arange(len(self.seen_indptr))
         self._seen_padded = np.full(len(self.seen_indices) + len(counts), -1, dtype=np.int64)
@@ -253,9 +246,8 @@ class LoadedModel:
 
     @classmethod
     def _pad_exclude(cls, rows: list[np.ndarray]) -> np.ndarray:
-        """Exclusion rows with at least one -1 each: format 3 graphs need it (the -1 masks their padding
-        column) and earlier formats take the extra pad as nothing to exclude. A lone row that already
-        ends in -1 (:meth:`seen_row`) goes as it is."""
+        """Exclusion rows with at least one -1 each: the graphs need it (the -1 masks their padding
+        column). A lone row that already ends in -1 (:meth:`seen_row`) goes as it is."""
         if len(rows) == 1:
             row = rows[0]
             if len(row) and row[-1] == -1 and row.dtype == np.int64:
@@ -263,30 +255,18 @@ class LoadedModel:
         return cls._pad(rows, spare=1)
 
     def _run(self, graph: str, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
-        """One run of ``graph``: plain ``run``, or through an IO binding (inputs copied to the session's
-        device by onnxruntime, outputs allocated there and copied back in one step)."""
-        session = self.sessions[graph]
-        if not self.io_binding:
-            return session.run(None, feed)
-        binding = session.io_binding()
-        for name, value in feed.items():
-            binding.bind_cpu_input(name, np.ascontiguousarray(value))
-        for name in self._outputs[graph]:
-            binding.bind_output(name, self._output_device)
-        session.run_with_iobinding(binding)
-        return binding.copy_outputs_to_cpu()
+        """One run of ``graph``."""
+        return self.sessions[graph].run(None, feed)
 
-    def _k(self, graph: str, k: int | None, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """``feed`` with the ``k`` input of a top-k graph (graphs exported before runtime k have none:
-        they give k_max)."""
-        if graph in self._runtime_k:
-            feed["k"] = self._k_inputs[min(k or 0, self.k_max)]
+    def _k(self, k: int | None, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """``feed`` with the ``k`` input of a top-k graph (default k_max)."""
+        feed["k"] = self._k_inputs[min(k or 0, self.k_max)]
         return feed
 
     def recommend(self, users: np.ndarray, exclude: list[np.ndarray], k: int | None = None) -> list[TopK]:
         """Top-k (default k_max) for known users, each with its own exclusion list."""
         feed = {"user_idx": np.asarray(users, dtype=np.int64), "exclude": self._pad_exclude(exclude)}
-        scores, items = self._run("recommend", self._k("recommend", k, feed))
+        scores, items = self._run("recommend", self._k(k, feed))
         return _split(scores, items)
 
     def recommend_from_history(
@@ -300,7 +280,7 @@ class LoadedModel:
         feed = {"history": self._pad(history), "exclude": self._pad_exclude(exclude)}
         for j, name in enumerate(self.user_features):
             feed[f"user_{name}"] = np.array([f[j] for f in features], dtype=np.int64)
-        scores, items = self._run("recommend_from_history", self._k("recommend_from_history", k, feed))
+        scores, items = self._run("recommend_from_history", self._k(k, feed))
         return _split(scores, items)
 
     def score(self, users: np.ndarray, candidates: list[np.ndarray]) -> list[np.ndarray]:
@@ -315,7 +295,7 @@ class LoadedModel:
     def similar(self, items: np.ndarray, k: int | None = None) -> list[TopK]:
         """The k (default k_max) most similar items of each item."""
         feed = {"item_idx": np.asarray(items, dtype=np.int64)}
-        scores, out = self._run("similar_items", self._k("similar_items", k, feed))
+        scores, out = self._run("similar_items", self._k(k, feed))
         return _split(scores, out)
 
     def warm_up(self, max_batch_size: int = 8) -> None:

@@ -192,8 +192,6 @@ class ModelRegistry:
             device=self.config.device,
             intra_op_threads=self.config.intra_op_threads,
             precision=self.config.precision,
-            spinning=self.config.ort_spinning,
-            io_binding=self.config.io_binding,
         )
         if model.name != name or model.version != version:
             raise OnnxrecError(

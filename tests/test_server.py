@@ -16,13 +16,11 @@ from pathlib import Path
 
 import grpc
 import numpy as np
-import onnx
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from onnxrec.exporter.export import ExportOptions, export
-from onnxrec.exporter.repository import file_hashes
 from onnxrec.server.loaded_model import LoadedModel, ModelLoadError
 from onnxrec.server.registry import RETIRE_AFTER_S
 from onnxrec.trainer.config import TrainConfig
@@ -90,72 +88,34 @@ def test_answers_equal_in_process_onnxruntime(
             assert not set(got) & {str(model.item_ids[i]) for i in model.seen(int(u))}
 
 
-def test_io_binding_and_runtime_k_give_the_same_answers(repository: Path, synthetic: Dataset) -> None:
-    """The IO-binding path (CUDA's) run on the CPU EP answers exactly like plain runs, for every graph,
-    and a smaller k returns the first k of the k_max answer."""
-    plain = LoadedModel(repository / "twotower" / "1", device="cpu")
-    bound = LoadedModel(repository / "twotower" / "1", device="cpu", io_binding=True)
-    assert bound.io_binding and not plain.io_binding
+def test_runtime_k_returns_the_first_k_of_the_k_max_answer(repository: Path, synthetic: Dataset) -> None:
+    """Every top-k graph takes ``k`` at run time: a smaller k returns the first k of the k_max answer."""
+    model = LoadedModel(repository / "twotower" / "1", device="cpu")
     users = np.arange(0, synthetic.num_users, 3)
-    exclude = [plain.seen(int(u)) for u in users]
-    for a, b, small in zip(
-        plain.recommend(users, exclude),
-        bound.recommend(users, exclude),
-        plain.recommend(users, exclude, 5),
-        strict=True,
-    ):
-        np.testing.assert_array_equal(a.items, b.items)
-        np.testing.assert_array_equal(a.scores, b.scores)
-        assert len(small.items) == min(5, len(a.items))
-        np.testing.assert_array_equal(small.scores, a.scores[: len(small.items)])
+    exclude = [model.seen(int(u)) for u in users]
+    for full, small in zip(model.recommend(users, exclude), model.recommend(users, exclude, 5), strict=True):
+        assert len(small.items) == min(5, len(full.items))
+        np.testing.assert_array_equal(small.items, full.items[: len(small.items)])
+        np.testing.assert_array_equal(small.scores, full.scores[: len(small.items)])
     history = [np.array([1, 2, 3])] * 4
-    feats = [[0] * len(plain.user_features)] * 4
-    for a, b in zip(
-        plain.recommend_from_history(history, [np.array([], dtype=np.int64)] * 4, feats, 7),
-        bound.recommend_from_history(history, [np.array([], dtype=np.int64)] * 4, feats, 7),
-        strict=True,
-    ):
-        assert len(a.items) == 7
-        np.testing.assert_array_equal(a.items, b.items)
-    for a, b in zip(
-        plain.score(users[:4], [np.arange(6)] * 4), bound.score(users[:4], [np.arange(6)] * 4), strict=True
-    ):
-        np.testing.assert_array_equal(a, b)
-    for a, b in zip(plain.similar(np.arange(5), 3), bound.similar(np.arange(5), 3), strict=True):
-        assert len(a.items) == 3
-        np.testing.assert_array_equal(a.items, b.items)
-    bound.warm_up(16)
+    feats = [[0] * len(model.user_features)] * 4
+    assert [len(t.items) for t in model.recommend_from_history(history, [np.array([], np.int64)] * 4, feats, 7)] == [
+        7
+    ] * 4
+    assert [len(t.items) for t in model.similar(np.arange(5), 3)] == [3] * 5
+    model.warm_up(16)
 
 
-def test_a_format_1_version_without_runtime_k_still_serves(repository: Path, tmp_path: Path) -> None:
-    """Versions exported before the top-k graphs took ``k`` (format onnxrec.model/1: fixed top-k_max)
-    load and answer: the server feeds ``k`` only to graphs that have it and cuts the answer itself."""
+@pytest.mark.parametrize("fmt", ["onnxrec.model/1", "onnxrec.model/2", "onnxrec.model/9"])
+def test_other_model_formats_are_refused_with_what_to_do(repository: Path, tmp_path: Path, fmt: str) -> None:
+    """Formats 1 and 2 (top-k graphs without a runtime k, or clamping it) are no longer served: the load
+    fails with a message that says to export the run again."""
     old = tmp_path / "old" / "mf" / "1"
     shutil.copytree(repository / "mf" / "1", old)
-    legacy_k = json.loads((old / "manifest.json").read_text())["k_max"]
-    for graph in ("recommend", "recommend_from_history", "similar_items"):
-        model = onnx.load(str(old / f"{graph}.onnx"))
-        (topk,) = [n for n in model.graph.node if n.op_type == "TopK"]
-        topk.input[1] = "k_max"  # a constant k, as format 1 graphs had
-        model.graph.initializer.append(onnx.helper.make_tensor("k_max", onnx.TensorProto.INT64, [1], [legacy_k]))
-        inputs = [i for i in model.graph.input if i.name != "k"]
-        del model.graph.input[:]
-        model.graph.input.extend(inputs)
-        onnx.save(model, str(old / f"{graph}.onnx"))
     manifest = json.loads((old / "manifest.json").read_text())
-    manifest["format"] = "onnxrec.model/1"
-    manifest["files"] = file_hashes(old)
+    manifest["format"] = fmt
     (old / "manifest.json").write_text(json.dumps(manifest))
-    current = LoadedModel(repository / "mf" / "1", device="cpu")
-    legacy = LoadedModel(old, device="cpu")
-    users = np.arange(6)
-    exclude = [legacy.seen(int(u)) for u in users]
-    for new, fixed in zip(current.recommend(users, exclude, 5), legacy.recommend(users, exclude, 5), strict=True):
-        assert len(new.items) == 5 and len(fixed.items) == legacy.k_max  # the old graph ignores k
-        np.testing.assert_array_equal(new.items, fixed.items[:5])
-    manifest["format"] = "onnxrec.model/9"
-    (old / "manifest.json").write_text(json.dumps(manifest))
-    with pytest.raises(ModelLoadError, match="unsupported format"):
+    with pytest.raises(ModelLoadError, match=f"unsupported format '{fmt}'.*export the run again"):
         LoadedModel(old, device="cpu")
 
 
