@@ -180,9 +180,9 @@ def sigterm(ctx: Ctx) -> dict[str, Any]:
     after = summarize([c for c in calls if c.t0 >= t_sig[0]])
     failed_at = [c.t1 - t_sig[0] for c in calls if c.t0 < t_sig[0] <= c.t1 and c.code != "OK"]
     in_flight["failed_within_ms"] = round(max(failed_at) * 1000, 1) if failed_at else None
+    within = f" (within {in_flight['failed_within_ms']} ms of it)" if failed_at else ""
     outcome = (
-        f"in flight at SIGTERM: {in_flight['calls']} calls, failed {codes(in_flight)} "
-        f"(within {in_flight['failed_within_ms']} ms of it); after: "
+        f"in flight at SIGTERM: {in_flight['calls']} calls, failed {codes(in_flight)}{within}; after: "
         f"{after['calls']} calls, {after['ok']} OK, failed {codes(after)}; exit status {exited[0]} "
         f"{exited[1]} s after the signal"
     )
