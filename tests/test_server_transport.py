@@ -22,7 +22,7 @@ from onnxrec.trainer.data.split import SplitSpec
 from onnxrec.trainer.data.synth import generate_synthetic
 from onnxrec.v1 import recommender_pb2 as pb
 from onnxrec.v1 import recommender_pb2_grpc as pb_grpc
-from tests.serverproc import SlowReaders, read_rss_mb, start_server
+from tests.serverproc import SlowReaders, read_rss_mb, start_server, wait_until
 
 pytestmark = pytest.mark.slow  # end to end; left out of make test-quick
 
@@ -72,15 +72,6 @@ def normal_calls(address: str, calls: int, timeout: float) -> list[str]:
     return codes
 
 
-def wait_for(predicate: object, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():  # type: ignore[operator]
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"not within {timeout:.0f} s: {what}")
-
-
 @pytest.mark.slow
 def test_slow_readers_are_bounded_and_others_still_served(big_repo: Path, tmp_path: Path) -> None:
     """The issue's attack: 10 connections x 20 RecommendBatch calls (300 users, k=100, metadata), every
@@ -110,7 +101,7 @@ def test_slow_readers_are_bounded_and_others_still_served(big_repo: Path, tmp_pa
         assert peak - baseline < 200, f"RSS {baseline:.0f} MB -> {peak:.0f} MB under the attack"
         attack.close()
         attack = None
-        wait_for(lambda: read_rss_mb(srv.proc.pid) - baseline < 80, 30, "the memory comes back after the close")
+        wait_until(lambda: read_rss_mb(srv.proc.pid) - baseline < 80, 30, "the memory comes back after the close")
         assert "refusing calls from" in srv.log.read_text()  # said once per slow connection
     finally:
         if attack is not None:
@@ -124,7 +115,7 @@ def test_max_connection_age_drops_a_reader_that_never_reads(big_repo: Path, tmp_
     srv = start_server(big_repo, tmp_path / "server.log", "--max-connection-age-s", "2", "--grace-s", "1")
     attack = SlowReaders(srv.address, BATCH_PATH, batch_request(users=50), connections=2, calls=3)
     try:
-        wait_for(lambda: attack.outcomes().get("pending", 0) == 0, 30, f"no call left pending: {attack.outcomes()}")
+        wait_until(lambda: attack.outcomes().get("pending", 0) == 0, 30, f"no call left pending: {attack.outcomes()}")
         assert "closed" in attack.outcomes() or "reset" in attack.outcomes(), attack.outcomes()
         assert normal_calls(srv.address, 3, timeout=30) == ["OK"] * 3
     finally:
@@ -182,7 +173,7 @@ def test_missing_repository_is_refused_and_an_empty_one_waits(tmp_path: Path) ->
     empty.mkdir()
     srv = start_server(empty, tmp_path / "server.log", wait_serving=False)
     try:
-        wait_for(lambda: "holds no model yet: waiting for one" in srv.log.read_text(), 60, "the log says so")
+        wait_until(lambda: "holds no model yet: waiting for one" in srv.log.read_text(), 60, "the log says so")
         assert srv.proc.poll() is None
     finally:
         srv.stop()

@@ -10,7 +10,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
@@ -19,7 +18,7 @@ import pytest
 
 from onnxrec.v1 import recommender_pb2 as pb
 from onnxrec.v1 import recommender_pb2_grpc as pb_grpc
-from tests.serverproc import ServerProcess, start_server
+from tests.serverproc import ServerProcess, start_server, wait_until
 
 pytestmark = pytest.mark.slow  # end to end; left out of make test-quick
 
@@ -53,15 +52,6 @@ def _serving_pids(srv: ServerProcess) -> list[int]:
     return [int(p) for p in _SERVING.findall(srv.log.read_text())]
 
 
-def _wait(predicate: object, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():  # type: ignore[operator]
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"not within {timeout:.0f} s: {what}")
-
-
 def _serve(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "onnxrec", "serve", "--device", "cpu", *args],
@@ -87,12 +77,14 @@ def test_a_killed_worker_is_logged_and_restarted(served_repo: Path, tmp_path: Pa
         served_repo, tmp_path / "server.log", "--port", str(port), "--workers", "2", "--metrics-port", str(port + 1)
     )
     try:
-        _wait(lambda: len(_serving_pids(srv)) == 2, 60, "both workers serving")
+        wait_until(lambda: len(_serving_pids(srv)) == 2, 60, "both workers serving")
         victim = _serving_pids(srv)[1]
         os.kill(victim, signal.SIGKILL)
-        _wait(lambda: f"(pid {victim}) was killed by signal 9 (SIGKILL)" in srv.log.read_text(), 30, "the death logged")
+        wait_until(
+            lambda: f"(pid {victim}) was killed by signal 9 (SIGKILL)" in srv.log.read_text(), 30, "the death logged"
+        )
         assert _answers(srv.address, 20)  # the other worker answers meanwhile
-        _wait(lambda: len(_serving_pids(srv)) == 3, 60, "the worker back")
+        wait_until(lambda: len(_serving_pids(srv)) == 3, 60, "the worker back")
         newcomer = _serving_pids(srv)[2]
         assert newcomer != victim and os.path.exists(f"/proc/{newcomer}")
         assert _answers(srv.address, 20)
