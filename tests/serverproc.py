@@ -6,6 +6,7 @@ import contextlib
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -88,6 +89,17 @@ def wait_until(predicate: Callable[[], object], timeout: float, what: str) -> No
             return
         time.sleep(0.2)
     raise AssertionError(f"not within {timeout:.0f} s: {what}")
+
+
+def run_serve(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    """Run ``onnxrec serve --device cpu ARGS`` to its end (for the ways it must refuse to start)."""
+    return subprocess.run(
+        [sys.executable, "-m", "onnxrec", "serve", "--device", "cpu", *args],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def read_rss_mb(pid: int) -> float:

@@ -92,21 +92,10 @@ def test_token_auth(repo: Path, tmp_path: Path) -> None:
 
 
 def test_tls_and_mutual_tls(repo: Path, certs: dict[str, Path], tmp_path: Path) -> None:
-    srv = start_server(
-        repo,
-        tmp_path / "log",
-        "--tls-cert",
-        str(certs["server"]),
-        "--tls-key",
-        str(certs["server.key"]),
-        "--tls-client-ca",
-        str(certs["ca"]),
-        wait_serving=False,
-    )
+    srv = _mtls_server(repo, certs, tmp_path / "log")
     try:
         ca = certs["ca"].read_bytes()
         good = _client_creds(certs, "client-eku")
-        wait_health(srv.address, health_pb2.HealthCheckResponse.SERVING, 60, good)
         with grpc.secure_channel(srv.address, good) as ch:
             assert pb_grpc.RecommenderServiceStub(ch).ListModels(LIST, timeout=10).models
         refused = [

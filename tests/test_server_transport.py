@@ -4,8 +4,6 @@ never read their answers, a port already in use, a repository that does not exis
 from __future__ import annotations
 
 import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -22,7 +20,7 @@ from onnxrec.trainer.data.split import SplitSpec
 from onnxrec.trainer.data.synth import generate_synthetic
 from onnxrec.v1 import recommender_pb2 as pb
 from onnxrec.v1 import recommender_pb2_grpc as pb_grpc
-from tests.serverproc import SlowReaders, read_rss_mb, start_server, wait_until
+from tests.serverproc import SlowReaders, read_rss_mb, run_serve, start_server, wait_until
 
 pytestmark = pytest.mark.slow  # end to end; left out of make test-quick
 
@@ -123,16 +121,6 @@ def test_max_connection_age_drops_a_reader_that_never_reads(big_repo: Path, tmp_
         srv.stop()
 
 
-def _serve(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "onnxrec", "serve", "--device", "cpu", *args],
-        check=False,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-
-
 @pytest.mark.parametrize("workers", ["1", "2"])
 def test_a_busy_port_is_refused_in_one_line(big_repo: Path, tmp_path: Path, workers: str) -> None:
     """Another server already listens on the port (with SO_REUSEPORT, as grpc servers do by default):
@@ -142,7 +130,7 @@ def test_a_busy_port_is_refused_in_one_line(big_repo: Path, tmp_path: Path, work
         other.bind(("127.0.0.1", 0))
         other.listen()
         port = other.getsockname()[1]
-        p = _serve("--repository", str(big_repo), "--port", str(port), "--workers", workers)
+        p = run_serve("--repository", str(big_repo), "--port", str(port), "--workers", workers, timeout=120)
     lines = [ln for ln in p.stderr.splitlines() if ln.strip()]
     assert p.returncode == 2, p.stderr
     assert lines == [f"error: address in use: 127.0.0.1:{port} ({IN_USE_HINT})"]
@@ -156,7 +144,7 @@ def test_a_running_server_keeps_its_port(big_repo: Path, tmp_path: Path) -> None
     first = start_server(big_repo, tmp_path / "first.log", "--port", str(port), "--workers", "2")
     try:
         for workers in ("1", "2"):
-            p = _serve("--repository", str(big_repo), "--port", str(port), "--workers", workers)
+            p = run_serve("--repository", str(big_repo), "--port", str(port), "--workers", workers, timeout=120)
             assert p.returncode == 2 and f"address in use: 127.0.0.1:{port}" in p.stderr, p.stderr
         assert normal_calls(first.address, 10, timeout=30) == ["OK"] * 10
     finally:
@@ -164,7 +152,7 @@ def test_a_running_server_keeps_its_port(big_repo: Path, tmp_path: Path) -> None
 
 
 def test_missing_repository_is_refused_and_an_empty_one_waits(tmp_path: Path) -> None:
-    p = _serve("--repository", str(tmp_path / "nowhere"), "--port", "0")
+    p = run_serve("--repository", str(tmp_path / "nowhere"), "--port", "0", timeout=120)
     assert p.returncode == 2, p.stderr
     assert [ln for ln in p.stderr.splitlines() if ln.strip()] == [
         f"error: repository {tmp_path / 'nowhere'}: no such directory (run onnxrec export first, or fix --repository)"

@@ -8,8 +8,6 @@ import os
 import re
 import signal
 import socket
-import subprocess
-import sys
 import urllib.request
 from pathlib import Path
 
@@ -18,7 +16,7 @@ import pytest
 
 from onnxrec.v1 import recommender_pb2 as pb
 from onnxrec.v1 import recommender_pb2_grpc as pb_grpc
-from tests.serverproc import ServerProcess, start_server, wait_until
+from tests.serverproc import ServerProcess, run_serve, start_server, wait_until
 
 pytestmark = pytest.mark.slow  # end to end; left out of make test-quick
 
@@ -50,16 +48,6 @@ def _free_ports(n: int) -> int:
 
 def _serving_pids(srv: ServerProcess) -> list[int]:
     return [int(p) for p in _SERVING.findall(srv.log.read_text())]
-
-
-def _serve(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "onnxrec", "serve", "--device", "cpu", *args],
-        check=False,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
 
 
 def _answers(address: str, calls: int) -> bool:
@@ -107,7 +95,7 @@ def test_workers_that_keep_dying_make_serve_exit_nonzero(tmp_path: Path) -> None
     if cuda_status()[0]:
         pytest.skip("this machine has a working CUDA execution provider")
     port = _free_ports(1)
-    p = _serve("--repository", str(tmp_path), "--device", "cuda", "--port", str(port), "--workers", "2")
+    p = run_serve("--repository", str(tmp_path), "--device", "cuda", "--port", str(port), "--workers", "2")
     assert p.returncode == 2, p.stderr
     assert "error: worker 0: --device cuda: CUDA is not usable" in p.stderr
     assert re.search(r"worker \d \(pid \d+\) exited with status 2; starting it again in", p.stderr)
@@ -119,7 +107,7 @@ def test_a_busy_metrics_port_is_refused_before_any_worker_starts(served_repo: Pa
     with socket.socket() as other:
         other.bind(("127.0.0.1", port + 2))
         other.listen()
-        p = _serve(
+        p = run_serve(
             "--repository", str(served_repo), "--port", str(port), "--workers", "2", "--metrics-port", str(port + 1)
         )
     assert p.returncode == 2, p.stderr
