@@ -6,7 +6,7 @@
 # The device image (see /work/.library/device/KINDS.md) already holds torch, numpy, pyarrow, onnx,
 # onnxscript, onnx-ir, ml-dtypes, click, tqdm, packaging, typing-extensions, prometheus-client, grpcio
 # and protobuf, but not grpcio-health-checking, grpcio-reflection or tomli-w, and its grpcio/protobuf
-# may be older than the generated code in core/v1 requires (grpcio >= 1.85.1, protobuf >= 7.35). So by
+# may be older than the generated code in onnxrec/v1 requires (grpcio >= 1.85.1, protobuf >= 7.35). So by
 # default .gpuwheels/ holds grpcio, protobuf, grpcio-health-checking, grpcio-reflection and tomli-w at
 # the versions of this checkout's .venv (about 7.5 MiB), small enough to ride along with the first
 # onnxruntime-gpu part (50 MiB) in one upload, whose command installs them and runs gpu.py --check-deps.

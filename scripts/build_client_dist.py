@@ -5,7 +5,7 @@
     python scripts/build_client_dist.py --no-sdist      # the wheel only
 
 ``onnxrec-client`` holds the import packages ``onnxrec.clients`` (clients/*.py without the CLI
-``cli.py`` and the load generator ``bench.py``) and ``onnxrec.v1`` (the generated stubs in core/v1),
+``cli.py`` and the load generator ``bench.py``) and ``onnxrec.v1`` (the generated stubs in onnxrec/v1),
 and depends only on grpcio and protobuf. It ships no ``onnxrec/__init__.py``: on its own, ``onnxrec``
 is a namespace package. The full ``onnxrec`` distribution contains the same modules (install one or
 the other, never both).
@@ -34,7 +34,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 PACKAGING = REPO / "packaging" / "onnxrec-client"
 CLIENT_DIR = REPO / "clients"
-STUBS_DIR = REPO / "core" / "v1"
+STUBS_DIR = REPO / "onnxrec" / "v1"
 FULL_ONLY = frozenset({"cli.py", "bench.py"})
 """Modules of clients/ that stay in the full distribution (they need click, numpy, onnxrec.errors)."""
 DEPENDENCIES = ("grpcio", "protobuf")
@@ -81,7 +81,7 @@ def client_modules() -> list[Path]:
 
 
 def stub_files() -> list[Path]:
-    """The generated stubs of core/v1 (``.py`` and ``.pyi``)."""
+    """The generated stubs of onnxrec/v1 (``.py`` and ``.pyi``)."""
     return sorted(p for p in STUBS_DIR.iterdir() if p.is_file() and p.suffix in {".py", ".pyi"})
 
 

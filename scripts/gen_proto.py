@@ -1,4 +1,4 @@
-"""Generate the Python gRPC stubs from proto/ into core/v1/ (the import package ``onnxrec.v1``).
+"""Generate the Python gRPC stubs from proto/ into onnxrec/v1/ (the import package ``onnxrec.v1``).
 
     python scripts/gen_proto.py            # write the stubs
     python scripts/gen_proto.py --check    # exit 1 if the committed stubs differ from a fresh run
@@ -19,7 +19,7 @@ from grpc_tools import protoc
 
 REPO = Path(__file__).resolve().parents[1]
 PROTO_ROOT = REPO / "proto"
-PACKAGE_DIR = REPO / "core" / "v1"  # installed as onnxrec.v1, matching the proto package onnxrec.v1
+PACKAGE_DIR = REPO / "onnxrec" / "v1"  # installed as onnxrec.v1, matching the proto package onnxrec.v1
 
 
 def generate(out: Path) -> list[Path]:

@@ -65,7 +65,7 @@ def client_dist(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def _expected_files() -> dict[str, Path]:
     """Wheel member name -> the repository file it must be a copy of."""
     files = {f"onnxrec/clients/{p.name}": p for p in (REPO / "clients").glob("*.py") if p.name not in FULL_ONLY}
-    files |= {f"onnxrec/v1/{p.name}": p for p in (REPO / "core" / "v1").iterdir() if p.suffix in {".py", ".pyi"}}
+    files |= {f"onnxrec/v1/{p.name}": p for p in (REPO / "onnxrec" / "v1").iterdir() if p.suffix in {".py", ".pyi"}}
     return files
 
 

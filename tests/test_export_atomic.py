@@ -1,4 +1,4 @@
-"""core/atomic.py: results appear whole or not at all, leave the tree as it was on a failure, and get the
+"""onnxrec/atomic.py: results appear whole or not at all, leave the tree as it was on a failure, and get the
 modes a plain mkdir or open gives them (the umask applies)."""
 
 from __future__ import annotations
