@@ -14,8 +14,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from onnxrec.errors import DataError
-from onnxrec.trainer.data.log import INTERACTION_SCHEMA, InteractionLog
-from onnxrec.trainer.data.synth import generate_synthetic, write_log
+from onnxrec.trainer.data.log import INTERACTION_SCHEMA, InteractionLog, write_log
+from onnxrec.trainer.data.synth import generate_synthetic
 
 START = 1_600_000_000
 WINDOW = 180 * 86_400

@@ -130,7 +130,8 @@ def fetch_command(name: str, dest: Path | None, base_url: str | None) -> None:
 def synth_command(out: Path, users: int, items: int, per_user: float, seed: int) -> None:
     """Generate a synthetic interaction log with realistic skew."""
     from onnxrec.errors import DataError
-    from onnxrec.trainer.data.synth import generate_synthetic, write_log
+    from onnxrec.trainer.data.log import write_log
+    from onnxrec.trainer.data.synth import generate_synthetic
 
     if users < 1 or items < 2 or per_user <= 0:
         raise DataError("--users must be >= 1, --items >= 2 and --per-user > 0")

@@ -1,4 +1,5 @@
-"""A synthetic interaction log with realistic skew, for tests, demos and benchmarks.
+"""A synthetic interaction log with realistic skew, for tests, demos and benchmarks (write it
+with :func:`~onnxrec.trainer.data.log.write_log`).
 
 The generator is vectorised with numpy and deterministic for a seed. Its log has:
 
@@ -13,17 +14,12 @@ The generator is vectorised with numpy and deterministic for a seed. Its log has
 
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.csv as pacsv
-import pyarrow.parquet as pq
 
-from onnxrec.atomic import atomic_write_bytes
 from onnxrec.errors import DataError
 from onnxrec.trainer.data.log import INTERACTION_SCHEMA, InteractionLog
 
@@ -79,6 +75,24 @@ def _group_starts(counts: np.ndarray) -> np.ndarray:
 
 
 @dataclass(frozen=True)
+class _Items:
+    """The catalogue: each item's popularity (Zipf-like over a random ranking), taste cluster and quality."""
+
+    popularity: np.ndarray
+    cluster: np.ndarray
+    quality: np.ndarray
+
+
+@dataclass(frozen=True)
+class _Users:
+    """Each user's main and secondary taste cluster and rating bias."""
+
+    main: np.ndarray
+    second: np.ndarray
+    bias: np.ndarray
+
+
+@dataclass(frozen=True)
 class _Tastes:
     """What item draws need: popularity, the items grouped by cluster and each user's clusters.
 
@@ -93,6 +107,51 @@ class _Tastes:
     cluster_lo: np.ndarray
     cluster_hi: np.ndarray
     user_clusters: np.ndarray
+
+
+def _draw_items(rng: np.random.Generator, num_items: int, num_clusters: int) -> _Items:
+    """Popularity over a random ranking, a cluster each (cluster sizes vary) and a quality."""
+    rank = rng.permutation(num_items)
+    popularity = 1.0 / np.power(rank + 1.0, _ZIPF_EXPONENT)
+    cluster_share = rng.dirichlet(np.full(num_clusters, 3.0))
+    cluster = rng.choice(num_clusters, size=num_items, p=cluster_share)
+    return _Items(popularity, cluster, rng.normal(0.0, 1.0, num_items))
+
+
+def _draw_tastes(rng: np.random.Generator, items: _Items, num_clusters: int, num_users: int) -> tuple[_Users, _Tastes]:
+    """Lay the catalogue out by cluster (the extra last "cluster" is the whole catalogue) and draw each
+    user's main and secondary cluster (non-empty ones, chosen by popularity mass) and rating bias."""
+    order = np.argsort(items.cluster, kind="stable")
+    cum = np.cumsum(items.popularity[order])
+    per_cluster = np.bincount(items.cluster, minlength=num_clusters)
+    bounds = np.concatenate([[0.0], cum])
+    first = _group_starts(per_cluster)
+    cluster_lo = np.append(bounds[first], 0.0)
+    cluster_hi = np.append(bounds[first + per_cluster], cum[-1])
+    cluster_mass = cluster_hi[:num_clusters] - cluster_lo[:num_clusters]
+
+    mass_p = cluster_mass / cluster_mass.sum()
+    main = rng.choice(num_clusters, size=num_users, p=mass_p)
+    second = rng.choice(num_clusters, size=num_users, p=mass_p)
+    users = _Users(main, second, rng.normal(0.0, 1.0, num_users))
+    user_clusters = np.stack([main, second, np.full(num_users, num_clusters)], axis=1)
+    return users, _Tastes(items.popularity, order, cum, cluster_lo, cluster_hi, user_clusters)
+
+
+def _interaction_counts(
+    rng: np.random.Generator, num_users: int, num_items: int, interactions_per_user: float
+) -> np.ndarray:
+    """Interactions per user: heavy-tailed (log-normal), at least min(5, num_items), at most half the
+    catalogue where that is more."""
+    floor = min(_MIN_PER_USER, num_items)
+    extra_mean = max(interactions_per_user - floor, 0.0)
+    if extra_mean > 0:
+        sigma = 1.0
+        extra = rng.lognormal(np.log(extra_mean) - sigma**2 / 2, sigma, num_users)
+    else:
+        extra = np.zeros(num_users)
+    most = max(floor, num_items // 2)  # like MovieLens, no user rates more than half the catalogue
+    return np.minimum(floor + np.round(extra).astype(np.int64), most)
 
 
 def _sample_items(rng: np.random.Generator, users: np.ndarray, tastes: _Tastes) -> np.ndarray:
@@ -210,6 +269,62 @@ def _timestamps(rng: np.random.Generator, users: np.ndarray, counts: np.ndarray,
     return start_time + np.floor(np.clip(seconds, 0, _WINDOW_S)).astype(np.int64)
 
 
+def _ratings(
+    rng: np.random.Generator, items: _Items, users: _Users, user_idx: np.ndarray, item_idx: np.ndarray
+) -> np.ndarray:
+    """Ratings 1-5 of the pairs ``(user_idx, item_idx)``: higher for a taste match and for better items."""
+    cluster = items.cluster[item_idx]
+    affinity = np.where(cluster == users.main[user_idx], 1.0, np.where(cluster == users.second[user_idx], 0.6, 0.0))
+    noise = rng.normal(0.0, 0.7, len(user_idx))
+    score = 2.75 + 1.3 * affinity + 0.45 * items.quality[item_idx] + 0.35 * users.bias[user_idx] + noise
+    return np.clip(np.rint(score), 1.0, 5.0)
+
+
+def _user_table(rng: np.random.Generator, user_ids: pa.Array, users: _Users) -> pa.Table:
+    """User side information: a segment that mostly follows the main cluster, and an age group."""
+    segments = np.array(_SEGMENTS)
+    segment_idx = np.where(
+        rng.random(len(user_ids)) < _SEGMENT_MATCH,
+        users.main % len(_SEGMENTS),
+        rng.integers(0, len(_SEGMENTS), len(user_ids)),
+    )
+    ages = np.array(_AGE_GROUPS)[rng.choice(len(_AGE_GROUPS), size=len(user_ids), p=_AGE_PROBS)]
+    return pa.table(
+        {
+            "user_id": user_ids,
+            "age_group": pa.array(ages.tolist(), type=pa.string()),
+            "segment": pa.array(segments[segment_idx].tolist(), type=pa.string()),
+        }
+    )
+
+
+def _item_table(rng: np.random.Generator, item_ids: pa.Array, items: _Items) -> pa.Table:
+    """Item side information: the cluster's genre, sometimes a second one; a release year; a title."""
+    num_items = len(item_ids)
+    genres = np.array(_GENRES)
+    primary = items.cluster % len(_GENRES)
+    has_second = rng.random(num_items) < 0.35
+    second_genre = (primary + rng.integers(1, len(_GENRES), num_items)) % len(_GENRES)
+    lengths = 1 + has_second.astype(np.int32)
+    offsets = np.zeros(num_items + 1, dtype=np.int32)
+    np.cumsum(lengths, out=offsets[1:])
+    values = np.empty(int(offsets[-1]), dtype=np.int64)
+    values[offsets[:-1]] = primary
+    values[offsets[1:][has_second] - 1] = second_genre[has_second]
+    genre_lists = pa.ListArray.from_arrays(
+        pa.array(offsets, type=pa.int32()), pa.array(genres[values].tolist(), type=pa.string())
+    )
+    years = np.clip(2023 - np.floor(rng.exponential(12.0, num_items)), 1930, 2023).astype(np.int64)
+    return pa.table(
+        {
+            "item_id": item_ids,
+            "title": pa.array([f"Item {i}" for i in range(1, num_items + 1)], type=pa.string()),
+            "genres": genre_lists.cast(pa.list_(pa.string())),
+            "year": pa.array([str(y) for y in years.tolist()], type=pa.string()),
+        }
+    )
+
+
 def generate_synthetic(
     *,
     num_users: int = 2000,
@@ -235,108 +350,27 @@ def generate_synthetic(
     num_users = int(num_users)
     num_items = int(num_items)
     num_clusters = int(num_clusters)
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(seed)  # every draw below comes from it, in this order
 
-    # Items: a Zipf-like popularity over a random ranking, and a cluster each (cluster sizes vary).
-    rank = rng.permutation(num_items)
-    popularity = 1.0 / np.power(rank + 1.0, _ZIPF_EXPONENT)
-    cluster_share = rng.dirichlet(np.full(num_clusters, 3.0))
-    item_cluster = rng.choice(num_clusters, size=num_items, p=cluster_share)
-    item_quality = rng.normal(0.0, 1.0, num_items)
-
-    # Items laid out grouped by cluster, with the cumulative popularity over that layout; the extra
-    # "cluster" num_clusters is the whole catalogue.
-    order = np.argsort(item_cluster, kind="stable")
-    cum = np.cumsum(popularity[order])
-    per_cluster = np.bincount(item_cluster, minlength=num_clusters)
-    bounds = np.concatenate([[0.0], cum])
-    first = _group_starts(per_cluster)
-    cluster_lo = np.append(bounds[first], 0.0)
-    cluster_hi = np.append(bounds[first + per_cluster], cum[-1])
-    cluster_mass = cluster_hi[:num_clusters] - cluster_lo[:num_clusters]
-
-    # Users: a main and a secondary cluster (non-empty ones, chosen by popularity mass).
-    mass_p = cluster_mass / cluster_mass.sum()
-    main = rng.choice(num_clusters, size=num_users, p=mass_p)
-    second = rng.choice(num_clusters, size=num_users, p=mass_p)
-    user_clusters = np.stack([main, second, np.full(num_users, num_clusters)], axis=1)
-    user_bias = rng.normal(0.0, 1.0, num_users)
-
-    # Interactions per user: heavy-tailed (log-normal), at least min(5, num_items).
-    floor = min(_MIN_PER_USER, num_items)
-    extra_mean = max(interactions_per_user - floor, 0.0)
-    if extra_mean > 0:
-        sigma = 1.0
-        extra = rng.lognormal(np.log(extra_mean) - sigma**2 / 2, sigma, num_users)
-    else:
-        extra = np.zeros(num_users)
-    most = max(floor, num_items // 2)  # like MovieLens, no user rates more than half the catalogue
-    counts = np.minimum(floor + np.round(extra).astype(np.int64), most)
-
-    tastes = _Tastes(popularity, order, cum, cluster_lo, cluster_hi, user_clusters)
-    users, items = _select_distinct(rng, counts, tastes)
-    timestamps = _timestamps(rng, users, counts, start_time)
-
-    # Ratings: higher for a taste match and for better items.
-    affinity = np.where(
-        item_cluster[items] == main[users], 1.0, np.where(item_cluster[items] == second[users], 0.6, 0.0)
-    )
-    score = (
-        2.75 + 1.3 * affinity + 0.45 * item_quality[items] + 0.35 * user_bias[users] + rng.normal(0.0, 0.7, len(users))
-    )
-    ratings = np.clip(np.rint(score), 1.0, 5.0)
+    items = _draw_items(rng, num_items, num_clusters)
+    users, tastes = _draw_tastes(rng, items, num_clusters, num_users)
+    counts = _interaction_counts(rng, num_users, num_items, interactions_per_user)
+    user_idx, item_idx = _select_distinct(rng, counts, tastes)
+    timestamps = _timestamps(rng, user_idx, counts, start_time)
+    ratings = _ratings(rng, items, users, user_idx, item_idx)
 
     user_ids = pa.array([f"u{i}" for i in range(1, num_users + 1)], type=pa.string())
     item_ids = pa.array([f"i{i}" for i in range(1, num_items + 1)], type=pa.string())
     interactions = pa.table(
         {
-            "user_id": pc.take(user_ids, pa.array(users)),
-            "item_id": pc.take(item_ids, pa.array(items)),
+            "user_id": pc.take(user_ids, pa.array(user_idx)),
+            "item_id": pc.take(item_ids, pa.array(item_idx)),
             "rating": pa.array(ratings, type=pa.float64()),
             "timestamp": pa.array(timestamps, type=pa.int64()),
         }
     ).cast(INTERACTION_SCHEMA)
-
-    # User side information.
-    segments = np.array(_SEGMENTS)
-    segment_idx = np.where(
-        rng.random(num_users) < _SEGMENT_MATCH,
-        main % len(_SEGMENTS),
-        rng.integers(0, len(_SEGMENTS), num_users),
-    )
-    ages = np.array(_AGE_GROUPS)[rng.choice(len(_AGE_GROUPS), size=num_users, p=_AGE_PROBS)]
-    user_table = pa.table(
-        {
-            "user_id": user_ids,
-            "age_group": pa.array(ages.tolist(), type=pa.string()),
-            "segment": pa.array(segments[segment_idx].tolist(), type=pa.string()),
-        }
-    )
-
-    # Item side information: the cluster's genre, sometimes a second one; a release year.
-    genres = np.array(_GENRES)
-    primary = item_cluster % len(_GENRES)
-    has_second = rng.random(num_items) < 0.35
-    second_genre = (primary + rng.integers(1, len(_GENRES), num_items)) % len(_GENRES)
-    lengths = 1 + has_second.astype(np.int32)
-    offsets = np.zeros(num_items + 1, dtype=np.int32)
-    np.cumsum(lengths, out=offsets[1:])
-    values = np.empty(int(offsets[-1]), dtype=np.int64)
-    values[offsets[:-1]] = primary
-    values[offsets[1:][has_second] - 1] = second_genre[has_second]
-    genre_lists = pa.ListArray.from_arrays(
-        pa.array(offsets, type=pa.int32()), pa.array(genres[values].tolist(), type=pa.string())
-    )
-    years = np.clip(2023 - np.floor(rng.exponential(12.0, num_items)), 1930, 2023).astype(np.int64)
-    item_table = pa.table(
-        {
-            "item_id": item_ids,
-            "title": pa.array([f"Item {i}" for i in range(1, num_items + 1)], type=pa.string()),
-            "genres": genre_lists.cast(pa.list_(pa.string())),
-            "year": pa.array([str(y) for y in years.tolist()], type=pa.string()),
-        }
-    )
-
+    user_table = _user_table(rng, user_ids, users)
+    item_table = _item_table(rng, item_ids, items)
     return InteractionLog(
         interactions=interactions,
         source=(
@@ -348,35 +382,3 @@ def generate_synthetic(
         user_feature_columns=("age_group", "segment"),
         item_feature_columns=("genres", "year"),
     )
-
-
-def _table_bytes(table: pa.Table, fmt: str) -> bytes:
-    if fmt == "csv":
-        buffer = io.BytesIO()
-        pacsv.write_csv(table, buffer)
-        return buffer.getvalue()
-    sink = pa.BufferOutputStream()
-    pq.write_table(table, sink)
-    return bytes(sink.getvalue().to_pybytes())
-
-
-def write_log(log: InteractionLog, path: Path) -> None:
-    """Write ``log.interactions`` to ``path`` (``.csv`` or ``.parquet``, by suffix), atomically.
-
-    Where the log has them, the user and item tables are written beside it as
-    ``<stem>.users.parquet`` and ``<stem>.items.parquet`` (atomically too). Raises
-    :class:`~onnxrec.errors.DataError` for another suffix or when the files cannot be written.
-    """
-    path = Path(path)
-    fmt = path.suffix.lower().lstrip(".")
-    if fmt not in ("csv", "parquet"):
-        raise DataError(f"cannot write {path}: the suffix must be .csv or .parquet")
-    outputs: list[tuple[Path, bytes]] = [(path, _table_bytes(log.interactions, fmt))]
-    for kind, table in (("users", log.user_table), ("items", log.item_table)):
-        if table is not None:
-            outputs.append((path.with_name(f"{path.stem}.{kind}.parquet"), _table_bytes(table, "parquet")))
-    for target, data in outputs:
-        try:
-            atomic_write_bytes(target, data)
-        except OSError as exc:
-            raise DataError(f"cannot write {target}: {exc.strerror or exc}") from exc
