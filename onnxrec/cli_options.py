@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, get_type_hints
 
 import click
@@ -57,3 +58,17 @@ def dataclass_options(cls: type, skip: frozenset[str] = frozenset()) -> Callable
         return func
 
     return decorate
+
+
+def config_options(cls: type, table: str) -> Callable[[Any], Any]:
+    """A decorator adding ``--config FILE`` (passed as ``config_file``: a TOML file of options, a
+    ``[table]`` table or top-level keys) before the options :func:`dataclass_options` makes for ``cls``."""
+    config_file = click.option(
+        "--config",
+        "config_file",
+        type=click.Path(path_type=Path),
+        default=None,
+        help=f"TOML file of options (a [{table}] table or top-level keys).",
+    )
+    fields = dataclass_options(cls)
+    return lambda func: config_file(fields(func))

@@ -7,19 +7,12 @@ from typing import Any
 
 import click
 
-from onnxrec.cli_options import dataclass_options
+from onnxrec.cli_options import config_options
 from onnxrec.server.config import ServerConfig
 
 
 @click.command("serve")
-@click.option(
-    "--config",
-    "config_file",
-    type=click.Path(path_type=Path),
-    default=None,
-    help="TOML file of options (a [serve] table or top-level keys).",
-)
-@dataclass_options(ServerConfig)
+@config_options(ServerConfig, table="serve")
 def serve_command(config_file: Path | None, **options: Any) -> None:
     """Serve the models of --repository over gRPC (health, reflection, metrics; TLS and tokens optional)."""
     from onnxrec.server.app import serve

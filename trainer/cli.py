@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import click
 
-from onnxrec.cli_options import dataclass_options
+from onnxrec.cli_options import config_options
 from onnxrec.trainer.config import TrainConfig, load_train_config
 
 
@@ -21,6 +22,13 @@ def data() -> None:
 
 def _split_names(value: str | None) -> tuple[str, ...]:
     return tuple(v.strip() for v in value.split(",") if v.strip()) if value else ()
+
+
+def _column_option(name: str, default: str, what: str | None = None) -> Callable[[Any], Any]:
+    """``--NAME-col``: which column of a generic log holds the ``what`` (``name`` by default)."""
+    return click.option(
+        f"--{name}-col", default=None, help=f"Generic logs: the {what or name} column (default: found as {default})."
+    )
 
 
 @data.command("prepare")
@@ -38,22 +46,10 @@ def _split_names(value: str | None) -> tuple[str, ...]:
 )
 @click.option("--negatives", type=int, default=99, show_default=True, help="Sampled negatives per evaluated user.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the negative sampling.")
-@click.option(
-    "--user-col", default=None, help="Generic logs: the user column (default: found as user_id, userId or user)."
-)
-@click.option(
-    "--item-col",
-    default=None,
-    help="Generic logs: the item column (default: found as item_id, itemId, movieId or item).",
-)
-@click.option(
-    "--rating-col", default=None, help="Generic logs: the rating column (default: found as rating; 'none': no rating)."
-)
-@click.option(
-    "--time-col",
-    default=None,
-    help="Generic logs: the timestamp column (default: found as timestamp, time or ts; 'none': the row order).",
-)
+@_column_option("user", "user_id, userId or user")
+@_column_option("item", "item_id, itemId, movieId or item")
+@_column_option("rating", "rating; 'none': no rating")
+@_column_option("time", "timestamp, time or ts; 'none': the row order", what="timestamp")
 @click.option("--user-features", default=None, help="Generic logs: comma-separated user feature columns.")
 @click.option("--item-features", default=None, help="Generic logs: comma-separated item feature columns.")
 @click.option(
@@ -141,14 +137,7 @@ def synth_command(out: Path, users: int, items: int, per_user: float, seed: int)
 
 
 @click.command("train")
-@click.option(
-    "--config",
-    "config_file",
-    type=click.Path(path_type=Path),
-    default=None,
-    help="TOML file of options (a [train] table or top-level keys).",
-)
-@dataclass_options(TrainConfig)
+@config_options(TrainConfig, table="train")
 def train_command(config_file: Path | None, **options: Any) -> None:
     """Train a recommender: --data (prepared dataset, MovieLens folder, log file or 'synthetic'),
     --model (auto, mf, mlp, neumf, twotower), --out RUN_DIR."""
