@@ -63,18 +63,13 @@ def _coerce(name: str, typ: Any, value: Any) -> Any:
             return None if value in (None, "", "none", "None") else _coerce(name, int, value)
         if "str | None" in origin:
             return None if value in (None, "") else str(value)
-        if "tuple[str" in origin:
+        if "tuple[str" in origin or "tuple[int" in origin:
+            element = str if "tuple[str" in origin else int
             if isinstance(value, str):
                 value = [v for v in value.replace(" ", "").split(",") if v]
             if not isinstance(value, list | tuple):
                 raise ValueError(value)
-            return tuple(str(v) for v in value)
-        if "tuple[int" in origin:
-            if isinstance(value, str):
-                value = [v for v in value.replace(" ", "").split(",") if v]
-            if not isinstance(value, list | tuple):
-                raise ValueError(value)
-            return tuple(int(v) for v in value)
+            return tuple(element(v) for v in value)
         if typ is str or origin == "str":
             if not isinstance(value, str):
                 raise ValueError(value)
