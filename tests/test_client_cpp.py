@@ -20,7 +20,12 @@ pytestmark = pytest.mark.clients  # needs `make clients` (toolchains from Debian
 REPO = Path(__file__).resolve().parents[1]
 CLIENT_DIR = REPO / "clients" / "cpp"
 BINARY = CLIENT_DIR / "bin" / "recommend"
-INPUTS = [CLIENT_DIR / "recommend.cc", CLIENT_DIR / "build.sh", REPO / "proto" / "onnxrec" / "v1" / "recommender.proto"]
+INPUTS = [
+    CLIENT_DIR / "recommend.cc",
+    CLIENT_DIR / "build.sh",
+    REPO / "clients" / "build_common.sh",
+    REPO / "proto" / "onnxrec" / "v1" / "recommender.proto",
+]
 
 
 def _missing_toolchain() -> list[str]:

@@ -22,6 +22,7 @@ BINARY = CLIENT_DIR / "bin" / "recommend"
 INPUTS = [
     CLIENT_DIR / "cmd" / "recommend" / "main.go",
     CLIENT_DIR / "build.sh",
+    REPO / "clients" / "build_common.sh",
     REPO / "proto" / "onnxrec" / "v1" / "recommender.proto",
 ]
 TOOLS = ["go", "protoc", "protoc-gen-go", "protoc-gen-go-grpc"]

@@ -21,7 +21,12 @@ CLIENT_DIR = REPO / "clients" / "java"
 BINARY = CLIENT_DIR / "bin" / "recommend"
 SOURCE = CLIENT_DIR / "src" / "dev" / "onnxrec" / "example" / "Recommend.java"
 CLASS = CLIENT_DIR / "build" / "classes" / "dev" / "onnxrec" / "example" / "Recommend.class"
-INPUTS = [SOURCE, CLIENT_DIR / "build.sh", REPO / "proto" / "onnxrec" / "v1" / "recommender.proto"]
+INPUTS = [
+    SOURCE,
+    CLIENT_DIR / "build.sh",
+    REPO / "clients" / "build_common.sh",
+    REPO / "proto" / "onnxrec" / "v1" / "recommender.proto",
+]
 JARS = Path("/usr/share/java")  # Debian's jars, as build.sh uses them
 # a sample of the jars build.sh needs, from each Debian package that ships them
 KEY_JARS = ["protobuf", "grpc-core", "grpc-netty", "guava", "gson", "perfmark-api", "netty-codec-http2"]

@@ -7,22 +7,15 @@
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-REPO="$(cd "$HERE/../.." && pwd)"
-PROTO_ROOT="$REPO/proto"
-PROTO=onnxrec/v1/recommender.proto
+# shellcheck source=../build_common.sh
+source "$HERE/../build_common.sh"
 GEN="$HERE/gen"
 CLASSES="$HERE/build/classes"
-BIN="$HERE/bin"
 JARS="${JAVA_JARS:-/usr/share/java}"
 
+require_tools "scripts/ci/install_cpp_java.sh java" protoc javac java
 # the gRPC plugin's name differs between packagings
 PLUGIN="$(command -v protoc-gen-grpc-java || command -v grpc_java_plugin || true)"
-for tool in protoc javac java; do
-  command -v "$tool" >/dev/null || {
-    echo "build.sh: $tool not found; run scripts/ci/install_cpp_java.sh java" >&2
-    exit 1
-  }
-done
 [[ -n "$PLUGIN" ]] || {
   echo "build.sh: grpc_java_plugin not found; run scripts/ci/install_cpp_java.sh java" >&2
   exit 1
@@ -50,17 +43,9 @@ classpath() {
 COMPILE_CP="$(classpath "${COMPILE_JARS[@]}")"
 RUNTIME_CP="$(classpath "${RUNTIME_JARS[@]}")"
 
-PROTOC_FLAGS=()
-if protoc --help 2>&1 | grep -q experimental_allow_proto3_optional; then
-  PROTOC_FLAGS+=(--experimental_allow_proto3_optional)
-fi
-
 rm -rf "$GEN" "$CLASSES"
 mkdir -p "$GEN" "$CLASSES" "$BIN"
-protoc "${PROTOC_FLAGS[@]}" -I"$PROTO_ROOT" \
-  --java_out="$GEN" \
-  --grpc-java_out="$GEN" --plugin=protoc-gen-grpc-java="$PLUGIN" \
-  "$PROTO_ROOT/$PROTO"
+protoc_stubs --java_out="$GEN" --grpc-java_out="$GEN" --plugin=protoc-gen-grpc-java="$PLUGIN"
 
 find "$GEN" "$HERE/src" -name '*.java' >"$HERE/build/sources.txt"
 javac -nowarn -encoding UTF-8 --release 11 -cp "$COMPILE_CP" -d "$CLASSES" @"$HERE/build/sources.txt"
