@@ -2,149 +2,29 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from pathlib import Path
 from types import TracebackType
-from typing import Any
 
 import grpc
 
 from onnxrec.clients import requests as rq
-from onnxrec.clients.channel import settings_for
-from onnxrec.clients.errors import RecommenderError
-from onnxrec.clients.results import ModelInfo, ModelMetadata, Recommendation, Scores
-from onnxrec.v1 import recommender_pb2 as pb
-from onnxrec.v1 import recommender_pb2_grpc as pb_grpc
+from onnxrec.clients.channel import ChannelSettings, open_channel
+from onnxrec.clients.facade import ClientBase, awaited
 
 
-class AsyncRecommenderClient:
-    """Calls an onnxrec server from asyncio code; requests are built by the same functions as the
-    sync client's, so both send the same bytes."""
+class AsyncRecommenderClient(ClientBase):
+    """Calls an onnxrec server from asyncio code; its methods are the sync client's, awaited, and built
+    from the same functions, so both send the same bytes and return the same results."""
 
-    def __init__(
-        self,
-        servers: str | Sequence[str],
-        *,
-        timeout: float = 5.0,
-        token: str | None = None,
-        tls: bool = False,
-        ca_cert: str | Path | None = None,
-        client_cert: str | Path | None = None,
-        client_key: str | Path | None = None,
-        retries: int = 3,
-    ) -> None:
-        s = settings_for(
-            servers,
-            token=token,
-            tls=tls,
-            ca_cert=ca_cert,
-            client_cert=client_cert,
-            client_key=client_key,
-            retries=retries,
-        )
-        self.target = s.target
-        self.timeout = timeout
-        self._metadata = s.metadata
-        self._channel = (
-            grpc.aio.secure_channel(s.target, s.credentials, options=s.options)
-            if s.credentials
-            else grpc.aio.insecure_channel(s.target, options=s.options)
-        )
-        self._stub = pb_grpc.RecommenderServiceStub(self._channel)
-        self._health = self._channel.unary_unary(
-            rq.HEALTH_CHECK,
-            request_serializer=rq.HealthCheckRequest.SerializeToString,
-            response_deserializer=rq.HealthCheckResponse.FromString,
-        )
+    recommend = awaited(rq.recommend)
+    recommend_batch = awaited(rq.recommend_batch)
+    score = awaited(rq.score)
+    similar = awaited(rq.similar)
+    list_models = awaited(rq.list_models)
+    model_metadata = awaited(rq.model_metadata)
+    health = awaited(rq.health)
 
-    async def _call(self, method: Any, request: Any, timeout: float | None) -> Any:
-        try:
-            return await method(request, timeout=self.timeout if timeout is None else timeout, metadata=self._metadata)
-        except grpc.RpcError as err:
-            raise RecommenderError.from_rpc(err, self.target) from None
-
-    async def recommend(
-        self,
-        model: str,
-        user_id: str,
-        k: int = 10,
-        *,
-        version: int = 0,
-        history: Sequence[str] = (),
-        exclude: Sequence[str] = (),
-        exclude_seen: bool | None = None,
-        include_metadata: bool = False,
-        user_features: Mapping[str, str] | None = None,
-        timeout: float | None = None,
-    ) -> Recommendation:
-        """Top-k items for one user."""
-        request = rq.recommend_request(
-            model,
-            user_id,
-            k,
-            version=version,
-            history=history,
-            exclude=exclude,
-            exclude_seen=exclude_seen,
-            include_metadata=include_metadata,
-            user_features=user_features,
-        )
-        return rq.to_recommendation(await self._call(self._stub.Recommend, request, timeout))
-
-    async def recommend_batch(
-        self,
-        model: str,
-        user_ids: Sequence[str],
-        k: int = 10,
-        *,
-        version: int = 0,
-        include_metadata: bool = False,
-        timeout: float | None = None,
-    ) -> list[Recommendation]:
-        """Top-k items for many users in one call."""
-        request = pb.RecommendBatchRequest(
-            requests=[
-                rq.recommend_request(model, u, k, version=version, include_metadata=include_metadata) for u in user_ids
-            ]
-        )
-        reply = await self._call(self._stub.RecommendBatch, request, timeout)
-        return [rq.to_recommendation(r) for r in reply.responses]
-
-    async def score(
-        self, model: str, user_id: str, item_ids: Sequence[str], *, version: int = 0, timeout: float | None = None
-    ) -> Scores:
-        """Scores of candidate items for one user."""
-        return rq.to_scores(
-            await self._call(self._stub.Score, rq.score_request(model, user_id, item_ids, version=version), timeout)
-        )
-
-    async def similar(
-        self,
-        model: str,
-        item_id: str,
-        k: int = 10,
-        *,
-        version: int = 0,
-        include_metadata: bool = False,
-        timeout: float | None = None,
-    ) -> Recommendation:
-        """The k items most similar to ``item_id``."""
-        request = rq.similar_request(model, item_id, k, version=version, include_metadata=include_metadata)
-        return rq.to_similar(await self._call(self._stub.SimilarItems, request, timeout))
-
-    async def list_models(self, *, timeout: float | None = None) -> list[ModelInfo]:
-        """The models the server has loaded."""
-        return rq.to_models(await self._call(self._stub.ListModels, pb.ListModelsRequest(), timeout))
-
-    async def model_metadata(self, model: str, *, version: int = 0, timeout: float | None = None) -> ModelMetadata:
-        """What a model version is."""
-        request = pb.GetModelMetadataRequest(model=rq.model_ref(model, version))
-        return rq.to_metadata(await self._call(self._stub.GetModelMetadata, request, timeout))
-
-    async def health(self, *, service: str = "", timeout: float | None = None) -> str:
-        """The server's health status name."""
-        reply = await self._call(self._health, rq.health_request(service), timeout)
-        return rq.health_status(reply)
+    def _open_channel(self, settings: ChannelSettings) -> grpc.aio.Channel:
+        return open_channel(grpc.aio, settings)
 
     async def close(self) -> None:
         """Close the channel."""

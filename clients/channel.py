@@ -1,14 +1,14 @@
-"""Channel options shared by the sync and asyncio clients: TLS, token, retries, round robin."""
+"""The channel of the sync and the asyncio client: its target, TLS, token, retries and round robin."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
-
-from onnxrec.clients.requests import channel_target, service_config
 
 
 @dataclass(frozen=True)
@@ -45,3 +45,47 @@ def settings_for(
         credentials = grpc.ssl_channel_credentials(read(ca_cert), read(client_key), read(client_cert))
     metadata = (("authorization", f"Bearer {token}"),) if token else ()
     return ChannelSettings(target, options, credentials, metadata)
+
+
+def open_channel(api: Any, s: ChannelSettings) -> Any:
+    """A channel with the settings ``s`` from ``api``: the module ``grpc`` (sync) or ``grpc.aio``."""
+    if s.credentials:
+        return api.secure_channel(s.target, s.credentials, options=s.options)
+    return api.insecure_channel(s.target, options=s.options)
+
+
+def channel_target(servers: str | Sequence[str]) -> tuple[str, bool]:
+    """The gRPC target for one address, a ``dns:///`` name, or several addresses (client-side
+    round robin over a static list); and whether to balance round-robin."""
+    if isinstance(servers, str):
+        servers = [s.strip() for s in servers.split(",") if s.strip()]
+    servers = list(servers)
+    if not servers:
+        raise ValueError("no server address given")
+    if len(servers) == 1:
+        target = servers[0]
+        return target, target.startswith("dns:")
+    return "ipv4:" + ",".join(servers), True
+
+
+def service_config(retries: int, round_robin: bool) -> str:
+    """gRPC service config: retry UNAVAILABLE with exponential backoff; optional round robin."""
+    config: dict[str, object] = {
+        "methodConfig": [
+            {
+                "name": [{"service": "onnxrec.v1.RecommenderService"}],
+                "retryPolicy": {
+                    "maxAttempts": max(2, min(retries + 1, 5)),
+                    "initialBackoff": "0.1s",
+                    "maxBackoff": "1s",
+                    "backoffMultiplier": 2,
+                    "retryableStatusCodes": ["UNAVAILABLE"],
+                },
+            }
+        ]
+        if retries > 0
+        else [],
+    }
+    if round_robin:
+        config["loadBalancingConfig"] = [{"round_robin": {}}]
+    return json.dumps(config)

@@ -6,6 +6,9 @@ also shipped by the client-only distribution ``onnxrec-client``, which has no ``
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import grpc
 
 
@@ -25,3 +28,13 @@ class RecommenderError(Exception):
         code = err.code() if hasattr(err, "code") else grpc.StatusCode.UNKNOWN
         details = err.details() if hasattr(err, "details") else str(err)
         return cls(code or grpc.StatusCode.UNKNOWN, details or "", target)
+
+
+@contextmanager
+def rpc_errors(target: str) -> Iterator[None]:
+    """Raise a :class:`grpc.RpcError` of the block (a call to ``target``, sync or awaited) as
+    :class:`RecommenderError`, the one error the clients raise."""
+    try:
+        yield
+    except grpc.RpcError as err:
+        raise RecommenderError.from_rpc(err, target) from None

@@ -1,54 +1,22 @@
-"""Request builders and response converters shared by the sync and the asyncio client.
+"""What each call of the clients sends and how its reply reads, for the sync and the asyncio client alike.
 
-The health check (``grpc.health.v1.Health/Check``) uses two messages built here from a descriptor in
-a private pool, so the clients need only grpcio and protobuf (not grpcio-health-checking).
+One function per RPC (:func:`recommend`, :func:`score`, ...) takes the client method's arguments and
+returns a :class:`Call`: the stub method, the request, the deadline and the converter of the reply into
+a plain result. The clients make their methods from these functions and only send the call (and, in
+asyncio, await it), so both send the same bytes and return the same results.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
-
+from onnxrec.clients.facade import Call
+from onnxrec.clients.health import HEALTH_CHECK, HealthCheckRequest, HealthCheckResponse
 from onnxrec.clients.results import Item, ModelInfo, ModelMetadata, Recommendation, Scores
 from onnxrec.v1 import recommender_pb2 as pb
 
 _SOURCES = {pb.SOURCE_MODEL: "model", pb.SOURCE_HISTORY: "history", pb.SOURCE_POPULARITY: "popularity"}
-
-HEALTH_CHECK = "/grpc.health.v1.Health/Check"
-"""The full method name of the standard gRPC health check."""
-
-
-def _health_messages() -> tuple[Any, Any]:
-    """HealthCheckRequest and HealthCheckResponse of grpc/health/v1/health.proto (same wire format)."""
-    field = descriptor_pb2.FieldDescriptorProto
-    proto = descriptor_pb2.FileDescriptorProto(
-        name="grpc/health/v1/health.proto", package="grpc.health.v1", syntax="proto3"
-    )
-    request = proto.message_type.add(name="HealthCheckRequest")
-    request.field.add(name="service", number=1, type=field.TYPE_STRING, label=field.LABEL_OPTIONAL)
-    response = proto.message_type.add(name="HealthCheckResponse")
-    status = response.enum_type.add(name="ServingStatus")
-    for number, name in enumerate(("UNKNOWN", "SERVING", "NOT_SERVING", "SERVICE_UNKNOWN")):
-        status.value.add(name=name, number=number)
-    response.field.add(
-        name="status",
-        number=1,
-        type=field.TYPE_ENUM,
-        type_name=".grpc.health.v1.HealthCheckResponse.ServingStatus",
-        label=field.LABEL_OPTIONAL,
-    )
-    pool = descriptor_pool.DescriptorPool()  # private: no clash with grpcio-health-checking's registration
-    pool.Add(proto)
-    return (
-        message_factory.GetMessageClass(pool.FindMessageTypeByName("grpc.health.v1.HealthCheckRequest")),
-        message_factory.GetMessageClass(pool.FindMessageTypeByName("grpc.health.v1.HealthCheckResponse")),
-    )
-
-
-HealthCheckRequest, HealthCheckResponse = _health_messages()
 
 
 def model_ref(model: str, version: int = 0) -> pb.ModelRef:
@@ -56,7 +24,7 @@ def model_ref(model: str, version: int = 0) -> pb.ModelRef:
     return pb.ModelRef(name=model, version=version)
 
 
-def recommend_request(
+def recommend(
     model: str,
     user_id: str,
     k: int = 10,
@@ -67,8 +35,9 @@ def recommend_request(
     exclude_seen: bool | None = None,
     include_metadata: bool = False,
     user_features: Mapping[str, str] | None = None,
-) -> pb.RecommendRequest:
-    """A RecommendRequest (``history`` oldest first, newest last)."""
+    timeout: float | None = None,
+) -> Call[pb.RecommendRequest, Recommendation]:
+    """Top-k items for one user (``history``: recent item ids, newest last, for unknown users)."""
     request = pb.RecommendRequest(
         model=model_ref(model, version),
         user_id=str(user_id),
@@ -80,21 +49,69 @@ def recommend_request(
     )
     if exclude_seen is not None:
         request.exclude_seen = exclude_seen
-    return request
+    return Call("Recommend", request, to_recommendation, timeout)
 
 
-def score_request(model: str, user_id: str, item_ids: Sequence[str], *, version: int = 0) -> pb.ScoreRequest:
-    """A ScoreRequest."""
-    return pb.ScoreRequest(model=model_ref(model, version), user_id=str(user_id), item_ids=[str(i) for i in item_ids])
+def recommend_request(model: str, user_id: str, k: int = 10, **options: Any) -> pb.RecommendRequest:
+    """The RecommendRequest :func:`recommend` sends (the same arguments, ``history`` oldest first)."""
+    return recommend(model, user_id, k, **options).request
 
 
-def similar_request(
-    model: str, item_id: str, k: int = 10, *, version: int = 0, include_metadata: bool = False
-) -> pb.SimilarItemsRequest:
-    """A SimilarItemsRequest."""
-    return pb.SimilarItemsRequest(
+def recommend_batch(
+    model: str,
+    user_ids: Sequence[str],
+    k: int = 10,
+    *,
+    version: int = 0,
+    include_metadata: bool = False,
+    timeout: float | None = None,
+) -> Call[pb.RecommendBatchRequest, list[Recommendation]]:
+    """Top-k items for many users in one call; each answered as :meth:`recommend` would."""
+    requests = [recommend_request(model, u, k, version=version, include_metadata=include_metadata) for u in user_ids]
+    return Call("RecommendBatch", pb.RecommendBatchRequest(requests=requests), to_recommendations, timeout)
+
+
+def score(
+    model: str, user_id: str, item_ids: Sequence[str], *, version: int = 0, timeout: float | None = None
+) -> Call[pb.ScoreRequest, Scores]:
+    """Scores of candidate items for one user, in the order given."""
+    request = pb.ScoreRequest(
+        model=model_ref(model, version), user_id=str(user_id), item_ids=[str(i) for i in item_ids]
+    )
+    return Call("Score", request, to_scores, timeout)
+
+
+def similar(
+    model: str,
+    item_id: str,
+    k: int = 10,
+    *,
+    version: int = 0,
+    include_metadata: bool = False,
+    timeout: float | None = None,
+) -> Call[pb.SimilarItemsRequest, Recommendation]:
+    """The k items most similar to ``item_id``."""
+    request = pb.SimilarItemsRequest(
         model=model_ref(model, version), item_id=str(item_id), k=k, include_metadata=include_metadata
     )
+    return Call("SimilarItems", request, to_similar, timeout)
+
+
+def list_models(*, timeout: float | None = None) -> Call[pb.ListModelsRequest, list[ModelInfo]]:
+    """The models the server has loaded."""
+    return Call("ListModels", pb.ListModelsRequest(), to_models, timeout)
+
+
+def model_metadata(
+    model: str, *, version: int = 0, timeout: float | None = None
+) -> Call[pb.GetModelMetadataRequest, ModelMetadata]:
+    """What a model version is."""
+    return Call("GetModelMetadata", pb.GetModelMetadataRequest(model=model_ref(model, version)), to_metadata, timeout)
+
+
+def health(*, service: str = "", timeout: float | None = None) -> Call[Any, str]:
+    """The server's health status name (SERVING, NOT_SERVING, ...; ``service`` empty: the whole server)."""
+    return Call(HEALTH_CHECK, HealthCheckRequest(service=service), health_status, timeout)
 
 
 def _items(items: Sequence[pb.ScoredItem]) -> list[Item]:
@@ -104,6 +121,11 @@ def _items(items: Sequence[pb.ScoredItem]) -> list[Item]:
 def to_recommendation(r: pb.RecommendResponse) -> Recommendation:
     """Convert a RecommendResponse."""
     return Recommendation(_items(r.items), r.model_name, int(r.model_version), _SOURCES.get(r.source, "unknown"))
+
+
+def to_recommendations(r: pb.RecommendBatchResponse) -> list[Recommendation]:
+    """Convert a RecommendBatchResponse."""
+    return [to_recommendation(one) for one in r.responses]
 
 
 def to_scores(r: pb.ScoreResponse) -> Scores:
@@ -138,49 +160,7 @@ def to_metadata(r: pb.GetModelMetadataResponse) -> ModelMetadata:
     )
 
 
-def health_request(service: str = "") -> Any:
-    """A HealthCheckRequest (``service`` empty: the whole server)."""
-    return HealthCheckRequest(service=service)
-
-
 def health_status(reply: Any) -> str:
     """The status name of a HealthCheckResponse (SERVING, NOT_SERVING, ...)."""
     value = HealthCheckResponse.DESCRIPTOR.enum_types_by_name["ServingStatus"].values_by_number.get(reply.status)
     return str(value.name) if value is not None else f"UNKNOWN_STATUS_{reply.status}"
-
-
-def channel_target(servers: str | Sequence[str]) -> tuple[str, bool]:
-    """The gRPC target for one address, a ``dns:///`` name, or several addresses (client-side
-    round robin over a static list); and whether to balance round-robin."""
-    if isinstance(servers, str):
-        servers = [s.strip() for s in servers.split(",") if s.strip()]
-    servers = list(servers)
-    if not servers:
-        raise ValueError("no server address given")
-    if len(servers) == 1:
-        target = servers[0]
-        return target, target.startswith("dns:")
-    return "ipv4:" + ",".join(servers), True
-
-
-def service_config(retries: int, round_robin: bool) -> str:
-    """gRPC service config: retry UNAVAILABLE with exponential backoff; optional round robin."""
-    config: dict[str, object] = {
-        "methodConfig": [
-            {
-                "name": [{"service": "onnxrec.v1.RecommenderService"}],
-                "retryPolicy": {
-                    "maxAttempts": max(2, min(retries + 1, 5)),
-                    "initialBackoff": "0.1s",
-                    "maxBackoff": "1s",
-                    "backoffMultiplier": 2,
-                    "retryableStatusCodes": ["UNAVAILABLE"],
-                },
-            }
-        ]
-        if retries > 0
-        else [],
-    }
-    if round_robin:
-        config["loadBalancingConfig"] = [{"round_robin": {}}]
-    return json.dumps(config)

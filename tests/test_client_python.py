@@ -161,3 +161,40 @@ def test_cli_against_a_server_with_no_model_says_so(tmp_path: Path) -> None:
             assert "--model" not in lines[0]
     finally:
         server.stop()
+
+
+def test_every_call_answers_the_same_sync_and_awaited(live_server: ServerProcess) -> None:
+    """Both clients' methods come from the same request builders: each call, and each error, alike."""
+    calls: list[tuple[str, tuple[object, ...], dict[str, object]]] = [
+        ("recommend", ("demo", "u1", 5), {"exclude": ["i1"], "include_metadata": True}),
+        ("recommend", ("demo", "someone-new", 5), {"history": ["i2", "i3"]}),
+        ("recommend_batch", ("demo", ["u1", "u2"], 3), {}),
+        ("score", ("demo", "u1", ["i3", "i1"]), {}),
+        ("similar", ("demo", "i1", 4), {}),
+        ("list_models", (), {}),
+        ("model_metadata", ("demo",), {"version": 1}),
+        ("health", (), {}),
+        ("recommend", ("nope", "u1"), {}),
+        ("score", ("demo", "u1", []), {"timeout": 2.0}),
+    ]
+
+    sync: list[object] = []
+    with RecommenderClient(live_server.address) as client:
+        for name, args, kwargs in calls:
+            try:
+                sync.append(getattr(client, name)(*args, **kwargs))
+            except RecommenderError as err:
+                sync.append((err.code, err.details, err.target))
+
+    async def awaited() -> list[object]:
+        answers: list[object] = []
+        async with AsyncRecommenderClient(live_server.address) as aclient:
+            for name, args, kwargs in calls:
+                try:
+                    answers.append(await getattr(aclient, name)(*args, **kwargs))
+                except RecommenderError as err:
+                    answers.append((err.code, err.details, err.target))
+        return answers
+
+    assert sync == asyncio.run(awaited())
+    assert isinstance(sync[-2], tuple) and sync[-2][0].name == "NOT_FOUND"
