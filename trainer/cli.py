@@ -24,10 +24,11 @@ def _split_names(value: str | None) -> tuple[str, ...]:
     return tuple(v.strip() for v in value.split(",") if v.strip()) if value else ()
 
 
-def _column_option(name: str, default: str, what: str | None = None) -> Callable[[Any], Any]:
-    """``--NAME-col``: which column of a generic log holds the ``what`` (``name`` by default)."""
+def _column_option(name: str, found_as: str, what: str | None = None) -> Callable[[Any], Any]:
+    """``--NAME-col``: which column of a generic log holds the ``what`` (``name`` unless given); by
+    default the readers look for it under the names ``found_as`` says."""
     return click.option(
-        f"--{name}-col", default=None, help=f"Generic logs: the {what or name} column (default: found as {default})."
+        f"--{name}-col", default=None, help=f"Generic logs: the {what or name} column (default: found as {found_as})."
     )
 
 
