@@ -61,12 +61,17 @@ from onnxrec.trainer.checkpoint import model_from_checkpoint
 from onnxrec.trainer.data.dataset import Dataset
 from onnxrec.trainer.history import known_sequences
 from onnxrec.trainer.models.base import Recommender
-from onnxrec.trainer.models.two_tower import TwoTower
 from onnxrec.trainer.runs import open_run
 
 log = logging.getLogger("onnxrec.export")
 
 FOLD_IN_HISTORY = 50  # history length the fold-in graph is checked with for models without their own
+
+
+def fold_in_history_len(model: Recommender) -> int:
+    """The history length of the fold-in graph's parity batches and the manifest's ``history_len``:
+    the model's own, or :data:`FOLD_IN_HISTORY` for a model that reads none."""
+    return model.history_len or FOLD_IN_HISTORY
 
 
 @dataclass(frozen=True)
@@ -111,8 +116,8 @@ def _graphs(model: Recommender, ds: Dataset, tables: ServingTables, opts: Export
     real_users = np.arange(min(n_users, opts.parity_users))
     odd = 7 if opts.max_batch > 7 else 1
     sizes = sorted({1, odd, opts.max_batch})
-    feature_names = tuple(f.name for f in model.cfg.user_features) if isinstance(model, TwoTower) else ()
-    h = int(getattr(model.cfg, "history_len", 0)) or FOLD_IN_HISTORY
+    feature_names = model.user_feature_names
+    h = fold_in_history_len(model)
 
     def rand_exclude(b: int) -> np.ndarray:
         ex = rng.integers(-1, n_items, size=(b, 5))
@@ -177,7 +182,7 @@ def serving_tables(model: Recommender, ds: Dataset) -> ServingTables:
     """The per-user constants the graphs embed, from everything known about each user."""
     seqs = known_sequences(ds, "serve")
     users = np.repeat(np.arange(ds.num_users), np.diff(seqs.indptr))
-    h = int(getattr(model.cfg, "history_len", 0)) if isinstance(model, TwoTower) else 0
+    h = model.history_len
     history = seqs.recent(np.arange(ds.num_users), h) if h else np.zeros((ds.num_users, 0), np.int64)
     return ServingTables(
         history=history,
@@ -290,7 +295,7 @@ def export(
             "k_max": graphs[0].spec.k_max,
             "num_users": ds.num_users,
             "num_items": ds.num_items,
-            "history_len": int(getattr(model.cfg, "history_len", 0)) or FOLD_IN_HISTORY,
+            "history_len": fold_in_history_len(model),
             "feature_spec": ckpt["feature_spec"],
             "graphs": {g.spec.name: {"file": g.spec.file, **g.spec.to_dict()} for g in graphs},
             "metrics": ckpt.get("metrics", {}),

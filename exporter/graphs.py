@@ -2,22 +2,23 @@
 
 Everything that does not depend on the request is computed once here and stored in the graph as a
 constant: item vectors and biases of factorized models, each known user's recent history and side
-features (two-tower), the fold-in centroids, normalised item vectors for similarity. The top-k is
-taken inside the graph.
+features (for models that read them), the fold-in centroids, normalised item vectors for similarity.
+The top-k is taken inside the graph. What a model can export is read from its contract
+(:class:`~onnxrec.trainer.models.base.Recommender`), never from its class.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from onnxrec.trainer.models.base import FactorizedRecommender, Recommender
-from onnxrec.trainer.models.two_tower import TwoTower
+from onnxrec.trainer.models.base import Recommender
 
 
 def topk_excluding(scores: torch.Tensor, exclude: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -43,15 +44,16 @@ def masked_topk(scores: torch.Tensor, exclude: torch.Tensor, k: int) -> tuple[to
 class ServingTables:
     """Per-user data the graphs embed, built from the dataset at export time."""
 
-    history: np.ndarray  # [num_users, H] newest first, -1 pads (two-tower only; H may be 0)
+    history: np.ndarray  # [num_users, H] newest first, -1 pads (H: the model's history_len, may be 0)
     user_features: dict[str, np.ndarray]  # encoded, row = user index
     centroids: list[np.ndarray]  # fold-in: per user table, the mean user row of each item's users
 
 
 def fold_in_centroids(model: Recommender, users: np.ndarray, items: np.ndarray, num_items: int) -> list[np.ndarray]:
     """For each user table of ``model``: per item, the mean row of the users who interacted with it
-    (the table's mean for items nobody interacted with)."""
-    if isinstance(model, TwoTower):
+    (the table's mean for items nobody interacted with). A model that encodes unknown users itself
+    needs none (an empty list)."""
+    if model.encodes_unknown_users:
         return []
     out = []
     u = torch.from_numpy(users.astype(np.int64))
@@ -68,6 +70,9 @@ def fold_in_centroids(model: Recommender, users: np.ndarray, items: np.ndarray, 
 
 
 class _Base(nn.Module):
+    """What every graph module holds: the model, and the constants its contract says it needs (item
+    vectors and biases of a factorized model, the known users' side features and recent history)."""
+
     item_matrix: torch.Tensor
     item_bias: torch.Tensor
     history_table: torch.Tensor
@@ -75,29 +80,39 @@ class _Base(nn.Module):
     def __init__(self, model: Recommender, tables: ServingTables) -> None:
         super().__init__()
         self.model = model
-        self.factorized = isinstance(model, FactorizedRecommender)
-        self.two_tower = isinstance(model, TwoTower)
+        self.factorized = model.factorized
+        self.history_len = model.history_len
         with torch.no_grad():
-            if isinstance(model, FactorizedRecommender):
+            if self.factorized:
                 self.register_buffer("item_matrix", model.item_vectors().detach().clone())
                 self.register_buffer("item_bias", model.item_bias().detach().clone())
-        self.feature_names = [f.name for f in getattr(model.cfg, "user_features", ())] if self.two_tower else []
+        self.feature_names = list(model.user_feature_names)
         for name in self.feature_names:
             self.register_buffer(f"uf_{name}", torch.from_numpy(tables.user_features[name]).long())
-        if self.two_tower and model.uses_history:
+        if self.history_len:
             self.register_buffer("history_table", torch.from_numpy(tables.history).long())
 
-    def known_user_inputs(self, users: torch.Tensor) -> dict[str, Any]:
-        inputs: dict[str, Any] = {}
-        for name in self.feature_names:
-            inputs[f"user_{name}"] = getattr(self, f"uf_{name}")[users]
-        if self.two_tower and self.model.uses_history:
-            inputs["history"] = self.history_table[users]
-            inputs["item_table"] = self.item_matrix
+    def user_inputs(self, features: Sequence[torch.Tensor], history: torch.Tensor | None) -> dict[str, Any]:
+        """The model's ``inputs`` from user features (in :attr:`feature_names` order) and a history
+        (newest first; cut to the model's length), with the item vectors computed at export."""
+        inputs: dict[str, Any] = {f"user_{n}": f for n, f in zip(self.feature_names, features, strict=True)}
+        if self.history_len and history is not None:
+            inputs["history"] = history[:, : self.history_len]
+            if self.factorized:
+                inputs["item_table"] = self.item_matrix
         return inputs
 
-    def factor_scores(self, user_vectors: torch.Tensor) -> torch.Tensor:
-        return user_vectors @ self.item_matrix.T + self.item_bias
+    def known_user_inputs(self, users: torch.Tensor) -> dict[str, Any]:
+        """The model's ``inputs`` for known ``users``, from the tables embedded at export."""
+        features = [getattr(self, f"uf_{name}")[users] for name in self.feature_names]
+        return self.user_inputs(features, self.history_table[users] if self.history_len else None)
+
+    def catalog_scores(self, users: torch.Tensor, inputs: dict[str, Any]) -> torch.Tensor:
+        """Every item's score for ``users`` [B] -> [B, num_items]; a factorized model's item side is the
+        export-time matrix."""
+        if self.factorized:
+            return self.model.user_vectors(users, inputs) @ self.item_matrix.T + self.item_bias
+        return self.model.score_all(users, inputs)
 
     def known_user_matrix(self, chunk: int = 4096) -> torch.Tensor:
         """Every known user's vector [num_users, D] (factorized models), computed once at export.
@@ -105,12 +120,11 @@ class _Base(nn.Module):
         A known user's vector depends only on tables fixed at export time (their embedding, recent
         history and side features), so the serving graphs gather it instead of running the user tower
         per request: the known-user graphs become Gather -> MatMul -> TopK."""
-        model = cast(FactorizedRecommender, self.model)
         rows = []
         with torch.no_grad():
-            for start in range(0, model.cfg.num_users, chunk):
-                users = torch.arange(start, min(start + chunk, model.cfg.num_users))
-                rows.append(model.user_vectors(users, self.known_user_inputs(users)).detach().float())
+            for start in range(0, self.model.num_users, chunk):
+                users = torch.arange(start, min(start + chunk, self.model.num_users))
+                rows.append(self.model.user_vectors(users, self.known_user_inputs(users)).detach().float())
         return torch.cat(rows) if rows else torch.zeros(0, self.item_matrix.shape[1])
 
     def drop_user_tables(self) -> None:
@@ -146,16 +160,20 @@ class RecommendGraph(_Base):
         if self.factorized:
             scores = torch.index_select(self.user_matrix, 0, user_idx) @ self.scoring_matrix
             return topk_excluding(scores, exclude, self.k)
-        return topk_excluding(F.pad(self.model.score_all(user_idx, {}), (0, 1)), exclude, self.k)
+        scores = self.model.score_all(user_idx, self.known_user_inputs(user_idx))
+        return topk_excluding(F.pad(scores, (0, 1)), exclude, self.k)
 
 
 class HistoryGraph(_Base):
-    """(history [B, H], exclude [B, E], user features...) -> (scores [B, K], items [B, K])."""
+    """(history [B, H], exclude [B, E], user features...) -> (scores [B, K], items [B, K]).
+
+    A model that encodes unknown users gets user -1 with the history and features; any other is
+    folded in: each user-table row is the mean, over the history, of the items' centroids."""
 
     def __init__(self, model: Recommender, tables: ServingTables, k: int) -> None:
         super().__init__(model, tables)
         self.k = k
-        self.history_len = int(getattr(model.cfg, "history_len", 0))
+        self.encodes = model.encodes_unknown_users
         for j, c in enumerate(tables.centroids):
             self.register_buffer(f"centroid_{j}", torch.from_numpy(c))
         self.num_centroids = len(tables.centroids)
@@ -163,17 +181,12 @@ class HistoryGraph(_Base):
     def forward(
         self, history: torch.Tensor, exclude: torch.Tensor, *features: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        mask = (history >= 0).unsqueeze(-1)
-        safe = history.clamp_min(0)
-        if self.two_tower:
-            model = cast(TwoTower, self.model)
+        if self.encodes:
             users = torch.full_like(history[:, 0], -1)
-            inputs: dict[str, Any] = {f"user_{n}": f for n, f in zip(self.feature_names, features, strict=True)}
-            if model.uses_history:
-                inputs["history"] = history[:, : self.history_len]
-                inputs["item_table"] = self.item_matrix
-            scores = self.factor_scores(model.user_vectors(users, inputs))
+            scores = self.catalog_scores(users, self.user_inputs(features, history))
         else:
+            mask = (history >= 0).unsqueeze(-1)
+            safe = history.clamp_min(0)
             rows = []
             for j in range(self.num_centroids):
                 c = getattr(self, f"centroid_{j}")[safe]  # [B, H, d]

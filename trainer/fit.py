@@ -28,7 +28,7 @@ from onnxrec.trainer.data.dataset import Dataset
 from onnxrec.trainer.determinism import epoch_seeds
 from onnxrec.trainer.evaluate import evaluate
 from onnxrec.trainer.history import UserSequences, known_sequences, training_histories
-from onnxrec.trainer.models.base import FactorizedRecommender, Recommender
+from onnxrec.trainer.models.base import Recommender
 from onnxrec.trainer.plan import choose_softmax, long_epoch_warning
 from onnxrec.trainer.progress import Progress
 
@@ -42,10 +42,9 @@ def user_inputs(
 ) -> dict[str, Any]:
     """The extra per-user inputs ``model`` reads: user features and (if used) the history."""
     inputs: dict[str, Any] = {}
-    cfg = getattr(model, "cfg", None)
-    for f in getattr(cfg, "user_features", ()):
-        inputs[f"user_{f.name}"] = torch.from_numpy(ds.user_features[f.name][users]).to(device)
-    if model.uses_history and history is not None:
+    for name in model.user_feature_names:
+        inputs[f"user_{name}"] = torch.from_numpy(ds.user_features[name][users]).to(device)
+    if model.history_len and history is not None:
         inputs["history"] = torch.from_numpy(history).to(device)
     return inputs
 
@@ -68,7 +67,7 @@ class ModelScorer:
     @contextmanager
     def items_once(self) -> Iterator[None]:
         """Score with item vectors computed once on entry (the weights must not change inside)."""
-        if isinstance(self.model, FactorizedRecommender):
+        if self.model.factorized:
             self.model.eval()
             with torch.no_grad():
                 self._items = (self.model.item_vectors(), self.model.item_bias())
@@ -81,15 +80,15 @@ class ModelScorer:
     def __call__(self, users: np.ndarray, stage: str) -> np.ndarray:
         self.model.eval()
         history = None
-        if self.model.uses_history:
+        if self.model.history_len:
             if stage not in self._known:
                 self._known[stage] = known_sequences(self.ds, stage)
-            history = self._known[stage].recent(users, self.model.cfg.history_len)
+            history = self._known[stage].recent(users, self.model.history_len)
         inputs = user_inputs(self.model, self.ds, users, history, self.device)
         u = torch.from_numpy(np.asarray(users, dtype=np.int64)).to(self.device)
-        if self._items is not None and isinstance(self.model, FactorizedRecommender):
+        if self._items is not None:
             table, bias = self._items
-            if self.model.uses_history:
+            if self.model.history_len:
                 inputs["item_table"] = table
             return (self.model.user_vectors(u, inputs) @ table.T + bias).float().cpu().numpy()
         return self.model.score_all(u, inputs).float().cpu().numpy()
@@ -109,14 +108,14 @@ class TrainingStep(nn.Module):
         self, users: torch.Tensor, items: torch.Tensor, negatives: torch.Tensor, inputs: dict[str, Any]
     ) -> torch.Tensor:
         m = self.model
-        if self.loss == "softmax" and self.full_softmax and isinstance(m, FactorizedRecommender):
+        if self.loss == "softmax" and self.full_softmax and m.factorized:
             table = m.item_vectors()
-            if m.uses_history:
+            if m.history_len:
                 inputs = {**inputs, "item_table": table}
             logits = (m.user_vectors(users, inputs) @ table.T + m.item_bias()) / self.temperature
             return F.cross_entropy(logits, items)
         cands = torch.cat([items.unsqueeze(1), negatives], dim=1)
-        if m.uses_history and isinstance(m, FactorizedRecommender):
+        if m.history_len and m.factorized:
             inputs = compact_history(m, inputs)
         scores = m.score_candidates(users, cands, inputs)
         if self.loss == "softmax":
@@ -130,7 +129,7 @@ class TrainingStep(nn.Module):
         raise TrainingError(f"unknown loss {self.loss!r} (use softmax, bce or bpr)")
 
 
-def compact_history(model: FactorizedRecommender, inputs: dict[str, Any]) -> dict[str, Any]:
+def compact_history(model: Recommender, inputs: dict[str, Any]) -> dict[str, Any]:
     """``inputs`` with the history re-indexed into a table of only the items it holds.
 
     The sampled losses need item vectors for the batch's history items alone; computing the item
@@ -198,8 +197,8 @@ def fit(
     batch = max(1, -(-cfg.batch_size // world))
     plan = choose_softmax(model.num_items, batch, cfg.max_softmax_items)
     if loss == "softmax" and rank == 0:
-        factorized = isinstance(model, FactorizedRecommender)
-        log.info("loss: %s", plan.reason if factorized else "sampled softmax (the model scores pairs, not a catalog)")
+        pairs = "sampled softmax (the model scores pairs, not a catalog)"
+        log.info("loss: %s", plan.reason if model.factorized else pairs)
     step: nn.Module = TrainingStep(model, loss, cfg.temperature, plan.full)
     if distributed:
         step = nn.parallel.DistributedDataParallel(step, find_unused_parameters=True)
@@ -272,7 +271,7 @@ def _train_epoch(
     model.train()
     seq = data.seq
     perm = gen.permutation(len(seq.items))[data.rank :: data.world]
-    history_len = getattr(model.cfg, "history_len", 0) if model.uses_history else 0
+    history_len = model.history_len
     t0 = time.perf_counter()
     total, batches = 0.0, 0
     progress = Progress(

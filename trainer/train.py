@@ -96,8 +96,7 @@ def _train(cfg: TrainConfig, out: Path, threads: int) -> Path:
         mcfg_dict = config_to_dict(model_config(model_type, cfg, ds))
     model = build_model(model_type, mcfg_dict)
     check_model_memory(sum(p.numel() for p in model.parameters()), ds.num_users, ds.num_items)
-    if hasattr(model, "set_item_features"):
-        model.set_item_features({k: torch.from_numpy(v) for k, v in ds.item_features.items()})
+    model.set_item_features({k: torch.from_numpy(v) for k, v in ds.item_features.items()})
     if resume is not None:
         model.load_state_dict(resume["state_dict"])
     epochs_log: list[dict[str, Any]] = []

@@ -1,1 +1,1 @@
-"""Recommender networks (nn.Modules) and their config dataclasses."""
+"""Recommender networks (nn.Modules), their config dataclasses, the model contract they share and the registry."""

@@ -1,73 +1,137 @@
-"""The interface every recommender network implements."""
+"""The model contract: what every recommender network computes and states about itself.
+
+The exporter reads a model only through this contract, never its class:
+
+* **sizes**: :attr:`num_users`, :attr:`num_items` (from ``cfg``);
+* **inputs and features**: :attr:`history_len` (how many recent items ``inputs["history"]`` holds;
+  0 = the model reads no history), :attr:`user_feature_names` (read as ``inputs["user_<name>"]``),
+  :attr:`item_feature_names` (carried by the model, given once by :meth:`set_item_features`);
+* **a full-catalog scorer**: :meth:`score_all`, and :meth:`score_candidates` for given items;
+* **user and item vectors**: when :attr:`factorized`, a score is
+  ``user_vectors(users, inputs) @ item_vectors().T + item_bias()``, so known users' vectors can be
+  computed once at export;
+* **history fold-in** of a user the model does not know: when :attr:`encodes_unknown_users`, the
+  model's own user encoder takes user ``-1`` with its history and features; otherwise the user's rows
+  of :meth:`user_tables` are estimated from its history and scored by :meth:`score_with_user`;
+* **item similarity**: :meth:`item_representation`.
+
+``inputs`` is a dict of per-user tensors: ``history`` [B, H] (item indices, newest first, -1 pads),
+``user_<name>`` [B] per user feature, and optionally ``item_table`` ([num_items, D], the item vectors
+of a factorized model when the caller already has them, so the history need not recompute them).
+"""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import torch
 from torch import nn
 
+from onnxrec.trainer.models.config import ModelConfig
+
 
 class Recommender(nn.Module):
-    """A scoring network over contiguous user and item indices.
+    """A scoring network over contiguous user and item indices, built from its config ``cfg``.
 
-    ``inputs`` is a dict of extra per-user tensors some models take (``history`` [B, H] item indices
-    padded with -1, and user feature tensors); models that need none ignore it.
-    """
+    A subclass implements either :meth:`user_tables` and :meth:`score_with_user` (the defaults of
+    :meth:`score_candidates` and :meth:`score_all` use them) or, being :attr:`factorized`, the vector
+    methods (see :class:`FactorizedRecommender`); and :meth:`item_representation`."""
 
-    #: Whether scores come from ``user_vectors(...) @ item_vectors().T + item_bias()``.
+    #: Whether scores are ``user_vectors(...) @ item_vectors().T + item_bias()``.
     factorized: bool = False
-    #: Whether the model reads the user's recent history (``inputs["history"]``).
-    uses_history: bool = False
+    #: Whether :meth:`user_vectors` builds a vector for a user the model does not know (index -1) from
+    #: ``inputs`` alone (history, user features); if not, such users are folded in by :meth:`user_tables`.
+    encodes_unknown_users: bool = False
 
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+
+    # ------------------------------------------------------------------ sizes, inputs, features
+    @property
+    def num_users(self) -> int:
+        """Users the model knows (indices 0 .. num_users - 1)."""
+        return self.cfg.num_users
+
+    @property
+    def num_items(self) -> int:
+        """Items in the catalog (indices 0 .. num_items - 1)."""
+        return self.cfg.num_items
+
+    @property
+    def history_len(self) -> int:
+        """How many of a user's most recent items the model reads (``inputs["history"]``); 0 = none."""
+        return 0
+
+    @property
+    def user_feature_names(self) -> tuple[str, ...]:
+        """The user side features the model reads, each as ``inputs["user_<name>"]`` [B] (encoded)."""
+        return ()
+
+    @property
+    def item_feature_names(self) -> tuple[str, ...]:
+        """The item side features the model carries (see :meth:`set_item_features`)."""
+        return ()
+
+    def set_item_features(self, features: Mapping[str, torch.Tensor]) -> None:
+        """Give the model the encoded item features it reads (row = item index; features it does not
+        read are ignored); they are saved with its weights."""
+        for name in self.item_feature_names:
+            self.register_buffer(f"item_feature_{name}", features[name].long())
+
+    def item_feature_rows(self, items: torch.Tensor) -> list[torch.Tensor]:
+        """The encoded item features of ``items``, one tensor per :attr:`item_feature_names` entry."""
+        return [getattr(self, f"item_feature_{name}")[items] for name in self.item_feature_names]
+
+    # ------------------------------------------------------------------ scoring
     def score_candidates(self, users: torch.Tensor, items: torch.Tensor, inputs: dict[str, Any]) -> torch.Tensor:
         """Scores (logits) of ``items`` [B, N] for ``users`` [B] -> [B, N]."""
-        raise NotImplementedError
+        return self.score_with_user([t(users) for t in self.user_tables()], items)
 
     def score_all(self, users: torch.Tensor, inputs: dict[str, Any]) -> torch.Tensor:
         """Scores of every item for ``users`` [B] -> [B, num_items]."""
         return self.score_with_user([t(users) for t in self.user_tables()], None)
 
     def user_tables(self) -> list[nn.Embedding]:
-        """The per-user embedding tables; a user unknown to the model can be folded in by giving
+        """The per-user embedding tables; a user unknown to the model is folded in by giving
         :meth:`score_with_user` rows built from its history instead of rows of these tables."""
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} has no per-user tables")
 
     def score_with_user(self, user_rows: list[torch.Tensor], items: torch.Tensor | None) -> torch.Tensor:
         """Scores from explicit user rows (one [B, d] tensor per :meth:`user_tables` entry) for
         ``items`` [B, N], or for every item when ``items`` is None -> [B, N or num_items]."""
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} does not score from user rows")
 
     def item_representation(self) -> torch.Tensor:
         """One vector per item [num_items, d] whose cosine similarity says how alike items are."""
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} has no item representation")
+
+    # ------------------------------------------------------------------ factorized models
+    def user_vectors(self, users: torch.Tensor, inputs: dict[str, Any]) -> torch.Tensor:
+        """User vectors [B, D] (:attr:`factorized` models)."""
+        raise NotImplementedError(f"{type(self).__name__} is not factorized")
+
+    def item_vectors(self, items: torch.Tensor | None = None) -> torch.Tensor:
+        """Item vectors [N, D], of every item when ``items`` is None (:attr:`factorized` models)."""
+        raise NotImplementedError(f"{type(self).__name__} is not factorized")
+
+    def item_bias(self, items: torch.Tensor | None = None) -> torch.Tensor:
+        """Item biases [N], of every item when ``items`` is None (:attr:`factorized` models)."""
+        raise NotImplementedError(f"{type(self).__name__} is not factorized")
 
     @staticmethod
     def all_items(batch: int, n: int, device: torch.device) -> torch.Tensor:
         """[batch, n] item indices 0..n-1 per row."""
         return torch.arange(n, device=device).unsqueeze(0).expand(batch, n)
 
-    @property
-    def num_items(self) -> int:
-        raise NotImplementedError
-
 
 class FactorizedRecommender(Recommender):
-    """A model whose score is a dot product of a user vector and an item vector, plus an item bias."""
+    """A model whose score is a dot product of a user vector and an item vector, plus an item bias:
+    it implements :meth:`user_vectors`, :meth:`item_vectors` and :meth:`item_bias`, and scores,
+    candidates and item similarity follow from them."""
 
     factorized = True
-
-    def user_vectors(self, users: torch.Tensor, inputs: dict[str, Any]) -> torch.Tensor:
-        """User vectors [B, D]."""
-        raise NotImplementedError
-
-    def item_vectors(self, items: torch.Tensor | None = None) -> torch.Tensor:
-        """Item vectors [N, D] (every item when ``items`` is None)."""
-        raise NotImplementedError
-
-    def item_bias(self, items: torch.Tensor | None = None) -> torch.Tensor:
-        """Item biases [N] (every item when ``items`` is None)."""
-        raise NotImplementedError
 
     def score_candidates(self, users: torch.Tensor, items: torch.Tensor, inputs: dict[str, Any]) -> torch.Tensor:
         u = self.user_vectors(users, inputs)  # [B, D]

@@ -8,24 +8,30 @@ from typing import Any
 import torch
 from torch import nn
 
-from onnxrec.trainer.models.base import FactorizedRecommender
+from onnxrec.trainer.models.base import FactorizedRecommender, Recommender
+from onnxrec.trainer.models.config import ModelConfig, ModelOptions
 
 
 @dataclass(frozen=True)
-class MFConfig:
+class MFConfig(ModelConfig):
     """Sizes of an :class:`MF` model."""
 
     num_users: int
     num_items: int
     dim: int = 64
 
+    @classmethod
+    def from_options(cls, opts: ModelOptions) -> MFConfig:
+        return cls(opts.num_users, opts.num_items, opts.dim)
+
 
 class MF(FactorizedRecommender):
     """score(u, i) = <p_u, q_i> + b_i (+ b_u, which does not change a user's ranking)."""
 
+    cfg: MFConfig
+
     def __init__(self, cfg: MFConfig) -> None:
-        super().__init__()
-        self.cfg = cfg
+        super().__init__(cfg)
         self.user_emb = nn.Embedding(cfg.num_users, cfg.dim)
         self.item_emb = nn.Embedding(cfg.num_items, cfg.dim)
         self.user_b = nn.Embedding(cfg.num_users, 1)
@@ -34,10 +40,6 @@ class MF(FactorizedRecommender):
             nn.init.normal_(e.weight, std=0.05)
         nn.init.zeros_(self.user_b.weight)
         nn.init.zeros_(self.item_b.weight)
-
-    @property
-    def num_items(self) -> int:
-        return self.cfg.num_items
 
     def user_vectors(self, users: torch.Tensor, inputs: dict[str, Any]) -> torch.Tensor:
         return self.user_emb(users)
@@ -59,4 +61,5 @@ class MF(FactorizedRecommender):
         return torch.einsum("bd,bnd->bn", p, self.item_emb(items)) + self.item_bias(items) + bu
 
     def score_candidates(self, users: torch.Tensor, items: torch.Tensor, inputs: dict[str, Any]) -> torch.Tensor:
-        return self.score_with_user([self.user_emb(users), self.user_b(users)], items)
+        """From the user tables, so the user bias counts (it changes a sampled loss, not a ranking)."""
+        return Recommender.score_candidates(self, users, items, inputs)

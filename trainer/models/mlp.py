@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from torch import nn
 
 from onnxrec.trainer.models.base import Recommender
+from onnxrec.trainer.models.config import ModelConfig, ModelOptions
+
+DEFAULT_LAYERS = (64, 32, 16)
 
 
 def mlp_stack(sizes: list[int], dropout: float) -> nn.Sequential:
@@ -23,32 +25,33 @@ def mlp_stack(sizes: list[int], dropout: float) -> nn.Sequential:
 
 
 @dataclass(frozen=True)
-class MLPConfig:
+class MLPConfig(ModelConfig):
     """Sizes of an :class:`MLP` model: embedding size and hidden layer widths."""
 
     num_users: int
     num_items: int
     dim: int = 32
-    layers: tuple[int, ...] = (64, 32, 16)
+    layers: tuple[int, ...] = DEFAULT_LAYERS
     dropout: float = 0.0
+
+    @classmethod
+    def from_options(cls, opts: ModelOptions) -> MLPConfig:
+        return cls(opts.num_users, opts.num_items, opts.dim, opts.layers or DEFAULT_LAYERS, opts.dropout)
 
 
 class MLP(Recommender):
     """User and item embeddings concatenated -> ReLU MLP -> one logit (sigmoid in the BCE loss)."""
 
+    cfg: MLPConfig
+
     def __init__(self, cfg: MLPConfig) -> None:
-        super().__init__()
-        self.cfg = cfg
+        super().__init__(cfg)
         self.user_emb = nn.Embedding(cfg.num_users, cfg.dim)
         self.item_emb = nn.Embedding(cfg.num_items, cfg.dim)
         nn.init.normal_(self.user_emb.weight, std=0.05)
         nn.init.normal_(self.item_emb.weight, std=0.05)
         self.mlp = mlp_stack([2 * cfg.dim, *cfg.layers], cfg.dropout)
         self.out = nn.Linear(cfg.layers[-1] if cfg.layers else 2 * cfg.dim, 1)
-
-    @property
-    def num_items(self) -> int:
-        return self.cfg.num_items
 
     def user_tables(self) -> list[nn.Embedding]:
         return [self.user_emb]
@@ -64,28 +67,31 @@ class MLP(Recommender):
         x = torch.cat([u, self.item_emb(items)], dim=-1)
         return self.out(self.mlp(x)).squeeze(-1)
 
-    def score_candidates(self, users: torch.Tensor, items: torch.Tensor, inputs: dict[str, Any]) -> torch.Tensor:
-        return self.score_with_user([self.user_emb(users)], items)
-
 
 @dataclass(frozen=True)
-class NeuMFConfig:
+class NeuMFConfig(ModelConfig):
     """Sizes of a :class:`NeuMF` model (GMF branch and MLP branch)."""
 
     num_users: int
     num_items: int
     mf_dim: int = 32
     mlp_dim: int = 32
-    layers: tuple[int, ...] = (64, 32, 16)
+    layers: tuple[int, ...] = DEFAULT_LAYERS
     dropout: float = 0.0
+
+    @classmethod
+    def from_options(cls, opts: ModelOptions) -> NeuMFConfig:
+        layers = opts.layers or DEFAULT_LAYERS
+        return cls(opts.num_users, opts.num_items, opts.dim, opts.dim, layers, opts.dropout)
 
 
 class NeuMF(Recommender):
     """GMF (element-wise product) and MLP branches, concatenated into one logit."""
 
+    cfg: NeuMFConfig
+
     def __init__(self, cfg: NeuMFConfig) -> None:
-        super().__init__()
-        self.cfg = cfg
+        super().__init__(cfg)
         self.gmf_user = nn.Embedding(cfg.num_users, cfg.mf_dim)
         self.gmf_item = nn.Embedding(cfg.num_items, cfg.mf_dim)
         self.mlp_user = nn.Embedding(cfg.num_users, cfg.mlp_dim)
@@ -94,10 +100,6 @@ class NeuMF(Recommender):
             nn.init.normal_(e.weight, std=0.05)
         self.mlp = mlp_stack([2 * cfg.mlp_dim, *cfg.layers], cfg.dropout)
         self.out = nn.Linear(cfg.mf_dim + (cfg.layers[-1] if cfg.layers else 2 * cfg.mlp_dim), 1)
-
-    @property
-    def num_items(self) -> int:
-        return self.cfg.num_items
 
     def user_tables(self) -> list[nn.Embedding]:
         return [self.gmf_user, self.mlp_user]
@@ -113,6 +115,3 @@ class NeuMF(Recommender):
         gmf = gu.unsqueeze(1) * self.gmf_item(items)
         mlp = self.mlp(torch.cat([mu.unsqueeze(1).expand(-1, n, -1), self.mlp_item(items)], dim=-1))
         return self.out(torch.cat([gmf, mlp], dim=-1)).squeeze(-1)
-
-    def score_candidates(self, users: torch.Tensor, items: torch.Tensor, inputs: dict[str, Any]) -> torch.Tensor:
-        return self.score_with_user([self.gmf_user(users), self.mlp_user(users)], items)

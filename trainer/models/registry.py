@@ -1,53 +1,67 @@
-"""Build any onnxrec model from its type name and config dict (what a checkpoint stores)."""
+"""The model types: one entry per type, and building a model from its type name and config.
+
+Adding a model is one module (its config dataclass, a :class:`~onnxrec.trainer.models.config.ModelConfig`,
+and its network, a :class:`~onnxrec.trainer.models.base.Recommender`) and one line in
+:data:`MODEL_TYPES`; training, checkpoints and the exporter find it here.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from onnxrec.errors import OnnxrecError
 from onnxrec.trainer.models.base import Recommender
+from onnxrec.trainer.models.config import ModelConfig
 from onnxrec.trainer.models.mf import MF, MFConfig
 from onnxrec.trainer.models.mlp import MLP, MLPConfig, NeuMF, NeuMFConfig
-from onnxrec.trainer.models.two_tower import FeatureInput, TwoTower, TwoTowerConfig
+from onnxrec.trainer.models.two_tower import TwoTower, TwoTowerConfig
 
-MODEL_TYPES: dict[str, tuple[type[Recommender], type[Any]]] = {
-    "mf": (MF, MFConfig),
-    "mlp": (MLP, MLPConfig),
-    "neumf": (NeuMF, NeuMFConfig),
-    "twotower": (TwoTower, TwoTowerConfig),
+
+@dataclass(frozen=True)
+class ModelType:
+    """One kind of model: its network (built as ``network(config)``), its config dataclass and the
+    loss ``--loss auto`` trains it with."""
+
+    network: type[Recommender]
+    config: type[ModelConfig]
+    default_loss: str
+
+
+MODEL_TYPES: dict[str, ModelType] = {
+    "mf": ModelType(MF, MFConfig, default_loss="softmax"),
+    "mlp": ModelType(MLP, MLPConfig, default_loss="bce"),
+    "neumf": ModelType(NeuMF, NeuMFConfig, default_loss="bce"),
+    "twotower": ModelType(TwoTower, TwoTowerConfig, default_loss="softmax"),
 }
 
 
-def config_to_dict(cfg: Any) -> dict[str, Any]:
-    """A model config dataclass as a plain dict (tuples become lists)."""
-    return dataclasses.asdict(cfg)
+def registered(name: str) -> ModelType:
+    """The registry entry of ``name``."""
+    if name not in MODEL_TYPES:
+        raise OnnxrecError(f"unknown model type {name!r} (known: {', '.join(MODEL_TYPES)})")
+    return MODEL_TYPES[name]
 
 
-def config_from_dict(model_type: str, d: dict[str, Any]) -> Any:
+def config_to_dict(cfg: ModelConfig) -> dict[str, Any]:
+    """A model config dataclass as a plain dict (what a checkpoint stores)."""
+    return cfg.to_dict()
+
+
+def config_from_dict(name: str, d: Mapping[str, Any]) -> ModelConfig:
     """Rebuild a model config dataclass from :func:`config_to_dict`'s output."""
-    if model_type not in MODEL_TYPES:
-        raise OnnxrecError(f"unknown model type {model_type!r} (known: {', '.join(MODEL_TYPES)})")
-    cls = MODEL_TYPES[model_type][1]
-    kwargs: dict[str, Any] = {}
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = set(d) - names
+    cls = registered(name).config
+    unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
     if unknown:
-        raise OnnxrecError(f"{model_type} config has unknown keys: {', '.join(sorted(unknown))}")
-    for key, value in d.items():
-        if key in ("user_features", "item_features"):
-            kwargs[key] = tuple(FeatureInput(**f) for f in value)
-        elif isinstance(value, list):
-            kwargs[key] = tuple(value)
-        else:
-            kwargs[key] = value
-    return cls(**kwargs)
+        raise OnnxrecError(f"{name} config has unknown keys: {', '.join(sorted(unknown))}")
+    return cls.from_dict(d)
 
 
-def build_model(model_type: str, config: Any) -> Recommender:
-    """Instantiate the network of ``model_type`` from its config (dataclass or dict)."""
-    if isinstance(config, dict):
-        config = config_from_dict(model_type, config)
-    if model_type not in MODEL_TYPES:
-        raise OnnxrecError(f"unknown model type {model_type!r} (known: {', '.join(MODEL_TYPES)})")
-    return MODEL_TYPES[model_type][0](config)
+def build_model(name: str, config: ModelConfig | Mapping[str, Any]) -> Recommender:
+    """Instantiate the network of model type ``name`` from its config (dataclass or dict)."""
+    entry = registered(name)
+    if isinstance(config, Mapping):
+        config = config_from_dict(name, config)
+    return entry.network(config)

@@ -9,6 +9,7 @@ gets a sensible vector.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -16,20 +17,14 @@ import torch
 from torch import nn
 
 from onnxrec.trainer.models.base import FactorizedRecommender
+from onnxrec.trainer.models.config import FeatureInput, ModelConfig, ModelOptions
 from onnxrec.trainer.models.mlp import mlp_stack
 
-
-@dataclass(frozen=True)
-class FeatureInput:
-    """One side feature as the model sees it: embedding rows and width (1 = categorical)."""
-
-    name: str
-    cardinality: int
-    width: int = 1
+DEFAULT_HIDDEN = (128,)
 
 
 @dataclass(frozen=True)
-class TwoTowerConfig:
+class TwoTowerConfig(ModelConfig):
     """Sizes of a :class:`TwoTower` model."""
 
     num_users: int
@@ -39,9 +34,29 @@ class TwoTowerConfig:
     user_features: tuple[FeatureInput, ...] = field(default=())
     item_features: tuple[FeatureInput, ...] = field(default=())
     history_len: int = 0  # 0 = no history input
-    hidden: tuple[int, ...] = (128,)
+    hidden: tuple[int, ...] = DEFAULT_HIDDEN
     dropout: float = 0.0
     id_dropout: float = 0.0
+
+    @classmethod
+    def from_options(cls, opts: ModelOptions) -> TwoTowerConfig:
+        return cls(
+            num_users=opts.num_users,
+            num_items=opts.num_items,
+            dim=opts.dim,
+            feature_dim=opts.feature_dim,
+            user_features=opts.user_features,
+            item_features=opts.item_features,
+            history_len=opts.history_len,
+            hidden=opts.layers or DEFAULT_HIDDEN,
+            dropout=opts.dropout,
+            id_dropout=opts.id_dropout,
+        )
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> TwoTowerConfig:
+        features = {k: [FeatureInput(**f) for f in d[k]] for k in ("user_features", "item_features") if k in d}
+        return super().from_dict({**d, **features})
 
 
 class _FeatureEmbeddings(nn.Module):
@@ -75,10 +90,11 @@ class _FeatureEmbeddings(nn.Module):
 class TwoTower(FactorizedRecommender):
     """score(u, i) = <user_tower(u), item_tower(i)> + b_i."""
 
+    cfg: TwoTowerConfig
+    encodes_unknown_users = True  # id 0 is "unknown": features and history alone make the vector
+
     def __init__(self, cfg: TwoTowerConfig) -> None:
-        super().__init__()
-        self.cfg = cfg
-        self.uses_history = cfg.history_len > 0
+        super().__init__(cfg)
         d = cfg.dim
         self.user_id = nn.Embedding(cfg.num_users + 1, d, padding_idx=0)
         self.item_id = nn.Embedding(cfg.num_items + 1, d, padding_idx=0)
@@ -87,7 +103,7 @@ class TwoTower(FactorizedRecommender):
         self.user_feats = _FeatureEmbeddings(cfg.user_features, cfg.feature_dim)
         self.item_feats = _FeatureEmbeddings(cfg.item_features, cfg.feature_dim)
         self.item_b = nn.Parameter(torch.zeros(cfg.num_items))
-        user_in = d + self.user_feats.out_dim + (d if self.uses_history else 0)
+        user_in = d + self.user_feats.out_dim + (d if cfg.history_len else 0)
         item_in = d + self.item_feats.out_dim
         self.user_mlp = nn.Sequential(
             mlp_stack([user_in, *cfg.hidden], cfg.dropout), nn.Linear(cfg.hidden[-1] if cfg.hidden else user_in, d)
@@ -99,16 +115,16 @@ class TwoTower(FactorizedRecommender):
         self.recency = nn.Parameter(torch.zeros(max(cfg.history_len, 1)))
 
     @property
-    def num_items(self) -> int:
-        return self.cfg.num_items
+    def history_len(self) -> int:
+        return self.cfg.history_len
 
-    def set_item_features(self, features: dict[str, torch.Tensor]) -> None:
-        """Give the model the encoded item features (row = item index); they are saved with it."""
-        for f in self.cfg.item_features:
-            self.register_buffer(f"item_feature_{f.name}", features[f.name].long())
+    @property
+    def user_feature_names(self) -> tuple[str, ...]:
+        return tuple(f.name for f in self.cfg.user_features)
 
-    def _item_feature_rows(self, items: torch.Tensor) -> list[torch.Tensor]:
-        return [getattr(self, f"item_feature_{f.name}")[items] for f in self.cfg.item_features]
+    @property
+    def item_feature_names(self) -> tuple[str, ...]:
+        return tuple(f.name for f in self.cfg.item_features)
 
     def _ids(self, idx: torch.Tensor, n: int) -> torch.Tensor:
         """Index + 1, with 0 for out-of-range (unknown) ids and, in training, for dropped ids."""
@@ -121,7 +137,7 @@ class TwoTower(FactorizedRecommender):
     def item_vectors(self, items: torch.Tensor | None = None) -> torch.Tensor:
         if items is None:
             items = torch.arange(self.cfg.num_items, device=self.item_b.device)
-        x = [self.item_id(self._ids(items, self.cfg.num_items)), *self.item_feats(self._item_feature_rows(items))]
+        x = [self.item_id(self._ids(items, self.cfg.num_items)), *self.item_feats(self.item_feature_rows(items))]
         return self.item_mlp(torch.cat(x, dim=-1))
 
     def item_bias(self, items: torch.Tensor | None = None) -> torch.Tensor:
@@ -145,6 +161,6 @@ class TwoTower(FactorizedRecommender):
     def user_vectors(self, users: torch.Tensor, inputs: dict[str, Any]) -> torch.Tensor:
         x = [self.user_id(self._ids(users, self.cfg.num_users))]
         x += self.user_feats([inputs[f"user_{f.name}"] for f in self.cfg.user_features])
-        if self.uses_history:
+        if self.history_len:
             x.append(self.history_vector(inputs["history"], inputs.get("item_table")))
         return self.user_mlp(torch.cat(x, dim=-1))
