@@ -1,7 +1,7 @@
 """Where one Recommend request's CPU goes, without gRPC: the servicer's request path in-process.
 
 Loads a model repository through the server's own registry (``ModelRegistry``, ``RecommenderServicer``,
-the same batcher and sessions ``onnxrec serve`` uses), then runs ``RecommenderServicer._recommend_one``
+the same batcher and sessions ``onnxrec serve`` uses), then runs ``RecommenderServicer.answer``
 sequentially for every known user and for as many unknown users (the popularity path, no model run),
 and prints microseconds per request of each, then a cProfile of the known-user path. The difference
 between the two paths is the model's share (the onnxruntime call plus its Python around it); the
@@ -40,19 +40,19 @@ async def run(repository: Path, model: str, rounds: int, profile: bool, k: int) 
     unknown = [pb.RecommendRequest(model=ref, user_id=f"unknown-{j}", k=k) for j in range(len(known))]
     for name, requests in (("known user (model)", known), ("unknown user (popularity)", unknown)):
         for r in requests[:100]:  # warm-up, and the batcher's first (executor) run
-            await servicer._recommend_one(r, None)
+            await servicer.answer(r)
         per: list[float] = []
         for _ in range(rounds):
             t0 = time.process_time()
             for r in requests:
-                await servicer._recommend_one(r, None)
+                await servicer.answer(r)
             per.append((time.process_time() - t0) / len(requests) * 1e6)
         print(f"{name:28s} CPU per request: " + ", ".join(f"{p:.0f}" for p in per) + " us (rounds)")
     if profile:
         prof = cProfile.Profile()
         prof.enable()
         for r in known:
-            await servicer._recommend_one(r, None)
+            await servicer.answer(r)
         prof.disable()
         pstats.Stats(prof).sort_stats("tottime").print_stats(20)
     await registry.close()

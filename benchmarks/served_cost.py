@@ -11,9 +11,9 @@ Variants (each a real server process on 127.0.0.1 driven by ``onnxrec bench``'s 
   the server's sessions). Two graphs side by side show what a graph's shape costs once served;
 * ``full``: ``onnxrec serve`` unchanged.
 
-The patched variants run this file as the server (``--as-server VARIANT``): it replaces
-``RecommenderServicer._recommend_one`` and then runs onnxrec's own CLI, so everything else is the
-real server. Per point: calls/s, p99, server CPU per call (all threads, from /proc), the main
+The patched variants run this file as the server (``--as-server VARIANT``): it replaces the public
+seam ``RecommenderServicer.answer`` for Recommend requests, then runs onnxrec's own CLI, so everything
+else is the real server. Per point: calls/s, p99, server CPU per call (all threads, from /proc), the main
 thread's (the event loop) and gRPC's own threads'. Medians over ``--rounds``.
 
     python benchmarks/served_cost.py --repository REPO --model ml100k \\
@@ -64,6 +64,7 @@ def run_as_server(variant: str, graph: str | None, repository: str, model: str, 
 
     from onnxrec.cli import main
     from onnxrec.server import servicer
+    from onnxrec.v1 import recommender_pb2 as pb
 
     response = _canned_response(model)
     run_graph = None
@@ -84,12 +85,16 @@ def run_as_server(variant: str, graph: str | None, repository: str, model: str, 
         def run_graph() -> None:
             session.run(None, feed)
 
-    async def canned(self: Any, request: Any, deadline: float | None) -> Any:
+    real_answer = servicer.RecommenderServicer.answer
+
+    async def canned(self: Any, request: Any, deadline: float | None = None) -> Any:
+        if not isinstance(request, pb.RecommendRequest):
+            return await real_answer(self, request, deadline)
         if run_graph is not None:
             run_graph()
         return response
 
-    servicer.RecommenderServicer._recommend_one = canned
+    servicer.RecommenderServicer.answer = canned  # type: ignore[method-assign]
     sys.argv = ["onnxrec", "serve", "--repository", repository, *serve_args]
     main()
 

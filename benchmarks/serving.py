@@ -3,7 +3,7 @@
 Trains the default two-tower for 3 epochs on MovieLens-100K, exports it to a temporary repository and
 measures, closed loop at concurrency 1, 16 and 64 with ``onnxrec.clients.bench.run_bench``
 (``processes=2``, never more than the concurrency; 1.5 s warm-up, 5 s measured per point). The echo
-floor, the batched, the lingering and the unbatched server are up at once and measured in turn at each
+floor, the batched, the fixed-delay and the unbatched server are up at once and measured in turn at each
 concurrency, ``--rounds`` times (default 3), each figure being the median over the rounds, so the
 machine's drift hits all of them alike:
 
@@ -12,8 +12,8 @@ machine's drift hits all of them alike:
 2. ``inprocess``: onnxruntime ``recommend`` in this process (CPU EP), batch 1..1024, users/s;
 3. ``onnxrec``: ``onnxrec serve`` with its defaults (dynamic batching);
 4. ``onnxrec-unbatched``: ``onnxrec serve --max-batch-size 1``;
-   (and ``onnxrec-linger``: ``onnxrec serve --linger-us 1000``, batching that waits for company while
-   requests arrive less than 1 ms apart, measured in the same rotation);
+   (and ``onnxrec-delay``: ``onnxrec serve --max-queue-delay-us 1000``, Triton's fixed queue delay,
+   measured in the same rotation);
 5. ``onnxrec-workers2``: ``onnxrec serve --workers 2`` on a fixed free port;
 6. ``onnxrec-batch64``: RecommendBatch with 64 users a call against the default server (users/s);
 7. ``pytriton``: the same recommend.onnx behind Triton through PyTriton (``benchmarks/pytriton_server.py``),
@@ -64,7 +64,7 @@ MODEL = "ml100k"
 K = 10
 TICKS = os.sysconf("SC_CLK_TCK")
 P99_SLO_MS = 10.0
-LINGER_US = 1000  # the onnxrec-linger row: onnxrec serve --linger-us LINGER_US
+DELAY_US = 1000  # the onnxrec-delay row: onnxrec serve --max-queue-delay-us DELAY_US
 
 
 # --------------------------------------------------------------------------- process CPU
@@ -576,17 +576,25 @@ def main() -> None:
                         ),
                     )
                 )
-            if "linger" not in skip:
+            if "delay" not in skip:
                 metrics_port = free_port()
-                lingering = [*serve, "--port", "0", "--linger-us", str(LINGER_US), "--metrics-port", str(metrics_port)]
+                delayed = [
+                    *serve,
+                    "--port",
+                    "0",
+                    "--max-queue-delay-us",
+                    str(DELAY_US),
+                    "--metrics-port",
+                    str(metrics_port),
+                ]
                 trio.append(
                     (
-                        "onnxrec-linger",
+                        "onnxrec-delay",
                         stack.enter_context(
                             start_server(
-                                "onnxrec-linger",
-                                lingering,
-                                tmp / "linger.log",
+                                "onnxrec-delay",
+                                delayed,
+                                tmp / "delay.log",
                                 onnxrec_ready,
                                 metrics_url=f"http://127.0.0.1:{metrics_port}/metrics",
                             )
@@ -713,10 +721,10 @@ def ratios(systems: dict[str, Any], conc: list[int]) -> dict[str, Any]:
         a, b = _at(systems, "onnxrec", c), _at(systems, "echo", c)
         if a and b:
             put(f"batched_qps_over_echo_c{c}", _ratio(a["qps"], b["qps"]), ">= 0.9", lambda v: v >= 0.9)
-        a = _at(systems, "onnxrec-linger", c)
+        a = _at(systems, "onnxrec-delay", c)
         if a and b:
-            put(f"linger_qps_over_echo_c{c}", _ratio(a["qps"], b["qps"]), ">= 0.9", lambda v: v >= 0.9)
-    for name in ("onnxrec", "onnxrec-linger"):
+            put(f"delay_qps_over_echo_c{c}", _ratio(a["qps"], b["qps"]), ">= 0.9", lambda v: v >= 0.9)
+    for name in ("onnxrec", "onnxrec-delay"):
         a, b = _at(systems, name, conc[-1]), _at(systems, "pytriton", conc[-1])
         if a and b:
             put(f"{name}_qps_over_pytriton_c{conc[-1]}", _ratio(a["qps"], b["qps"]), ">= 2", lambda v: v >= 2)

@@ -38,6 +38,7 @@ from onnxrec.server.metrics import ServerMetrics
 from onnxrec.server.registry import ModelRegistry, Snapshot
 from onnxrec.server.servicer import RecommenderServicer
 from onnxrec.server.shutdown import SHUTTING_DOWN, ShutdownGate
+from onnxrec.server.status import status_for
 from onnxrec.server.transport import bind_error, budgeted, serializer, transport_options
 from onnxrec.v1 import recommender_pb2 as pb
 
@@ -97,7 +98,7 @@ def add_servicer(
     for method in service.methods:
         request_cls = getattr(pb, method.input_type.name)
         response_cls = getattr(pb, method.output_type.name)
-        behavior = getattr(servicer, method.name)
+        behavior = servicer.rpc()
         if budget is not None:
             behavior = budgeted(behavior, method.name, budget)
         handlers[method.name] = grpc.unary_unary_rpc_method_handler(
@@ -143,7 +144,12 @@ def _handler(
                     grpc.StatusCode.INVALID_ARGUMENT,
                     f"the request is not a valid {name} request message ({request.error})",
                 )
-            response = await behavior(request, context)
+            try:
+                response = await behavior(request, context)
+            except (asyncio.CancelledError, grpc.aio.AbortError, grpc.aio.InternalError):
+                raise
+            except Exception as exc:  # the one place where what a handler raised becomes a status
+                await context.abort(*status_for(exc))
             if _expired(context):  # the answer came too late to be sent
                 seen = grpc.StatusCode.DEADLINE_EXCEEDED
                 raise asyncio.CancelledError

@@ -1,38 +1,21 @@
-"""Per-model dynamic batching for the asyncio gRPC server.
+"""Per-model dynamic batching for the asyncio gRPC server: a queue, a policy, and the runs.
 
-A :class:`DynamicBatcher` collects concurrent requests for one model into batches and runs each batch
-through a blocking ``run_batch`` function in an executor thread, so the event loop keeps accepting
-requests while the model computes. It behaves like Triton's dynamic batcher, with one difference in
-the default: ``max_queue_delay_s=0`` is *greedy*, so an idle model runs a lone request at once and
-batches only form from requests that arrived while the previous batch was running. Under load the
-batches grow by themselves; at low load no request ever waits for company.
+A :class:`DynamicBatcher` collects concurrent requests for one model graph into batches and runs each
+batch through a blocking ``run_batch`` function, on the event loop itself when the run is cheap
+(:class:`~onnxrec.server.run_cost.RunCost`) and in an executor thread otherwise, so the loop keeps
+accepting requests while a long run computes. When a batch runs is its policy's decision
+(:mod:`onnxrec.server.batch_policy`): by default it batches exactly when the server is saturated.
 
 Scheduling (one background task per batcher, started lazily on the first :meth:`DynamicBatcher.submit`):
 
-1. wait until the queue is non-empty;
-2. if ``max_queue_delay_s > 0`` and the queued rows do not fill a batch, wait up to that delay, counted
-   from the oldest queued request's arrival, for more requests;
-3. take requests FIFO while their weights (rows) sum to at most ``max_batch_size`` (a single request
+1. a submit that finds nothing queued or running, whose policy lets it run alone and whose run is
+   cheap, runs at once in the caller (no queue, no future, no task switch: an idle server adds nothing);
+2. otherwise it is queued; the scheduler waits until the queue is non-empty, then lets the policy
+   wait for company (:meth:`BatchPolicy.gather`);
+3. it takes requests FIFO while their weights (rows) sum to at most ``max_batch_size`` (a single request
    heavier than that runs alone); requests whose deadline has passed fail with
    :class:`DeadlineExpiredError` and requests whose caller went away are dropped, neither reaching the model;
-4. run the batch in the executor and hand each caller its own result; meanwhile new arrivals queue up
-   and form the next batch.
-
-Linger (``linger_s > 0``, off by default) is the adaptive middle ground between greedy and a fixed
-delay: a request that finds the queue empty less than ``linger_s`` after the previous arrival (so the
-stream is dense) holds its batch open while further requests keep arriving less than ``linger_s``
-apart, up to ``linger_max_s`` from its arrival or a full batch. A request after a longer gap never
-waits, and a linger that drew no company makes the next 1, 2, 4, ... (up to 1024) arrivals skip it,
-so a sequential caller pays for at most a handful of lingers. Batching then forms on a model too cheap
-for requests to queue behind its runs, which saves a model run (and the cache misses an onnxruntime
-call causes the rest of the server) per request at high concurrency, at the price of the wait.
-
-Small models cost less to run than the hop to an executor thread and back (a thread wake-up and a
-callback into the loop, about 0.2 ms of CPU on a small machine). With ``inline_max_s > 0`` a batch
-whose expected run time (the median of recent runs' seconds per row, times its rows) is at most that
-runs on the event loop itself, and a greedy batcher that is idle (nothing queued or running) lets the
-caller run its request directly, without the queue, a future or a task switch. Slower runs still go to
-the executor, and while one runs the requests arriving meanwhile queue up and batch as above.
+4. it runs the batch and hands each caller its own result; meanwhile new arrivals queue up.
 """
 
 from __future__ import annotations
@@ -44,7 +27,10 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
+
+from onnxrec.server.batch_policy import AdaptivePolicy, BatchPolicy
+from onnxrec.server.run_cost import RunCost
 
 __all__ = [
     "BatcherClosedError",
@@ -55,8 +41,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-_RECENT_RUNS = 15  # runs whose median seconds per row decides inlining
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -80,42 +64,23 @@ class BatcherConfig:
 
     Attributes:
         max_batch_size: rows per model run (>= 1); a request of weight ``w`` occupies ``w`` rows.
-        max_queue_delay_s: extra wait, counted from the oldest queued request's arrival, for a fuller batch
-            when the model is idle; 0 (the default) is greedy: run whatever is queued at once.
         max_queue_size: requests allowed to wait (not counting the batch being run); beyond it
             :meth:`DynamicBatcher.submit` raises :class:`QueueFullError` at once.
-        inline_max_s: run a batch on the event loop itself, skipping the executor hop, when its expected
-            run time (the median of recent runs' seconds per row, times its rows) is at most this. The hop
-            (a thread wake-up and a callback back into the loop) costs more CPU than a small model run; a
-            long run still goes to the executor so the loop keeps reading requests. 0 (the default) never
-            inlines.
-        linger_s: > 0: a request that finds the queue empty within this many seconds of the previous arrival
-            holds its batch open while requests keep arriving at most this far apart (see the module
-            docstring); 0 (the default) never lingers. Ignored when ``max_queue_delay_s > 0``.
-        linger_max_s: the longest a lingering batch waits, from its first request's arrival (at least
-            ``linger_s``).
+        inline_max_s: run a batch on the event loop itself when its expected run time is at most this
+            (:class:`~onnxrec.server.run_cost.RunCost`); 0 (the default) always uses the executor.
     """
 
     max_batch_size: int = 64
-    max_queue_delay_s: float = 0.0
     max_queue_size: int = 1024
     inline_max_s: float = 0.0
-    linger_s: float = 0.0
-    linger_max_s: float = 0.0
 
     def __post_init__(self) -> None:
         if self.max_batch_size < 1:
             raise ValueError(f"max_batch_size must be >= 1, got {self.max_batch_size}")
-        if not self.max_queue_delay_s >= 0.0:  # also rejects NaN
-            raise ValueError(f"max_queue_delay_s must be >= 0, got {self.max_queue_delay_s}")
         if self.max_queue_size < 1:
             raise ValueError(f"max_queue_size must be >= 1, got {self.max_queue_size}")
-        if not self.inline_max_s >= 0.0:
+        if not self.inline_max_s >= 0.0:  # also rejects NaN
             raise ValueError(f"inline_max_s must be >= 0, got {self.inline_max_s}")
-        if not self.linger_s >= 0.0:
-            raise ValueError(f"linger_s must be >= 0, got {self.linger_s}")
-        if not self.linger_max_s >= 0.0:
-            raise ValueError(f"linger_max_s must be >= 0, got {self.linger_max_s}")
 
 
 @dataclass(eq=False)
@@ -128,25 +93,25 @@ class _Pending(Generic[T, R]):
     future: asyncio.Future[R]
     enqueued: float = field(default_factory=time.monotonic)
     queued: bool = True  # still in the queue (not yet taken into a batch or discarded)
-    linger: bool = False  # at the head of the queue, hold the batch open for company (BatcherConfig.linger_s)
 
 
 class DynamicBatcher(Generic[T, R]):
-    """Batches concurrent :meth:`submit` calls for one model and runs them through ``run_batch``.
+    """Batches concurrent :meth:`submit` calls for one model graph and runs them through ``run_batch``.
 
     Args:
-        run_batch: blocking function (e.g. an onnxruntime call, which releases the GIL) run in ``executor``.
-            It receives the batch's items and must return exactly one result per item, in order. A result
-            that is an :class:`Exception` instance means "this item failed": its :meth:`submit` raises it and
-            the other items are unaffected. If ``run_batch`` itself raises, every item of that batch gets
-            that exception, and the batcher keeps serving later requests.
-        config: batch size, queue delay and queue bound.
-        executor: where ``run_batch`` runs; default a dedicated one-thread pool owned (and shut down on
-            :meth:`close`) by the batcher. A batcher runs at most one batch at a time whatever the executor.
+        run_batch: blocking function (e.g. an onnxruntime call, which releases the GIL). It receives the
+            batch's items and must return exactly one result per item, in order. A result that is an
+            :class:`Exception` instance means "this item failed": its :meth:`submit` raises it and the
+            other items are unaffected. If ``run_batch`` itself raises, every item of that batch gets that
+            exception, and the batcher keeps serving later requests.
+        config: batch size, queue bound, inline bound.
+        policy: when a batch runs (:mod:`onnxrec.server.batch_policy`; one object per batcher); default
+            an :class:`~onnxrec.server.batch_policy.AdaptivePolicy`.
+        executor: where a run that is not inlined goes; default a dedicated one-thread pool owned (and
+            shut down on :meth:`close`) by the batcher. A batcher runs at most one batch at a time.
         name: for thread names and log messages (e.g. the model name).
         on_batch: ``on_batch(batch_rows, queue_seconds_of_oldest)`` called on the event loop as each batch is
-            dispatched (for metrics): the batch's rows (sum of its items' weights) and how long its oldest
-            item waited in the queue. Exceptions from it are logged and ignored.
+            dispatched (for metrics). Exceptions from it are logged and ignored.
     """
 
     def __init__(
@@ -154,12 +119,15 @@ class DynamicBatcher(Generic[T, R]):
         run_batch: Callable[[list[T]], Sequence[R | Exception]],
         config: BatcherConfig,
         *,
+        policy: BatchPolicy | None = None,
         executor: concurrent.futures.Executor | None = None,
         name: str = "",
         on_batch: Callable[[int, float], None] | None = None,
     ) -> None:
         self._run_batch = run_batch
         self._config = config
+        self._policy: BatchPolicy = policy or AdaptivePolicy()
+        self._cost = RunCost(config.inline_max_s)
         self._name = name
         self._on_batch = on_batch
         self._owns_executor = executor is None
@@ -171,24 +139,14 @@ class DynamicBatcher(Generic[T, R]):
         self._inflight: list[_Pending[T, R]] = []
         self._closed = False
         self._drain = True
-        # median seconds per row of the recent runs (for inlining): a median, because a run that was
-        # preempted on a busy machine measures long without the model being slow
-        self._recent_per_row: collections.deque[float] = collections.deque(maxlen=_RECENT_RUNS)
-        self._seconds_per_row: float | None = None
-        self._runs = 0
         # created with the scheduler task, in the loop that first submits
         self._wakeup: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
-        # adaptive linger: when the previous request arrived, and how many arrivals run without lingering
-        # after lingers that drew no company (doubling, so a low-rate stream rarely pays for one)
-        self._last_arrival = float("-inf")
-        self._skip_linger = 0
-        self._linger_backoff = 0
 
     def __repr__(self) -> str:
         return (
-            f"DynamicBatcher(name={self._name!r}, config={self._config!r}, queue_depth={self.queue_depth}, "
-            f"closed={self._closed})"
+            f"DynamicBatcher(name={self._name!r}, config={self._config!r}, policy={self._policy!r}, "
+            f"queue_depth={self.queue_depth}, closed={self._closed})"
         )
 
     @property
@@ -211,7 +169,28 @@ class DynamicBatcher(Generic[T, R]):
         """Whether :meth:`close` has been called (new submits are refused)."""
         return self._closed
 
-    async def submit(self, item: T, *, deadline: float | None = None, weight: int = 1, direct: bool = True) -> R:
+    # -- what a policy reads (QueueView) --------------------------------------------------------------
+    @property
+    def queued_rows(self) -> int:
+        """Rows waiting: the sum of the queued requests' weights."""
+        return self._queued_weight
+
+    @property
+    def oldest_arrival(self) -> float | None:
+        """When the oldest queued request arrived (``time.monotonic()``), None when none is queued."""
+        return self._queue[0].enqueued if self._queue else None
+
+    @property
+    def max_rows(self) -> int:
+        """Rows per model run."""
+        return self._config.max_batch_size
+
+    @property
+    def closing(self) -> bool:
+        """Closing while draining: the policy must not wait."""
+        return self._closed
+
+    async def submit(self, item: T, *, deadline: float | None = None, weight: int = 1) -> R:
         """Queue ``item`` for the next batch and return its result.
 
         Args:
@@ -220,9 +199,6 @@ class DynamicBatcher(Generic[T, R]):
                 (or already at submit), the item is not run and this raises :class:`DeadlineExpiredError`.
             weight: rows this item occupies in a batch (>= 1); a batch holds items whose weights sum to at
                 most ``max_batch_size``, except that a single item heavier than that runs alone.
-            direct: whether an idle batcher may let this caller run its item at once on the event loop
-                (see ``inline_max_s``); pass False when more submits are coming in the same loop pass (one
-                caller's many items), so they queue and run as one batch.
 
         Raises:
             BatcherClosedError: the batcher is closed (or was closed without draining while this waited).
@@ -239,22 +215,14 @@ class DynamicBatcher(Generic[T, R]):
         if len(self._queue) >= self._config.max_queue_size:
             raise QueueFullError(f"batcher {self._name!r}: queue full ({self._config.max_queue_size} requests waiting)")
         now = time.monotonic()
-        gap, self._last_arrival = now - self._last_arrival, now
         if deadline is not None and deadline <= now:
             raise DeadlineExpiredError(f"batcher {self._name!r}: deadline passed before the request was queued")
-        linger = self._config.linger_s > 0 and not self._queue and self._should_linger(gap)
-        if (
-            direct
-            and not self._queue
-            and not self._inflight
-            and self._config.max_queue_delay_s == 0
-            and self._inline_ok(weight)
-            and not linger
-        ):
-            return self._run_direct(item, weight)
+        idle = not self._queue and not self._inflight
+        if self._policy.admit(now, idle) and idle and self._cost.inline(weight):
+            return self._run_alone(item, weight)
         wakeup = self._ensure_started()
         future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
-        pending: _Pending[T, R] = _Pending(item, weight, deadline, future, enqueued=now, linger=linger)
+        pending: _Pending[T, R] = _Pending(item, weight, deadline, future, enqueued=now)
         self._queue.append(pending)
         self._queued_weight += weight
         wakeup.set()
@@ -301,21 +269,6 @@ class DynamicBatcher(Generic[T, R]):
         self._task = loop.create_task(self._schedule(), name=f"batcher-{self._name}")
         return self._wakeup
 
-    def _inline_ok(self, rows: int) -> bool:
-        """Whether a batch of ``rows`` is expected to run within ``inline_max_s`` (after a first measured run)."""
-        per_row = self._seconds_per_row
-        return per_row is not None and per_row * rows <= self._config.inline_max_s
-
-    def _record_run(self, rows: int, seconds: float) -> None:
-        """Add a run's seconds per row; re-take the median while the window fills, then every 4th run
-        (it moves slowly, and sorting on every run cost a lone request about 1 us)."""
-        recent = self._recent_per_row
-        recent.append(seconds / rows)
-        self._runs += 1
-        if self._runs <= _RECENT_RUNS or self._runs % 4 == 0:
-            ordered = sorted(recent)
-            self._seconds_per_row = ordered[len(ordered) // 2]
-
     def _notify_batch(self, rows: int, queued_s: float) -> None:
         """Tell ``on_batch`` (metrics) a batch is dispatched; its failures are logged, never raised."""
         if self._on_batch is not None:
@@ -324,13 +277,13 @@ class DynamicBatcher(Generic[T, R]):
             except Exception:
                 log.exception("batcher %r: on_batch callback failed", self._name)
 
-    def _run_direct(self, item: T, weight: int) -> R:
-        """The idle fast path: nothing queued or running and the run is cheap, so the caller runs its own
-        batch of one on the event loop: no queue, no future, no task switch (no batching penalty at low load)."""
+    def _run_alone(self, item: T, weight: int) -> R:
+        """An idle batcher and a cheap run: the caller runs its own batch of one on the event loop: no
+        queue, no future, no task switch (no batching cost while the server is idle)."""
         self._notify_batch(weight, 0.0)
         t0 = time.perf_counter()
         results = self._run_batch([item])
-        self._record_run(weight, time.perf_counter() - t0)
+        self._cost.record(weight, time.perf_counter() - t0)
         if len(results) != 1:
             raise RuntimeError(f"batcher {self._name!r}: run_batch returned {len(results)} results for 1 item")
         result = results[0]
@@ -355,10 +308,9 @@ class DynamicBatcher(Generic[T, R]):
         self._queued_weight = 0
 
     async def _schedule(self) -> None:
-        """The scheduler loop: assemble batches from the queue and run them one at a time."""
+        """The scheduler loop: let the policy gather a batch, take it from the queue, run it; repeat."""
         assert self._wakeup is not None
         wakeup = self._wakeup
-        config = self._config
         try:
             while True:
                 while not self._queue:
@@ -366,14 +318,8 @@ class DynamicBatcher(Generic[T, R]):
                         return
                     wakeup.clear()
                     await wakeup.wait()
-                if config.max_queue_delay_s > 0 and not (self._closed and self._drain):
-                    await self._wait_for_fuller_batch(wakeup)
-                    if not self._queue:
-                        continue
-                elif self._queue[0].linger and not self._closed:
-                    await self._linger()
-                    if not self._queue:
-                        continue
+                if not self._closed:
+                    await self._policy.gather(self, wakeup)
                 batch = self._take_batch()
                 if batch:
                     await self._run(batch)
@@ -385,49 +331,6 @@ class DynamicBatcher(Generic[T, R]):
                     pending.future.set_exception(err)
             self._inflight = []
             self._fail_queued(err)
-
-    async def _wait_for_fuller_batch(self, wakeup: asyncio.Event) -> None:
-        """Wait, up to the queue delay from the oldest request's arrival, until a full batch is queued."""
-        config = self._config
-        while self._queue and self._queued_weight < config.max_batch_size and not self._closed:
-            remaining = self._queue[0].enqueued + config.max_queue_delay_s - time.monotonic()
-            if remaining <= 0:
-                return
-            wakeup.clear()
-            try:
-                async with asyncio.timeout(remaining):
-                    await wakeup.wait()
-            except TimeoutError:
-                return
-
-    def _should_linger(self, gap: float) -> bool:
-        """Whether a request that finds the queue empty, ``gap`` seconds after the previous arrival, holds
-        its batch open for company (consumes one skip of the backoff)."""
-        if gap > self._config.linger_s:
-            return False
-        if self._skip_linger:
-            self._skip_linger -= 1
-            return False
-        return True
-
-    async def _linger(self) -> None:
-        """Hold the queued batch open while requests keep arriving less than ``linger_s`` apart, up to
-        ``linger_max_s`` from the oldest one's arrival or a full batch. A linger that drew no company
-        makes the next 1, 2, 4, ... (up to 1024) arrivals run without one; one that did resets that."""
-        cfg = self._config
-        rows = self._queued_weight
-        cap = self._queue[0].enqueued + max(cfg.linger_max_s, cfg.linger_s)
-        while self._queue and self._queued_weight < cfg.max_batch_size and not self._closed:
-            now = time.monotonic()
-            until = min(self._last_arrival + cfg.linger_s, cap)
-            if until <= now:
-                break
-            await asyncio.sleep(until - now)
-        if self._queued_weight > rows:
-            self._linger_backoff = 0
-        else:
-            self._linger_backoff = min(max(1, 2 * self._linger_backoff), 1024)
-            self._skip_linger = self._linger_backoff
 
     def _take_batch(self) -> list[_Pending[T, R]]:
         """Pop the next batch FIFO, failing expired requests and skipping abandoned ones."""
@@ -461,36 +364,28 @@ class DynamicBatcher(Generic[T, R]):
         self._queued_weight -= pending.weight
 
     async def _run(self, batch: list[_Pending[T, R]]) -> None:
-        """Run one batch in the executor (or inline) and resolve its callers' futures."""
+        """Run one batch (inline or in the executor) and resolve its callers' futures."""
         rows = sum(p.weight for p in batch)
         self._notify_batch(rows, time.monotonic() - batch[0].enqueued)
         items = [p.item for p in batch]
         self._inflight = batch
-        loop = asyncio.get_running_loop()
-        inline = self._inline_ok(rows)
+        inline = self._cost.inline(rows)
         t0 = time.perf_counter()
         try:
             if inline:
                 results = self._run_batch(items)
             else:
-                results = await loop.run_in_executor(self._executor, self._run_batch, items)
+                results = await asyncio.get_running_loop().run_in_executor(self._executor, self._run_batch, items)
         except Exception as exc:
             self._inflight = []
-            for pending in batch:
-                if not pending.future.done():
-                    pending.future.set_exception(exc)
+            _fail(batch, exc)
             return
         # (on cancellation _inflight stays set so that _schedule's cleanup fails these callers)
         self._inflight = []
-        if self._config.inline_max_s > 0:
-            self._record_run(rows, time.perf_counter() - t0)
+        self._cost.record(rows, time.perf_counter() - t0)
         if len(results) != len(batch):
-            err = RuntimeError(
-                f"batcher {self._name!r}: run_batch returned {len(results)} results for {len(batch)} items"
-            )
-            for pending in batch:
-                if not pending.future.done():
-                    pending.future.set_exception(err)
+            n = len(results)
+            _fail(batch, RuntimeError(f"batcher {self._name!r}: run_batch returned {n} results for {len(batch)} items"))
             return
         for pending, result in zip(batch, results, strict=True):
             if pending.future.done():  # caller cancelled while its batch ran
@@ -501,3 +396,10 @@ class DynamicBatcher(Generic[T, R]):
                 pending.future.set_result(result)
         if inline:  # let the callers and the gRPC reads run before the next batch forms
             await asyncio.sleep(0)
+
+
+def _fail(batch: list[_Pending[Any, Any]], exc: Exception) -> None:
+    """Fail every caller of ``batch`` still waiting."""
+    for pending in batch:
+        if not pending.future.done():
+            pending.future.set_exception(exc)

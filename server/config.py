@@ -30,11 +30,11 @@ class ServerConfig:
     )
     max_batch_size: int = setting(64, "most rows in one onnxruntime run")
     max_queue_delay_us: int = setting(
-        0, "how long a batch may wait for more requests (0: run as soon as the model is free)"
+        0,
+        "wait up to this long for a full batch, from the oldest request (0: adaptive, batches only while "
+        "the server is saturated and never waits while it is idle)",
     )
     max_queue_size: int = setting(2048, "most queued requests per model; beyond it RESOURCE_EXHAUSTED at once")
-    linger_us: int = setting(0, "hold a batch open while requests arrive closer together than this (0: off)")
-    linger_max_us: int = setting(4000, "the longest a lingering batch waits, from its first request")
     inline_max_us: int = setting(500, "run batches expected to take at most this on the event loop (no thread hop)")
     max_request_items: int = setting(1024, "most users per RecommendBatch and candidates per Score")
     max_message_bytes: int = setting(4 * 1024 * 1024, "largest request or response message")
@@ -91,8 +91,6 @@ class ServerConfig:
             (self.max_queue_delay_us >= 0, "max_queue_delay_us must be 0 or more"),
             (self.max_queue_size >= 1, "max_queue_size must be at least 1"),
             (self.inline_max_us >= 0, "inline_max_us must be 0 or more"),
-            (self.linger_us >= 0, "linger_us must be 0 or more"),
-            (self.linger_max_us >= 0, "linger_max_us must be 0 or more"),
             (self.max_request_items >= 1, "max_request_items must be at least 1"),
             (self.workers >= 1, "workers must be at least 1"),
             (self.version_policy in ("latest", "all", "specific"), "version_policy must be latest, all or specific"),

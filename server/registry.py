@@ -22,85 +22,23 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import numpy as np
 
 from onnxrec.errors import OnnxrecError
 from onnxrec.exporter.repository import check_model_name, list_versions
-from onnxrec.server.batcher import BatcherConfig, DynamicBatcher
+from onnxrec.server.batch_policy import AdaptivePolicy, BatchPolicy, FixedDelayPolicy
+from onnxrec.server.batcher import BatcherConfig
 from onnxrec.server.config import ServerConfig
 from onnxrec.server.limits import shown
-from onnxrec.server.loaded_model import LoadedModel, TopK
+from onnxrec.server.loaded_model import LoadedModel
 from onnxrec.server.reload import Rejections, dir_signature
+from onnxrec.server.served import ServedModel
 
 log = logging.getLogger("onnxrec.server")
 
-# batcher items carry one or more rows (RecommendBatch queues all of a call's rows as one item)
-RecItem = tuple[list[int], list[np.ndarray], int]  # user indices, their exclusions, k
-# histories (newest first), their exclusions, their encoded user features, k
-HistItem = tuple[list[np.ndarray], list[np.ndarray], list[Sequence[int]], int]
-SimItem = tuple[int, int]  # item index, k
-ScoreItem = tuple[int, np.ndarray]  # user index, candidates
 RETIRE_AFTER_S = 5.0  # an unloaded version keeps serving requests that already hold it this long
-
-
-class ServedModel:
-    """A loaded version with one dynamic batcher per graph."""
-
-    def __init__(
-        self, model: LoadedModel, config: BatcherConfig, on_batch: Callable[[str, str, int, float], None] | None = None
-    ) -> None:
-        self.model = model
-
-        def hook(graph: str) -> Callable[[int, float], None] | None:
-            if on_batch is None:
-                return None
-            return lambda size, queued: on_batch(model.name, graph, size, queued)
-
-        self.recommend: DynamicBatcher[RecItem, list[TopK]] = DynamicBatcher(
-            self._run_recommend, config, name=f"{model.name}/recommend", on_batch=hook("recommend")
-        )
-        self.history: DynamicBatcher[HistItem, list[TopK]] = DynamicBatcher(
-            self._run_history, config, name=f"{model.name}/history", on_batch=hook("recommend_from_history")
-        )
-        self.score: DynamicBatcher[ScoreItem, np.ndarray] = DynamicBatcher(
-            self._run_score, config, name=f"{model.name}/score", on_batch=hook("score")
-        )
-        self.similar: DynamicBatcher[SimItem, TopK] = DynamicBatcher(
-            self._run_similar, config, name=f"{model.name}/similar", on_batch=hook("similar_items")
-        )
-
-    def _run_recommend(self, items: list[RecItem]) -> list[list[TopK]]:
-        # a batch runs with its largest k; each caller keeps its own first k
-        if len(items) == 1:  # one caller (the common case at low load): no regrouping
-            users1, exclude1, k1 = items[0]
-            return [self.model.recommend(np.asarray(users1, dtype=np.int64), exclude1, k1)]
-        users = np.array([u for rows, _, _ in items for u in rows], dtype=np.int64)
-        exclude = [e for _, excl, _ in items for e in excl]
-        return _per_item(self.model.recommend(users, exclude, max(k for *_, k in items)), items)
-
-    def _run_history(self, items: list[HistItem]) -> list[list[TopK]]:
-        history = [h for hist, *_ in items for h in hist]
-        exclude = [e for _, excl, _, _ in items for e in excl]
-        features = [f for _, _, feats, _ in items for f in feats]
-        return _per_item(
-            self.model.recommend_from_history(history, exclude, features, max(k for *_, k in items)), items
-        )
-
-    def _run_score(self, items: list[ScoreItem]) -> list[np.ndarray]:
-        return self.model.score(np.array([u for u, _ in items]), [c for _, c in items])
-
-    def _run_similar(self, items: list[SimItem]) -> list[TopK]:
-        return self.model.similar(np.array([i for i, _ in items]), max(k for _, k in items))
-
-    async def close(self) -> None:
-        """Finish what is queued, then stop the batchers."""
-        for b in (self.recommend, self.history, self.score, self.similar):
-            await b.close(drain=True)
 
 
 @dataclass(frozen=True)
@@ -137,12 +75,11 @@ class ModelRegistry:
         self._retiring: dict[asyncio.Task[None], ServedModel] = {}  # unloads waiting out RETIRE_AFTER_S
         self._batcher_config = BatcherConfig(
             max_batch_size=config.max_batch_size,
-            max_queue_delay_s=config.max_queue_delay_us / 1e6,
             max_queue_size=config.max_queue_size,
             inline_max_s=config.inline_max_us / 1e6,
-            linger_s=config.linger_us / 1e6,
-            linger_max_s=config.linger_max_us / 1e6,
         )
+        delay = config.max_queue_delay_us / 1e6
+        self._policy: Callable[[], BatchPolicy] = (lambda: FixedDelayPolicy(delay)) if delay else AdaptivePolicy
 
     def get(self, name: str, version: int = 0) -> ServedModel:
         """The model a request asked for (version 0 = latest); :class:`ModelNotFound` otherwise."""
@@ -199,7 +136,7 @@ class ModelRegistry:
             )
         if self.config.warmup:
             model.warm_up(self.config.max_batch_size)
-        return ServedModel(model, self._batcher_config, self._on_batch)
+        return ServedModel(model, self._batcher_config, self._policy, self._on_batch)
 
     async def _try_load(self, name: str, version: int) -> ServedModel | None:
         """Load a version unless it was rejected and its files have not changed since (or its backoff
@@ -296,13 +233,3 @@ class ModelRegistry:
             for served in versions.values():
                 await served.close()
         self.snapshot = Snapshot({})
-
-
-def _per_item(results: list[TopK], items: list[Any]) -> list[list[TopK]]:
-    """Split a batch's rows back into its items (each item's rows are consecutive)."""
-    out, start = [], 0
-    for item in items:
-        n = len(item[0])
-        out.append(results[start : start + n])
-        start += n
-    return out

@@ -29,6 +29,7 @@ import grpc
 from onnxrec.errors import ConfigError
 from onnxrec.server.config import ServerConfig
 from onnxrec.server.flow import AnswerBudget, Refused, Ticket
+from onnxrec.server.limits import RequestError
 
 # Calls open at once on one connection. Not 100 (HTTP/2's recommended minimum): grpc counts calls it has
 # received and not yet handed to a handler against it and refuses more (RST_STREAM REFUSED_STREAM, which
@@ -134,7 +135,7 @@ def budgeted(
         try:
             ticket = await budget.admit(context.peer(), method, request)
         except Refused as exc:
-            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
+            raise RequestError(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc)) from exc
         context.add_done_callback(ticket.done)
         return _Outgoing(await behavior(request, context), ticket)
 

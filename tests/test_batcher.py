@@ -12,6 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from onnxrec.server.batch_policy import AdaptivePolicy, FixedDelayPolicy
 from onnxrec.server.batcher import (
     BatcherClosedError,
     BatcherConfig,
@@ -80,13 +81,11 @@ def test_config_validation() -> None:
         BatcherConfig(inline_max_s=-1.0)
     with pytest.raises(ValueError):
         BatcherConfig(max_batch_size=0)
-    with pytest.raises(ValueError):
-        BatcherConfig(max_queue_delay_s=-0.1)
-    with pytest.raises(ValueError, match="linger_s"):
-        BatcherConfig(linger_s=-1.0)
+    with pytest.raises(ValueError, match="delay_s"):
+        FixedDelayPolicy(0.0)
     with pytest.raises(ValueError):
         BatcherConfig(max_queue_size=0)
-    assert BatcherConfig() == BatcherConfig(64, 0.0, 1024)
+    assert BatcherConfig() == BatcherConfig(64, 1024, 0.0)
 
 
 def test_results_match_run_batch() -> None:
@@ -113,7 +112,7 @@ def test_results_match_run_batch() -> None:
     run_sleep=st.sampled_from([0.0, 0.001]),
     gaps=st.lists(st.booleans(), min_size=25, max_size=25),
     inline=st.sampled_from([0.0, 0.0005, 1.0]),
-    linger=st.sampled_from([0.0, 0.0005, 0.002]),
+    dense=st.sampled_from([0.0, 0.0005, 0.002]),
 )
 def test_batched_result_equals_single_result(
     items: list[tuple[int, int]],
@@ -122,9 +121,10 @@ def test_batched_result_equals_single_result(
     run_sleep: float,
     gaps: list[bool],
     inline: float,
-    linger: float,
+    dense: float,
 ) -> None:
-    """Whatever the batching, every caller gets f(its item) and every batch respects the row limit."""
+    """Whatever the batching (a fixed delay, or the adaptive policy with a ``dense`` gap), every caller
+    gets f(its item) and every batch respects the row limit."""
 
     def f(x: int) -> int:
         return 3 * x + 1
@@ -138,10 +138,9 @@ def test_batched_result_equals_single_result(
         return [f(x) for x, _ in batch]
 
     async def main() -> None:
-        config = BatcherConfig(
-            max_batch_size=max_batch_size, max_queue_delay_s=delay, inline_max_s=inline, linger_s=linger
-        )
-        batcher: DynamicBatcher[tuple[int, int], int] = DynamicBatcher(run_batch, config)
+        config = BatcherConfig(max_batch_size=max_batch_size, inline_max_s=inline)
+        policy = FixedDelayPolicy(delay) if delay else AdaptivePolicy(dense, max_wait_s=2 * dense)
+        batcher: DynamicBatcher[tuple[int, int], int] = DynamicBatcher(run_batch, config, policy=policy)
         tasks = []
         for (x, w), gap in zip(items, gaps, strict=False):
             tasks.append(asyncio.ensure_future(batcher.submit((x, w), weight=w)))
@@ -160,8 +159,9 @@ def test_batched_result_equals_single_result(
 
 
 def test_sequential_calls_run_alone_without_added_delay() -> None:
-    """Greedy batching (no queue delay, no linger): a lone request is dispatched at once, within a few
-    passes of the event loop (no timer), and runs alone."""
+    """The adaptive default with sparse arrivals (each 20 ms or more after the previous, against a 1 ms
+    dense gap): a lone request is dispatched at once, within a few passes of the event loop (no timer),
+    and runs alone."""
 
     async def main() -> None:
         rec = Recorder(hold_first=True)
@@ -175,6 +175,7 @@ def test_sequential_calls_run_alone_without_added_delay() -> None:
             assert dispatched == [1] * (i + 1)  # already handed to the model: nothing waited for company
             rec.release.set()
             assert await task == 2 * i
+            await asyncio.sleep(0.02)
         await batcher.close()
         assert [len(b) for b in rec.batches] == [1] * 5
 
@@ -241,23 +242,6 @@ def test_cheap_runs_go_inline_and_slow_runs_to_the_executor() -> None:
     run(main())
 
 
-def test_submits_that_opt_out_of_the_direct_path_batch_together() -> None:
-    """One caller's many items (RecommendBatch) submitted with direct=False run as one batch even when
-    the batcher is idle and inlining is on; with direct=True each would run alone."""
-
-    async def main() -> None:
-        rec = Recorder()
-        batcher: DynamicBatcher[int, int] = DynamicBatcher(rec, BatcherConfig(max_batch_size=64, inline_max_s=1.0))
-        assert await batcher.submit(0) == 0  # calibrates the run-time estimate
-        assert await asyncio.gather(*(batcher.submit(i, direct=False) for i in range(20))) == [2 * i for i in range(20)]
-        assert [len(b) for b in rec.batches[1:]] == [20]
-        assert await asyncio.gather(*(batcher.submit(i) for i in range(3))) == [0, 2, 4]
-        assert [len(b) for b in rec.batches[2:]] == [1, 1, 1]
-        await batcher.close()
-
-    run(main())
-
-
 def test_queue_delay_collects_a_fuller_batch() -> None:
     """With a queue delay (an hour here) requests wait for company; a full batch does not wait: it is
     dispatched within a few passes of the event loop."""
@@ -266,7 +250,10 @@ def test_queue_delay_collects_a_fuller_batch() -> None:
         rec = Recorder()
         dispatched: list[int] = []
         batcher: DynamicBatcher[int, int] = DynamicBatcher(
-            rec, BatcherConfig(max_batch_size=8, max_queue_delay_s=3600.0), on_batch=lambda n, q: dispatched.append(n)
+            rec,
+            BatcherConfig(max_batch_size=8),
+            policy=FixedDelayPolicy(3600.0),
+            on_batch=lambda n, q: dispatched.append(n),
         )
         tasks = []
         for i in range(3):
@@ -433,7 +420,7 @@ def test_close_drains_queued_work_then_refuses() -> None:
     async def main() -> None:
         rec = Recorder(hold_first=True)
         batcher: DynamicBatcher[int, int] = DynamicBatcher(
-            rec, BatcherConfig(max_batch_size=2, max_queue_delay_s=3600.0)
+            rec, BatcherConfig(max_batch_size=2), policy=FixedDelayPolicy(3600.0)
         )
         first = asyncio.ensure_future(batcher.submit(0, weight=2))  # a full batch: runs (and is held) at once
         await rec.wait_started()
@@ -497,20 +484,21 @@ def test_close_before_any_submit_and_shared_executor() -> None:
         run(main(pool))
 
 
-async def _primed(rec: Recorder, config: BatcherConfig) -> DynamicBatcher[int, int]:
+async def _primed(rec: Recorder, policy: AdaptivePolicy, **config: Any) -> DynamicBatcher[int, int]:
     """A batcher that has served one request (so the next arrival has a previous one to be near)."""
-    batcher: DynamicBatcher[int, int] = DynamicBatcher(rec, config)
+    batcher: DynamicBatcher[int, int] = DynamicBatcher(rec, BatcherConfig(**config), policy=policy)
     assert await batcher.submit(0) == 0
     return batcher
 
 
-def test_linger_collects_requests_arriving_close_together() -> None:
-    """Four arrivals a few event-loop passes apart (no sleeps: far inside the 2 s linger however slow the
-    machine) wait for each other and run as one batch."""
+def test_adaptive_collects_requests_arriving_close_together() -> None:
+    """Four arrivals a few event-loop passes apart (no sleeps: far inside the 2 s gap however slow the
+    machine) wait for each other and run as one batch, although each run is cheap enough to run inline
+    (the greedy rule would have run each alone)."""
 
     async def main() -> None:
         rec = Recorder()
-        batcher = await _primed(rec, BatcherConfig(max_batch_size=16, linger_s=2.0, linger_max_s=10.0))
+        batcher = await _primed(rec, AdaptivePolicy(2.0, max_wait_s=10.0), max_batch_size=16, inline_max_s=30.0)
         tasks = []
         for i in range(1, 5):
             tasks.append(asyncio.ensure_future(batcher.submit(i)))
@@ -522,18 +510,19 @@ def test_linger_collects_requests_arriving_close_together() -> None:
     run(main())
 
 
-def test_linger_ends_when_the_batch_is_full() -> None:
-    """A full batch is dispatched at once (within a few loop passes), not after the hour-long linger."""
+def test_adaptive_wait_ends_when_the_batch_is_full() -> None:
+    """A full batch is dispatched at once (within a few loop passes), not after the hour-long wait."""
 
     async def main() -> None:
         rec = Recorder()
         dispatched: list[int] = []
         batcher: DynamicBatcher[int, int] = DynamicBatcher(
             rec,
-            BatcherConfig(max_batch_size=3, linger_s=3600.0, linger_max_s=3600.0),
+            BatcherConfig(max_batch_size=3),
+            policy=AdaptivePolicy(3600.0, max_wait_s=3600.0),
             on_batch=lambda n, q: dispatched.append(n),
         )
-        assert await batcher.submit(0) == 0  # a previous arrival, so the next ones would linger
+        assert await batcher.submit(0) == 0  # a previous arrival, so the next ones are dense
         tasks = asyncio.gather(*(batcher.submit(i) for i in (1, 2, 3)))
         await settle()
         assert dispatched == [1, 3]
@@ -544,41 +533,41 @@ def test_linger_ends_when_the_batch_is_full() -> None:
     run(main())
 
 
-def test_no_linger_after_a_long_gap_and_backoff_after_a_lonely_linger() -> None:
-    """Whether a request lingered is read from when it is dispatched: at once (within a few loop passes)
-    or only after the linger. Only lower bounds on time decide: a sleep longer than ``linger_s`` is a long
-    gap, and a request right after another (well within the 3 s linger) is a close one."""
+def test_adaptive_never_waits_after_a_long_gap_and_backs_off_after_a_lonely_wait() -> None:
+    """Whether a request waited is read from when it is dispatched: at once (within a few loop passes)
+    or only after the wait. Only lower bounds on time decide: a sleep longer than the dense gap is a
+    sparse arrival, and a request right after another (well within a 3 s gap) is a dense one."""
 
     async def main() -> None:
         rec = Recorder()
         dispatched: list[int] = []
-        batcher: DynamicBatcher[int, int] = DynamicBatcher(
-            rec,
-            BatcherConfig(max_batch_size=16, linger_s=3.0, linger_max_s=3.0),
-            on_batch=lambda n, q: dispatched.append(n),
-        )
-        assert await batcher.submit(0) == 0
-        short: DynamicBatcher[int, int] = DynamicBatcher(
-            rec,
-            BatcherConfig(max_batch_size=16, linger_s=0.01, linger_max_s=0.01),
-            on_batch=lambda n, q: dispatched.append(n),
-        )
+
+        def batcher(gap: float) -> DynamicBatcher[int, int]:
+            return DynamicBatcher(
+                rec,
+                BatcherConfig(max_batch_size=16, inline_max_s=30.0),
+                policy=AdaptivePolicy(gap, max_wait_s=gap),
+                on_batch=lambda n, q: dispatched.append(n),
+            )
+
+        slow, short = batcher(3.0), batcher(0.01)
+        assert await slow.submit(0) == 0
         assert await short.submit(0) == 0
-        await asyncio.sleep(0.05)  # a gap longer than its linger: the next request does not wait
-        gap = asyncio.ensure_future(short.submit(1))
+        await asyncio.sleep(0.05)  # a gap longer than its dense gap: the next request does not wait
+        sparse = asyncio.ensure_future(short.submit(1))
         await settle()
         assert len(dispatched) == 3
-        assert await gap == 2
-        close = asyncio.ensure_future(batcher.submit(2))  # right after the previous one: it lingers
+        assert await sparse == 2
+        dense = asyncio.ensure_future(slow.submit(2))  # right after the previous one: it waits
         await settle()
         assert len(dispatched) == 3  # held open for company, and nobody comes
-        assert await close == 4
+        assert await dense == 4
         assert len(dispatched) == 4
-        after = asyncio.ensure_future(batcher.submit(3))  # after that lonely linger: no linger this time
+        after = asyncio.ensure_future(slow.submit(3))  # after that lonely wait: no wait this time
         await settle()
         assert len(dispatched) == 5
         assert await after == 6
-        await batcher.close()
+        await slow.close()
         await short.close()
         assert rec.batches == [[0], [0], [1], [2], [3]]
 

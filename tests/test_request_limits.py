@@ -246,14 +246,14 @@ def test_a_big_batch_does_not_hold_up_a_small_request(served_repo: Path) -> None
             events.append(name)
             return result
 
-        batch = asyncio.ensure_future(tagged("big answered", servicer._recommend_batch(big, None)))
+        batch = asyncio.ensure_future(tagged("big answered", servicer.answer(big)))
         batcher = registry.get("demo").recommend
         while not batcher.queue_depth and not events:  # the batch's first rows are queued (or running)
             await asyncio.sleep(0)
-        lone = asyncio.ensure_future(tagged("small answered", servicer._recommend_one(rec(users[-1]), None)))
+        lone = asyncio.ensure_future(tagged("small answered", servicer.answer(rec(users[-1]))))
         answer, _ = await asyncio.gather(batch, lone)
         order = list(events)
-        singles = [[i.item_id for i in (await servicer._recommend_one(rec(u), None)).items] for u in users]
+        singles = [[i.item_id for i in (await servicer.answer(rec(u))).items] for u in users]
         await registry.close()
         return order, [[i.item_id for i in r.items] for r in answer.responses], singles
 
@@ -325,8 +325,8 @@ def test_metadata_merged_from_wire_bytes_equals_the_items_metadata(served_repo: 
         servicer = RecommenderServicer(registry, config)
         model = registry.get("demo").model
         users = [str(u) for u in model.user_ids[:20]]
-        single = await servicer._recommend_one(rec(users[0], k=50, include_metadata=True), None)
-        batch = await servicer._recommend_batch(
+        single = await servicer.answer(rec(users[0], k=50, include_metadata=True))
+        batch = await servicer.answer(
             pb.RecommendBatchRequest(requests=[rec(u, k=7, include_metadata=True) for u in users]), None
         )
         await registry.close()

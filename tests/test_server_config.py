@@ -28,7 +28,7 @@ def test_layers_and_types(tmp_path: Path) -> None:
         ("", {"ONNXREC_SERVE_BOGUS": "1"}, {}, "ONNXREC_SERVE_BOGUS"),
         ("", {}, {"device": "tpu"}, "device must be auto, cuda or cpu"),
         ("", {}, {"max_batch_size": "0"}, "max_batch_size"),
-        ("", {}, {"linger_us": "-5"}, "linger_us must be 0 or more"),
+        ("", {}, {"inline_max_us": "-5"}, "inline_max_us must be 0 or more"),
         ("", {}, {"version_policy": "specific"}, "needs versions"),
         ("", {}, {"tls_cert": "c.pem"}, "go together"),
         ("", {}, {"warmup": "maybe"}, "'warmup'"),

@@ -1,0 +1,121 @@
+"""A loaded model version as the request path sees it: the model and one dynamic batcher per graph,
+with the typed rows each batcher takes.
+
+A batcher item carries one or more rows of one graph (a RecommendBatch call queues a chunk of its rows
+as one item); a batch concatenates its items' rows into one onnxruntime run with the batch's largest
+``k``, and hands each item back its own rows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from onnxrec.server.batch_policy import AdaptivePolicy, BatchPolicy
+from onnxrec.server.batcher import BatcherConfig, DynamicBatcher
+from onnxrec.server.loaded_model import LoadedModel, TopK
+
+__all__ = ["HistoryRows", "RecommendRows", "ScoreRow", "ServedModel", "SimilarRow"]
+
+
+@dataclass(slots=True)
+class RecommendRows:
+    """Known users' rows of the ``recommend`` graph: user indices, their exclusion lists, and the k."""
+
+    users: list[int]
+    exclude: list[np.ndarray]
+    k: int
+
+    def __len__(self) -> int:
+        return len(self.users)
+
+
+@dataclass(slots=True)
+class HistoryRows:
+    """Unknown users' rows of ``recommend_from_history``: histories (newest first), exclusion lists,
+    encoded user features, and the k."""
+
+    history: list[np.ndarray]
+    exclude: list[np.ndarray]
+    features: list[Sequence[int]]
+    k: int
+
+    def __len__(self) -> int:
+        return len(self.history)
+
+
+@dataclass(slots=True)
+class ScoreRow:
+    """One ``score`` row: a user index and the candidates' item indices."""
+
+    user: int
+    candidates: np.ndarray
+
+
+@dataclass(slots=True)
+class SimilarRow:
+    """One ``similar_items`` row: an item index and the k."""
+
+    item: int
+    k: int
+
+
+class ServedModel:
+    """A loaded version with one dynamic batcher per graph (``policy`` makes each one's batch policy)."""
+
+    def __init__(
+        self,
+        model: LoadedModel,
+        config: BatcherConfig,
+        policy: Callable[[], BatchPolicy] = AdaptivePolicy,
+        on_batch: Callable[[str, str, int, float], None] | None = None,
+    ) -> None:
+        self.model = model
+
+        def batcher(run: Callable[[list[Any]], Sequence[Any]], graph: str) -> DynamicBatcher[Any, Any]:
+            hook = None if on_batch is None else (lambda rows, queued: on_batch(model.name, graph, rows, queued))
+            return DynamicBatcher(run, config, policy=policy(), name=f"{model.name}/{graph}", on_batch=hook)
+
+        self.recommend: DynamicBatcher[RecommendRows, list[TopK]] = batcher(self._run_recommend, "recommend")
+        self.history: DynamicBatcher[HistoryRows, list[TopK]] = batcher(self._run_history, "recommend_from_history")
+        self.score: DynamicBatcher[ScoreRow, np.ndarray] = batcher(self._run_score, "score")
+        self.similar: DynamicBatcher[SimilarRow, TopK] = batcher(self._run_similar, "similar_items")
+
+    def _run_recommend(self, items: list[RecommendRows]) -> list[list[TopK]]:
+        if len(items) == 1:  # one caller: its own lists, no regrouping
+            (one,) = items
+            return [self.model.recommend(np.asarray(one.users, dtype=np.int64), one.exclude, one.k)]
+        users = np.array([u for it in items for u in it.users], dtype=np.int64)
+        exclude = [e for it in items for e in it.exclude]
+        return _per_item(self.model.recommend(users, exclude, max(it.k for it in items)), items)
+
+    def _run_history(self, items: list[HistoryRows]) -> list[list[TopK]]:
+        history = [h for it in items for h in it.history]
+        exclude = [e for it in items for e in it.exclude]
+        features = [f for it in items for f in it.features]
+        k = max(it.k for it in items)
+        return _per_item(self.model.recommend_from_history(history, exclude, features, k), items)
+
+    def _run_score(self, items: list[ScoreRow]) -> list[np.ndarray]:
+        return self.model.score(np.array([it.user for it in items]), [it.candidates for it in items])
+
+    def _run_similar(self, items: list[SimilarRow]) -> list[TopK]:
+        return self.model.similar(np.array([it.item for it in items]), max(it.k for it in items))
+
+    async def close(self) -> None:
+        """Finish what is queued, then stop the batchers."""
+        for b in (self.recommend, self.history, self.score, self.similar):
+            await b.close(drain=True)
+
+
+def _per_item(results: list[TopK], items: Sequence[RecommendRows | HistoryRows]) -> list[list[TopK]]:
+    """Split a batch's rows back into its items (each item's rows are consecutive)."""
+    out, start = [], 0
+    for item in items:
+        n = len(item)
+        out.append(results[start : start + n])
+        start += n
+    return out
