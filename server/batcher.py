@@ -4,7 +4,7 @@ A :class:`DynamicBatcher` collects concurrent requests for one model graph into 
 batch through a blocking ``run_batch`` function, on the event loop itself when the run is cheap
 (:class:`~onnxrec.server.run_cost.RunCost`) and in an executor thread otherwise, so the loop keeps
 accepting requests while a long run computes. When a batch runs is its policy's decision
-(:mod:`onnxrec.server.batch_policy`): by default it batches exactly when the server is saturated.
+(:mod:`onnxrec.server.batch_policy`): by default it batches when requests come densely.
 
 Scheduling (one background task per batcher, started lazily on the first :meth:`DynamicBatcher.submit`):
 
@@ -32,13 +32,7 @@ from typing import Any, Generic, TypeVar
 from onnxrec.server.batch_policy import AdaptivePolicy, BatchPolicy
 from onnxrec.server.run_cost import RunCost
 
-__all__ = [
-    "BatcherClosedError",
-    "BatcherConfig",
-    "DeadlineExpiredError",
-    "DynamicBatcher",
-    "QueueFullError",
-]
+__all__ = ["BatcherClosedError", "BatcherConfig", "DeadlineExpiredError", "DynamicBatcher", "QueueFullError"]
 
 log = logging.getLogger(__name__)
 

@@ -6,8 +6,6 @@ checked against the manifest's hashes before any session is created.
 
 from __future__ import annotations
 
-import contextlib
-import io
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -15,86 +13,18 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnxruntime as ort
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from onnxrec.errors import OnnxrecError
 from onnxrec.exporter.repository import read_manifest, verify_files
 from onnxrec.server.limits import scored_item_bytes
+from onnxrec.server.sessions import ModelLoadError, cuda_status, open_sessions, resolve_device
+
+__all__ = ["LoadedModel", "ModelLoadError", "TopK", "cuda_status", "resolve_device"]
 from onnxrec.v1 import recommender_pb2 as pb
 
 log = logging.getLogger("onnxrec.server")
-
-GRAPHS = ("recommend", "recommend_from_history", "score", "similar_items")
-SMALL_CATALOG = 100_000  # below this many items, intra_op_threads=0 means one onnxruntime thread on the CPU
-
-
-class ModelLoadError(OnnxrecError):
-    """A version directory could not be loaded (bad manifest, hash mismatch, no CUDA, ...)."""
-
-
-def _probe_model() -> bytes:
-    from onnx import TensorProto, helper
-
-    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])
-    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])
-    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "probe", [x], [y])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
-    model.ir_version = 10
-    return bytes(model.SerializeToString())
-
-
-def cuda_status() -> tuple[bool, str]:
-    """Whether onnxruntime really runs on CUDA here (a session is created and its providers checked),
-    and why not."""
-    if "CUDAExecutionProvider" not in ort.get_available_providers():
-        return False, "onnxruntime has no CUDAExecutionProvider (install onnxruntime-gpu)"
-    preload = getattr(ort, "preload_dlls", None)
-    if preload is not None:
-        quiet = io.StringIO()  # it prints what it cannot find; the probe below reports that in one line
-        with contextlib.suppress(Exception), contextlib.redirect_stdout(quiet), contextlib.redirect_stderr(quiet):
-            preload()
-    ort.set_default_logger_severity(4)  # the probe's expected failure on CPU machines is not news
-    try:
-        opts = ort.SessionOptions()
-        opts.log_severity_level = 4
-        session = ort.InferenceSession(_probe_model(), opts, providers=["CUDAExecutionProvider"])
-        active = session.get_providers()[0]
-    except Exception as exc:  # onnxruntime's own error types
-        return False, f"creating a CUDA session failed ({str(exc).splitlines()[0]})"
-    finally:
-        ort.set_default_logger_severity(2)
-    if active != "CUDAExecutionProvider":
-        return False, f"onnxruntime fell back to {active} (no GPU, or CUDA/cuDNN libraries missing)"
-    return True, "CUDAExecutionProvider is active"
-
-
-def resolve_device(device: str) -> str:
-    """``cuda`` or ``cpu`` for ``device`` (auto, cuda, cpu): auto takes CUDA when it really works;
-    cuda raises :class:`ModelLoadError` when it does not (never a silent CPU fallback)."""
-    if device == "cpu":
-        return "cpu"
-    if device not in ("auto", "cuda"):
-        raise ModelLoadError(f"unknown device {device!r} (use auto, cuda or cpu)")
-    ok, why = cuda_status()
-    if device == "cuda" and not ok:
-        raise ModelLoadError(f"--device cuda: CUDA is not usable: {why}")
-    chosen = "cuda" if ok else "cpu"
-    log.info("device %s: running on %s (%s)", device, chosen, why)
-    return chosen
-
-
-def providers_for(device: str) -> list[str]:
-    """The execution providers for ``device`` (auto, cuda or cpu). ``auto`` is resolved by a real
-    probe (:func:`resolve_device`); with ``cuda`` each session's active provider is checked after
-    creation, so CUDA never falls back to the CPU silently."""
-    if device == "auto":
-        device = resolve_device(device)
-    if device == "cuda":
-        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
-    if device == "cpu":
-        return ["CPUExecutionProvider"]
-    raise ModelLoadError(f"unknown device {device!r} (use auto, cuda or cpu)")
 
 
 @dataclass(frozen=True)
@@ -130,67 +60,14 @@ class LoadedModel:
         self.num_users: int = int(m["num_users"])
         self.num_items: int = int(m["num_items"])
         self.history_len: int = int(m["history_len"])
-        providers = providers_for(device)
-        opts = ort.SessionOptions()
-        if intra_op_threads == 0 and providers[0] == "CPUExecutionProvider" and self.num_items < SMALL_CATALOG:
-            intra_op_threads = 1  # a small catalog's run is shorter than waking a second thread
-        if intra_op_threads:
-            opts.intra_op_num_threads = intra_op_threads
-        # idle onnxruntime threads would otherwise spin on the cores the gRPC event loop needs
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
-        opts.log_severity_level = 3
-        self.sessions: dict[str, ort.InferenceSession] = {}
-        for graph in GRAPHS:
-            file = m["graphs"][graph]["file"]
-            if precision != "fp32":
-                variant = f"{graph}.{precision}.onnx"
-                if variant not in m.get("files", {}):
-                    raise ModelLoadError(f"{self.path}: no {precision} variant (export with --precision {precision})")
-                file = variant
-            try:
-                session = ort.InferenceSession(str(self.path / file), opts, providers=providers)
-            except Exception as exc:  # onnxruntime raises its own exception types
-                raise ModelLoadError(f"{self.path / file}: onnxruntime cannot load it ({exc})") from exc
-            if device == "cuda" and session.get_providers()[0] != "CUDAExecutionProvider":
-                raise ModelLoadError(f"{self.path / file}: CUDA was asked for but {session.get_providers()[0]} runs")
-            self.sessions[graph] = session
+        self.sessions = open_sessions(self.path, m, device, intra_op_threads, precision)
         self.provider: str = self.sessions["recommend"].get_providers()[0]
-        # The item tables are initializers, resident on the GPU under CUDA. Plain run() (no IO binding): on
-        # onnxruntime 1.31 CUDA (H200) it was as fast or faster at every batch size (the outputs are only
-        # [B, k]; BENCHMARKS.md, GPU section).
         # the ``k`` input of every k a request may ask for, built once (index k; 0 stands for k_max)
         self._k_inputs = [np.array([k or self.k_max], dtype=np.int64) for k in range(self.k_max + 1)]
         items = pq.read_table(self.path / "items.parquet")
-        users = pq.read_table(self.path / "users.parquet")
-        self.item_ids = np.asarray(items["item_id"].to_pylist(), dtype=object)
-        self.user_ids = np.asarray(users["user_id"].to_pylist(), dtype=object)
-        self.item_id_text: list[str] = [str(v) for v in self.item_ids]  # what responses carry
-        self.item_index = {text: i for i, text in enumerate(self.item_id_text)}
-        self.user_index = {str(v): i for i, v in enumerate(self.user_ids)}
-        meta_cols = [c for c in items.column_names if c not in ("item_idx", "item_id", "popularity")]
-        columns = {c: items[c].to_pylist() for c in meta_cols}
-        self._metadata = [
-            {c: _as_text(columns[c][i]) for c in meta_cols if columns[c][i] is not None} for i in range(len(items))
-        ]
-        self._metadata_wire: list[bytes | None] = [None] * len(self._metadata)  # metadata_wire's cache
-        # the mean encoded size of one answered item, without and with its metadata (answer-size estimates)
-        sizes = np.array([scored_item_bytes(t, d) for t, d in zip(self.item_id_text, self._metadata, strict=True)])
-        self.item_bytes: tuple[float, float] = (
-            (float(sizes[:, 0].mean()), float(sizes[:, 1].mean())) if len(sizes) else (0.0, 0.0)
-        )
-        with np.load(self.path / "seen.npz", allow_pickle=False) as seen:
-            self.seen_indptr = seen["indptr"]
-            self.seen_indices = seen["indices"].astype(np.int64)
-        # the same lists with a -1 after each user's, so a lone request's exclusion row is a view that
-        # already holds the -1 the graphs need (no copy per request)
-        counts = np.diff(self.seen_indptr)
-        self._seen_padded_ptr = self.seen_indptr + np.arange(len(self.seen_indptr))
-        self._seen_padded = np.full(len(self.seen_indices) + len(counts), -1, dtype=np.int64)
-        self._seen_padded[np.arange(len(self.seen_indices)) + np.repeat(np.arange(len(counts)), counts)] = (
-            self.seen_indices
-        )
-        self._seen_padded.flags.writeable = False
+        self._load_ids(items, pq.read_table(self.path / "users.parquet"))
+        self._load_metadata(items)
+        self._load_seen()
         self.popular = np.load(self.path / "popular.npy", allow_pickle=False).astype(np.int64)
         self.popularity = np.asarray(items["popularity"].to_numpy(), dtype=np.float64)
         spec = m.get("feature_spec", {})
@@ -205,6 +82,42 @@ class LoadedModel:
             self.num_items,
             self.provider,
         )
+
+    def _load_ids(self, items: pa.Table, users: pa.Table) -> None:
+        """Raw ids and the maps from their text (what requests carry) to indices."""
+        self.item_ids = np.asarray(items["item_id"].to_pylist(), dtype=object)
+        self.user_ids = np.asarray(users["user_id"].to_pylist(), dtype=object)
+        self.item_id_text: list[str] = [str(v) for v in self.item_ids]  # what responses carry
+        self.item_index = {text: i for i, text in enumerate(self.item_id_text)}
+        self.user_index = {str(v): i for i, v in enumerate(self.user_ids)}
+
+    def _load_metadata(self, items: pa.Table) -> None:
+        """Item metadata as strings, and the mean encoded size of an answered item without and with it
+        (for answer-size estimates)."""
+        meta_cols = [c for c in items.column_names if c not in ("item_idx", "item_id", "popularity")]
+        columns = {c: items[c].to_pylist() for c in meta_cols}
+        self._metadata = [
+            {c: _as_text(columns[c][i]) for c in meta_cols if columns[c][i] is not None} for i in range(len(items))
+        ]
+        self._metadata_wire: list[bytes | None] = [None] * len(self._metadata)  # metadata_wire's cache
+        sizes = np.array([scored_item_bytes(t, d) for t, d in zip(self.item_id_text, self._metadata, strict=True)])
+        self.item_bytes: tuple[float, float] = (
+            (float(sizes[:, 0].mean()), float(sizes[:, 1].mean())) if len(sizes) else (0.0, 0.0)
+        )
+
+    def _load_seen(self) -> None:
+        """Each user's known items (CSR), and the same lists with a -1 after each user's, so a lone
+        request's exclusion row is a view that already holds the -1 the graphs need (no copy)."""
+        with np.load(self.path / "seen.npz", allow_pickle=False) as seen:
+            self.seen_indptr = seen["indptr"]
+            self.seen_indices = seen["indices"].astype(np.int64)
+        counts = np.diff(self.seen_indptr)
+        self._seen_padded_ptr = self.seen_indptr + np.arange(len(self.seen_indptr))
+        self._seen_padded = np.full(len(self.seen_indices) + len(counts), -1, dtype=np.int64)
+        self._seen_padded[np.arange(len(self.seen_indices)) + np.repeat(np.arange(len(counts)), counts)] = (
+            self.seen_indices
+        )
+        self._seen_padded.flags.writeable = False
 
     # -- metadata -----------------------------------------------------------------------------------
     def metadata(self, item: int) -> dict[str, str]:

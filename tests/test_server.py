@@ -28,7 +28,7 @@ from onnxrec.trainer.data.dataset import Dataset, save_dataset
 from onnxrec.trainer.train import train
 from onnxrec.v1 import recommender_pb2 as pb
 from onnxrec.v1 import recommender_pb2_grpc as pb_grpc
-from tests.serverproc import ServerProcess, start_server
+from tests.serverproc import ServerProcess, start_server, wait_until
 
 pytestmark = pytest.mark.slow  # end to end; left out of make test-quick
 
@@ -294,9 +294,8 @@ def test_hot_reload_and_broken_version(repository: Path, trained: dict[str, Path
             manifest = (tmp_path / "v2" / "manifest.json").read_text().replace('"version": 1', '"version": 2')
             (tmp_path / "v2" / "manifest.json").write_text(manifest)
             (tmp_path / "v2").rename(repo / "mf" / "2")
-            time.sleep(2.0)
+            wait_until(lambda: "rejected mf version 2" in srv.log.read_text(), 60, "version 2 rejected")
             assert s.Recommend(rec("mf", "1"), timeout=10).model_version == 1
-            assert "rejected mf version 2" in srv.log.read_text()
             # a good version 3 is picked up while the old keeps serving meanwhile
             export(trained["mf"], repo, "mf", version=3, options=ExportOptions(k_max=50, max_batch=16))
             deadline = time.monotonic() + 30
