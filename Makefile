@@ -51,7 +51,7 @@ proto-lint: setup
 	$(BIN)/buf lint
 
 typecheck: setup
-	$(BIN)/mypy onnxrec trainer exporter server clients
+	scripts/typecheck.sh $(abspath $(BIN))/mypy
 
 # One pytest worker per core (pytest-xdist; a test file's tests stay on one worker, so its fixtures are
 # built once), progress as it goes, and the 15 slowest tests at the end. On this project's 2-core

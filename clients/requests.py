@@ -120,7 +120,8 @@ def _items(items: Sequence[pb.ScoredItem]) -> list[Item]:
 
 def to_recommendation(r: pb.RecommendResponse) -> Recommendation:
     """Convert a RecommendResponse."""
-    return Recommendation(_items(r.items), r.model_name, int(r.model_version), _SOURCES.get(r.source, "unknown"))
+    source = _SOURCES.get(r.source, "unknown")
+    return Recommendation(_items(r.items), r.model_name, int(r.model_version), source, r.retrieval)
 
 
 def to_recommendations(r: pb.RecommendBatchResponse) -> list[Recommendation]:

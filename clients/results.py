@@ -22,6 +22,7 @@ class Recommendation:
     model_name: str
     model_version: int
     source: str  # "model", "history" or "popularity"
+    retrieval: str = ""  # "exact" or the index type (hnsw, ivf, flat) for model and history answers
 
     @property
     def item_ids(self) -> list[str]:

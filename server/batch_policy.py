@@ -4,17 +4,19 @@ A policy sees every arrival (:meth:`BatchPolicy.admit`, which also says whether 
 its batcher idle may run alone at once) and decides, before each batch is taken from the queue,
 whether to wait for company (:meth:`BatchPolicy.gather`). Each batcher has its own policy object.
 
-* :class:`AdaptivePolicy` (the default) batches exactly when requests come denser than the server can
-  answer them one by one, and never waits while they come sparsely. A request that finds its batcher
-  idle less than :data:`DENSE_GAP_S` after the previous arrival holds its batch open while further
-  requests keep arriving less than that apart, up to :data:`MAX_WAIT_S` from its arrival or a full batch;
-  a request after a longer gap runs at once. A wait that drew no company makes the next 1, 2, 4, ...
-  (up to 1,024) dense arrivals run at once, so a lone caller that happens to be fast pays for a handful
-  of waits, not one per call. Under grpc.aio a model run is often shorter than a request's trip
-  through gRPC, so requests never queue behind a run and the greedy rule ("batch what queued while the
-  model ran") sees batches of one even at 64 concurrent callers; waiting for company saves a model run
-  (and the cache misses an onnxruntime call causes the rest of the server) per request when the server
-  is short of CPU. The measured effect is in BENCHMARKS.md.
+* :class:`AdaptivePolicy` (the default) batches when the event loop is saturated and requests come
+  densely, and never waits otherwise. It reads how busy the loop's thread has been over the last
+  :data:`BUSY_WINDOW_S` (its CPU time over wall time, ``time.thread_time``): below
+  :data:`BUSY_FRACTION` the server has time to answer requests one by one, so a request runs at once
+  (waiting would only add latency: a client-bound or lightly used server). Above it, a request that
+  finds its batcher idle less than :data:`DENSE_GAP_S` after the previous arrival holds its batch open
+  while further requests keep arriving less than that apart, up to :data:`MAX_WAIT_S` from its arrival
+  or a full batch. A wait that drew no company makes the next 1, 2, 4, ... (up to 1,024) dense arrivals
+  run at once. Under grpc.aio a model run is often shorter than a request's trip through gRPC, so
+  requests never queue behind a run and the greedy rule ("batch what queued while the model ran")
+  sees batches of one; when the loop is short of CPU, waiting for company saves a model run (and the
+  cache misses an onnxruntime call causes the rest of the server) per request. The measured effect is
+  in BENCHMARKS.md.
 * :class:`FixedDelayPolicy` is Triton's ``max_queue_delay``: wait up to a fixed delay, from the oldest
   queued request's arrival, for a full batch; never run alone at once.
 """
@@ -27,6 +29,8 @@ from typing import Protocol
 
 __all__ = ["AdaptivePolicy", "BatchPolicy", "FixedDelayPolicy", "QueueView"]
 
+BUSY_WINDOW_S = 0.05  # how far back the loop's busy fraction is measured
+BUSY_FRACTION = 0.95  # the loop's thread busier than this (CPU time / wall time): batching pays
 DENSE_GAP_S = 0.001  # arrivals closer than this are a stream worth batching
 MAX_WAIT_S = 0.004  # the longest a batch waits for company, from its first request's arrival
 MAX_SKIPS = 1024  # after lonely waits, at most this many dense arrivals run at once before the next wait
@@ -65,23 +69,36 @@ class BatchPolicy(Protocol):
 
 
 class AdaptivePolicy:
-    """Wait for company while requests arrive densely, never while they arrive sparsely (the module
-    docstring)."""
+    """Wait for company while the loop is saturated and requests arrive densely, never otherwise (the
+    module docstring). ``busy_fraction=0`` waits on dense arrivals whatever the load (tests)."""
 
-    def __init__(self, dense_gap_s: float = DENSE_GAP_S, max_wait_s: float = MAX_WAIT_S) -> None:
+    def __init__(
+        self, dense_gap_s: float = DENSE_GAP_S, max_wait_s: float = MAX_WAIT_S, busy_fraction: float = BUSY_FRACTION
+    ) -> None:
         self.dense_gap_s = dense_gap_s
+        self.busy_fraction = busy_fraction
         self.max_wait_s = max(max_wait_s, dense_gap_s)
         self._last_arrival = float("-inf")
         self._hold = False  # the queued batch's first request arrived densely: wait for company
         self._skips = 0  # dense arrivals still to run at once after lonely waits
         self._backoff = 0
+        self._window_wall = float("-inf")  # the busy-fraction window: its start (monotonic) and CPU time
+        self._window_cpu = 0.0
+        self._busy = 0.0  # the loop thread's CPU time / wall time over the last complete window
 
     def __repr__(self) -> str:
-        return f"AdaptivePolicy(dense_gap_s={self.dense_gap_s}, max_wait_s={self.max_wait_s})"
+        return (
+            f"AdaptivePolicy(dense_gap_s={self.dense_gap_s}, max_wait_s={self.max_wait_s}, "
+            f"busy_fraction={self.busy_fraction})"
+        )
 
     def admit(self, now: float, idle: bool) -> bool:
         gap, self._last_arrival = now - self._last_arrival, now
-        if not idle or gap > self.dense_gap_s:
+        if now - self._window_wall >= BUSY_WINDOW_S:
+            cpu = time.thread_time()
+            self._busy = (cpu - self._window_cpu) / (now - self._window_wall)
+            self._window_wall, self._window_cpu = now, cpu
+        if not idle or gap > self.dense_gap_s or self._busy < self.busy_fraction:
             return True
         if self._skips:
             self._skips -= 1

@@ -8,9 +8,8 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pyarrow as pa
@@ -18,6 +17,7 @@ import pyarrow.parquet as pq
 
 from onnxrec.errors import OnnxrecError
 from onnxrec.exporter.repository import read_manifest, verify_files
+from onnxrec.server.index_search import IndexSearch
 from onnxrec.server.limits import scored_item_bytes
 from onnxrec.server.sessions import ModelLoadError, cuda_status, open_sessions, resolve_device
 
@@ -27,9 +27,9 @@ from onnxrec.v1 import recommender_pb2 as pb
 log = logging.getLogger("onnxrec.server")
 
 
-@dataclass(frozen=True)
-class TopK:
-    """A ranked answer: item indices and scores, best first."""
+class TopK(NamedTuple):
+    """A ranked answer: item indices and scores, best first (a named tuple: built per answered row, it
+    costs a seventh of a frozen dataclass, 0.3 against 2.1 us)."""
 
     items: np.ndarray
     scores: np.ndarray
@@ -62,6 +62,9 @@ class LoadedModel:
         self.history_len: int = int(m["history_len"])
         self.sessions = open_sessions(self.path, m, device, intra_op_threads, precision)
         self.provider: str = self.sessions["recommend"].get_providers()[0]
+        index = m.get("index")
+        self.index = IndexSearch(self.path, index, self.num_items, intra_op_threads or 1) if index else None
+        self.retrieval: str = self.index.kind if self.index else "exact"  # what answers carry
         # the ``k`` input of every k a request may ask for, built once (index k; 0 stands for k_max)
         self._k_inputs = [np.array([k or self.k_max], dtype=np.int64) for k in range(self.k_max + 1)]
         items = pq.read_table(self.path / "items.parquet")
@@ -177,7 +180,11 @@ class LoadedModel:
         return feed
 
     def recommend(self, users: np.ndarray, exclude: list[np.ndarray], k: int | None = None) -> list[TopK]:
-        """Top-k (default k_max) for known users, each with its own exclusion list."""
+        """Top-k (default k_max) for known users, each with its own exclusion list (through the index
+        when the version has one)."""
+        if self.index is not None:
+            (vectors,) = self._run("user_vector", {"user_idx": np.asarray(users, dtype=np.int64)})
+            return self._search(vectors, exclude, k)
         feed = {"user_idx": np.asarray(users, dtype=np.int64), "exclude": self._pad_exclude(exclude)}
         scores, items = self._run("recommend", self._k(k, feed))
         return _split(scores, items)
@@ -190,11 +197,20 @@ class LoadedModel:
         k: int | None = None,
     ) -> list[TopK]:
         """Top-k (default k_max) for users the model does not know, from their recent items (newest first)."""
-        feed = {"history": self._pad(history), "exclude": self._pad_exclude(exclude)}
+        feed = {"history": self._pad(history)}
         for j, name in enumerate(self.user_features):
             feed[f"user_{name}"] = np.array([f[j] for f in features], dtype=np.int64)
+        if self.index is not None:
+            (vectors,) = self._run("user_vector_from_history", feed)
+            return self._search(vectors, exclude, k)
+        feed["exclude"] = self._pad_exclude(exclude)
         scores, items = self._run("recommend_from_history", self._k(k, feed))
         return _split(scores, items)
+
+    def _search(self, vectors: np.ndarray, exclude: list[np.ndarray], k: int | None) -> list[TopK]:
+        assert self.index is not None
+        found = self.index.search(vectors, exclude, min(k or self.k_max, self.k_max))
+        return [TopK(items=items.astype(np.int64), scores=scores) for items, scores in found]
 
     def score(self, users: np.ndarray, candidates: list[np.ndarray]) -> list[np.ndarray]:
         """Scores of each user's candidates (rows padded to one width inside, cut back after)."""
@@ -233,6 +249,12 @@ def _split(scores: np.ndarray, items: np.ndarray) -> list[TopK]:
     sorted best first, so its last score tells whether it has any."""
     if scores.shape[1] == 0:
         return [TopK(items=items[j], scores=scores[j]) for j in range(len(scores))]
+    if len(scores) == 1:  # one row (a lone Recommend): no list of flags
+        s, i = scores[0], items[0]
+        if s[-1] == -np.inf:
+            keep = s > -np.inf
+            s, i = s[keep], i[keep]
+        return [TopK(i, s)]
     complete = (scores[:, -1] > -np.inf).tolist()
     out = []
     for j, whole in enumerate(complete):

@@ -85,7 +85,7 @@ class PopularityRetrieval:
     async def __call__(self, queries: list[RecommendQuery], deadline: float | None) -> None:
         for q in queries:
             if q.source == pb.SOURCE_POPULARITY and q.top is None:
-                model = q.model
+                model = q.served.model
                 drop = set(q.exclude.tolist())
                 items = np.array([i for i in model.popular[: q.k + len(drop)] if i not in drop], dtype=np.int64)
                 q.top = TopK(items=items, scores=model.popularity[items].astype(np.float32))
@@ -107,10 +107,7 @@ class RecommendPipeline:
         n = len(requests)
         if n == 0 or n > max_items:
             raise invalid(f"requests must hold 1 to {max_items} entries, got {n}")
-        if n == 1:
-            queries = [self.planner.plan(requests[0])]
-        else:
-            queries = await self._plan_all(requests)
+        queries = [self.planner.plan(requests[0])] if n == 1 else await self._plan_all(requests)
         check_answer_size(queries, self.limits)
         for stage in self.stages:
             await stage(queries, deadline)

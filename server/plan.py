@@ -37,7 +37,7 @@ class RecommendQuery:
         self.served = served
         self.k = k
         self.include_metadata = include_metadata
-        self.source: int = pb.SOURCE_POPULARITY
+        self.source: pb.Source = pb.SOURCE_POPULARITY
         self.user = -1  # the user's index (SOURCE_MODEL)
         self.history: np.ndarray = NO_ITEMS  # item indices, newest first (SOURCE_HISTORY)
         self.exclude: np.ndarray = NO_ITEMS  # item indices never to recommend

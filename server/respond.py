@@ -37,10 +37,12 @@ def fill_items(out: Any, model: LoadedModel, top: TopK, k: int, metadata: bool) 
 
 
 def _respond_into(response: pb.RecommendResponse, query: RecommendQuery) -> None:
-    model = query.model
+    model = query.served.model
     if query.top is None:
         raise RuntimeError(f"no stage answered a query of source {query.source}")
     response.model_name, response.model_version, response.source = model.name, model.version, query.source
+    if query.source != pb.SOURCE_POPULARITY:
+        response.retrieval = model.retrieval
     fill_items(response.items, model, query.top, query.k, query.include_metadata)
 
 
@@ -88,7 +90,7 @@ def _estimate(queries: list[RecommendQuery]) -> float:
     """The estimated encoded bytes of the answer to ``queries``."""
     total = 0.0
     for q in queries:
-        model = q.model
+        model = q.served.model
         total += RESPONSE_OVERHEAD_BYTES + min(q.k, model.num_items) * model.item_bytes[q.include_metadata]
     return total
 

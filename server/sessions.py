@@ -19,6 +19,7 @@ from onnxrec.errors import OnnxrecError
 log = logging.getLogger("onnxrec.server")
 
 GRAPHS = ("recommend", "recommend_from_history", "score", "similar_items")
+INDEX_GRAPHS = ("user_vector", "user_vector_from_history")  # versions with a nearest-neighbour index
 SMALL_CATALOG = 100_000  # below this many items, intra_op_threads=0 means one onnxruntime thread on the CPU
 
 
@@ -93,7 +94,8 @@ def providers_for(device: str) -> list[str]:
 def open_sessions(
     path: Path, manifest: dict[str, Any], device: str, intra_op_threads: int, precision: str
 ) -> dict[str, ort.InferenceSession]:
-    """One session per graph of the version at ``path`` (the ``precision`` variant when not fp32).
+    """One session per graph of the version at ``path`` (the ``precision`` variant when not fp32), the
+    user-vector graphs included when the version has a nearest-neighbour index.
 
     Idle onnxruntime threads would spin on the cores the gRPC event loop needs, so spinning is off; a
     small catalog's run is shorter than waking a second thread, so ``intra_op_threads=0`` means one
@@ -109,7 +111,7 @@ def open_sessions(
     opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
     opts.log_severity_level = 3
     sessions: dict[str, ort.InferenceSession] = {}
-    for graph in GRAPHS:
+    for graph in GRAPHS + (INDEX_GRAPHS if manifest.get("index") else ()):
         file = manifest["graphs"][graph]["file"]
         if precision != "fp32":
             file = f"{graph}.{precision}.onnx"

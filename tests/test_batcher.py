@@ -139,7 +139,7 @@ def test_batched_result_equals_single_result(
 
     async def main() -> None:
         config = BatcherConfig(max_batch_size=max_batch_size, inline_max_s=inline)
-        policy = FixedDelayPolicy(delay) if delay else AdaptivePolicy(dense, max_wait_s=2 * dense)
+        policy = FixedDelayPolicy(delay) if delay else AdaptivePolicy(dense, max_wait_s=2 * dense, busy_fraction=0.0)
         batcher: DynamicBatcher[tuple[int, int], int] = DynamicBatcher(run_batch, config, policy=policy)
         tasks = []
         for (x, w), gap in zip(items, gaps, strict=False):
@@ -498,7 +498,8 @@ def test_adaptive_collects_requests_arriving_close_together() -> None:
 
     async def main() -> None:
         rec = Recorder()
-        batcher = await _primed(rec, AdaptivePolicy(2.0, max_wait_s=10.0), max_batch_size=16, inline_max_s=30.0)
+        policy = AdaptivePolicy(2.0, max_wait_s=10.0, busy_fraction=0.0)
+        batcher = await _primed(rec, policy, max_batch_size=16, inline_max_s=30.0)
         tasks = []
         for i in range(1, 5):
             tasks.append(asyncio.ensure_future(batcher.submit(i)))
@@ -519,7 +520,7 @@ def test_adaptive_wait_ends_when_the_batch_is_full() -> None:
         batcher: DynamicBatcher[int, int] = DynamicBatcher(
             rec,
             BatcherConfig(max_batch_size=3),
-            policy=AdaptivePolicy(3600.0, max_wait_s=3600.0),
+            policy=AdaptivePolicy(3600.0, max_wait_s=3600.0, busy_fraction=0.0),
             on_batch=lambda n, q: dispatched.append(n),
         )
         assert await batcher.submit(0) == 0  # a previous arrival, so the next ones are dense
@@ -546,7 +547,7 @@ def test_adaptive_never_waits_after_a_long_gap_and_backs_off_after_a_lonely_wait
             return DynamicBatcher(
                 rec,
                 BatcherConfig(max_batch_size=16, inline_max_s=30.0),
-                policy=AdaptivePolicy(gap, max_wait_s=gap),
+                policy=AdaptivePolicy(gap, max_wait_s=gap, busy_fraction=0.0),
                 on_batch=lambda n, q: dispatched.append(n),
             )
 
@@ -570,5 +571,27 @@ def test_adaptive_never_waits_after_a_long_gap_and_backs_off_after_a_lonely_wait
         await slow.close()
         await short.close()
         assert rec.batches == [[0], [0], [1], [2], [3]]
+
+    run(main())
+
+
+def test_adaptive_never_waits_while_the_loop_has_time() -> None:
+    """Dense arrivals on a loop that is not saturated (a busy fraction of 2 cannot be reached: a thread's
+    CPU time never exceeds the wall time) run at once, each alone: waiting would only add latency."""
+
+    async def main() -> None:
+        rec = Recorder()
+        dispatched: list[int] = []
+        batcher: DynamicBatcher[int, int] = DynamicBatcher(
+            rec,
+            BatcherConfig(max_batch_size=16, inline_max_s=30.0),
+            policy=AdaptivePolicy(3600.0, max_wait_s=3600.0, busy_fraction=2.0),
+            on_batch=lambda n, q: dispatched.append(n),
+        )
+        assert await batcher.submit(0) == 0
+        for i in range(1, 6):  # one right after the other: dense, far inside the hour-long gap
+            assert await batcher.submit(i) == 2 * i
+        await batcher.close()
+        assert rec.batches == [[i] for i in range(6)]
 
     run(main())

@@ -194,9 +194,11 @@ def load_dataset(path: Path) -> Dataset:
     if meta.get("format") != FORMAT:
         raise DataError(f"{path}: unsupported dataset format {meta.get('format')!r} (expected {FORMAT})")
     try:
-        parts = [_read_part(path / f"{n}.parquet") for n in _PART_FILES]
+        train, valid, test = (_read_part(path / f"{n}.parquet") for n in _PART_FILES)
         splits = Splits(
-            *parts,
+            train,
+            valid,
+            test,
             valid_negatives=np.load(path / "valid_negatives.npy", allow_pickle=False),
             test_negatives=np.load(path / "test_negatives.npy", allow_pickle=False),
         )

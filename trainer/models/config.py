@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Self
+from typing import Any, ClassVar, Self
 
 
 @dataclass(frozen=True)
@@ -24,6 +24,7 @@ class ModelOptions:
 
     num_users: int
     num_items: int
+    __dataclass_fields__: ClassVar[dict[str, dataclasses.Field[Any]]]  # every subclass is a dataclass
     dim: int = 64
     feature_dim: int = 16
     layers: tuple[int, ...] = ()  # () = the model's own default
@@ -42,6 +43,7 @@ class ModelConfig:
 
     num_users: int
     num_items: int
+    __dataclass_fields__: ClassVar[dict[str, dataclasses.Field[Any]]]  # every subclass is a dataclass
 
     @classmethod
     def from_options(cls, opts: ModelOptions) -> Self:
@@ -50,7 +52,7 @@ class ModelConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """The config as a plain dict (nested dataclasses as dicts)."""
-        return dataclasses.asdict(self)  # type: ignore[call-overload]
+        return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Self:

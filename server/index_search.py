@@ -1,0 +1,102 @@
+"""Top-k from a version's nearest-neighbour index: the user vector from an ONNX graph, then one batched
+faiss search over the item vectors, with the exclusions honoured by over-fetching.
+
+A version whose manifest has an ``index`` entry (``onnxrec export --index ...``) holds ``items.faiss``
+(faiss's own format, hash-checked at load like every file) and the ``user_vector`` and
+``user_vector_from_history`` graphs; ``score(user, item) = user_vector . item_vector`` with the item
+bias folded into the vectors, so an index answer's scores are the exact graph's scores of the items it
+finds. A search asks for ``k`` plus the longest exclusion list of the batch, drops each row's excluded
+items, and searches a row again with twice as many while it has fewer than ``k`` items left and the
+catalog holds more, so a user always gets ``k`` items when ``k`` unexcluded items exist.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from onnxrec.server.sessions import ModelLoadError
+
+__all__ = ["IndexSearch"]
+
+_CHUNK = 65_536  # stored vectors scored at once by the exhaustive fallback
+
+
+def _faiss() -> Any:
+    import faiss  # imported on first use: exact versions never load it
+
+    return faiss
+
+
+class IndexSearch:
+    """A loaded index and how to search it (``index`` is the manifest's ``index`` entry)."""
+
+    def __init__(self, version_dir: Path, index: dict[str, Any], num_items: int, threads: int) -> None:
+        faiss = _faiss()
+        path = version_dir / str(index.get("file", "items.faiss"))
+        try:
+            self.index = faiss.read_index(str(path))
+        except RuntimeError as exc:  # faiss reports a bad file as RuntimeError
+            raise ModelLoadError(f"{path}: faiss cannot read it ({str(exc).splitlines()[0]})") from exc
+        if self.index.ntotal != num_items:
+            raise ModelLoadError(f"{path}: the index holds {self.index.ntotal} items, the manifest {num_items}")
+        self.kind: str = str(index.get("type", "index"))
+        params = index.get("params", {})
+        if self.kind == "hnsw" and "ef_search" in params:
+            faiss.downcast_index(self.index).hnsw.efSearch = int(params["ef_search"])
+        if self.kind == "ivf":
+            ivf = faiss.extract_index_ivf(self.index)
+            ivf.nprobe = int(params.get("nprobe", ivf.nprobe))
+            ivf.make_direct_map()  # reconstruct_n, for the exhaustive fallback
+        if threads:
+            faiss.omp_set_num_threads(threads)
+        self.num_items = num_items
+
+    def search(self, vectors: np.ndarray, exclude: Sequence[np.ndarray], k: int) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Per row: (item indices, scores), best first, at most ``k``, none of the row's excluded items
+        (-1 entries in an exclusion row are padding)."""
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        k = min(k, self.num_items)
+        fetch = min(self.num_items, k + max((len(e) for e in exclude), default=0))
+        scores, items = self.index.search(vectors, fetch)
+        out = []
+        for j, row in enumerate(exclude):
+            drop = set(row.tolist()) if len(row) else ()
+            s, i = _keep(scores[j], items[j], drop, k)
+            wider = fetch
+            while len(i) < k and wider < self.num_items:  # exclusions ate the over-fetch: search wider
+                wider = min(self.num_items, 2 * wider)
+                more_s, more_i = self.index.search(vectors[j : j + 1], wider)
+                s, i = _keep(more_s[0], more_i[0], drop, k)
+            if len(i) < k and len(i) < self.num_items - sum(1 for d in drop if d >= 0):
+                s, i = self._exhaustive(vectors[j], drop, k)  # a graph index need not reach every item
+            out.append((i, s))
+        return out
+
+    def _exhaustive(self, vector: np.ndarray, drop: Any, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Every item scored, a chunk of the stored vectors at a time: for a user who has excluded so much
+        of the catalog that even a search over all of it (which an approximate index need not answer
+        completely) leaves fewer than ``k`` items."""
+        best_s, best_i = np.empty(0, dtype=np.float32), np.empty(0, dtype=np.int64)
+        for start in range(0, self.num_items, _CHUNK):
+            count = min(_CHUNK, self.num_items - start)
+            scores = self.index.reconstruct_n(start, count) @ vector
+            items = np.arange(start, start + count, dtype=np.int64)
+            if drop:
+                keep = np.fromiter((i not in drop for i in items.tolist()), dtype=bool, count=count)
+                scores, items = scores[keep], items[keep]
+            best_s, best_i = np.concatenate([best_s, scores]), np.concatenate([best_i, items])
+            top = np.argsort(-best_s, kind="stable")[:k]
+            best_s, best_i = best_s[top], best_i[top]
+        return best_s.astype(np.float32), best_i
+
+
+def _keep(scores: np.ndarray, items: np.ndarray, drop: Any, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The first ``k`` found items (index -1: nothing found) that are not in ``drop``."""
+    keep = items >= 0
+    if drop:
+        keep &= np.fromiter((i not in drop for i in items.tolist()), dtype=bool, count=len(items))
+    return scores[keep][:k], items[keep][:k]
