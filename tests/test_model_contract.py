@@ -127,6 +127,10 @@ def test_every_model_states_what_it_exports_and_its_methods_agree(name: str, cml
         else:  # fold-in: scores from explicit user-table rows
             rows = [t(users) for t in model.user_tables()]
             assert torch.allclose(model.score_with_user(rows, None), scores, atol=1e-5)
+            if model.factorized:  # the fold-in rows as a user vector: the same scores up to a constant per row
+                folded = model.fold_in_user_vectors(rows) @ model.item_vectors().T + model.item_bias()
+                shift = scores - folded
+                assert torch.allclose(shift, shift[:, :1].expand_as(shift), atol=1e-5)
     reads = name == "twotower"
     assert model.history_len == (SMALL.history_len if reads else 0)
     assert model.user_feature_names == (("age",) if reads else ())

@@ -12,7 +12,8 @@ The exporter reads a model only through this contract, never its class:
   computed once at export;
 * **history fold-in** of a user the model does not know: when :attr:`encodes_unknown_users`, the
   model's own user encoder takes user ``-1`` with its history and features; otherwise the user's rows
-  of :meth:`user_tables` are estimated from its history and scored by :meth:`score_with_user`;
+  of :meth:`user_tables` are estimated from its history and scored by :meth:`score_with_user` (a
+  factorized model also turns such rows into its user vector: :meth:`fold_in_user_vectors`);
 * **item similarity**: :meth:`item_representation`.
 
 ``inputs`` is a dict of per-user tensors: ``history`` [B, H] (item indices, newest first, -1 pads),
@@ -119,6 +120,13 @@ class Recommender(nn.Module):
     def item_bias(self, items: torch.Tensor | None = None) -> torch.Tensor:
         """Item biases [N], of every item when ``items`` is None (:attr:`factorized` models)."""
         raise NotImplementedError(f"{type(self).__name__} is not factorized")
+
+    def fold_in_user_vectors(self, user_rows: list[torch.Tensor]) -> torch.Tensor:
+        """User vectors [B, D] from explicit user rows (one [B, d] tensor per :meth:`user_tables`
+        entry), for :attr:`factorized` models that do not encode unknown users:
+        ``fold_in_user_vectors(rows) @ item_vectors().T + item_bias()`` is ``score_with_user(rows, None)``
+        up to a constant per row (a user bias), which changes no ranking."""
+        raise NotImplementedError(f"{type(self).__name__} builds no user vector from user rows")
 
     @staticmethod
     def all_items(batch: int, n: int, device: torch.device) -> torch.Tensor:

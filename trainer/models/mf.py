@@ -54,6 +54,10 @@ class MF(FactorizedRecommender):
     def user_tables(self) -> list[nn.Embedding]:
         return [self.user_emb, self.user_b]
 
+    def fold_in_user_vectors(self, user_rows: list[torch.Tensor]) -> torch.Tensor:
+        """The factor row; the user bias row only shifts every score of the user alike."""
+        return user_rows[0]
+
     def score_with_user(self, user_rows: list[torch.Tensor], items: torch.Tensor | None) -> torch.Tensor:
         p, bu = user_rows
         if items is None:
