@@ -9,10 +9,9 @@ users no model knows). A new step (an index search, a ranker, an event-store loo
 one more stage in the list, not a branch in the others. Responses are built last
 (:mod:`onnxrec.server.respond`).
 
-A big RecommendBatch is planned and goes to the batchers ``max_batch_size`` rows at a time, one chunk
-after the other, with the event loop free in between, and its answer is built in slices, one big
-answer at a time (:class:`~onnxrec.server.respond.AnswerLane`), so requests that arrive meanwhile run
-between its chunks instead of behind all of it (no head-of-line blocking).
+A big RecommendBatch is planned, goes to the batchers and is answered ``max_batch_size`` rows at a
+time, one chunk after the other, with the event loop free in between, so requests that arrive
+meanwhile run between its chunks instead of behind all of it (no head-of-line blocking).
 """
 
 from __future__ import annotations

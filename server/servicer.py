@@ -23,7 +23,7 @@ from onnxrec.server.limits import RequestLimits, invalid, shown
 from onnxrec.server.pipeline import ModelRetrieval, PopularityRetrieval, RecommendPipeline
 from onnxrec.server.plan import Planner, items_to_indices, not_found
 from onnxrec.server.registry import ModelRegistry
-from onnxrec.server.respond import AnswerLane, fill_items, respond
+from onnxrec.server.respond import fill_items, respond, respond_batch
 from onnxrec.server.served import ScoreRow, SimilarRow
 from onnxrec.v1 import recommender_pb2 as pb
 
@@ -44,7 +44,6 @@ class RecommenderServicer:
         self.pipeline = RecommendPipeline(
             self.planner, self.limits, chunk, [ModelRetrieval(chunk), PopularityRetrieval()]
         )
-        self.answers = AnswerLane()
         self._handlers: dict[type, Handler] = {
             pb.RecommendRequest: self._recommend,
             pb.RecommendBatchRequest: self._recommend_batch,
@@ -80,7 +79,7 @@ class RecommenderServicer:
         self, request: pb.RecommendBatchRequest, deadline: float | None
     ) -> pb.RecommendBatchResponse:
         queries = await self.pipeline.run(request.requests, deadline, self.config.max_request_items)
-        return await self.answers.respond_batch(queries, self.limits)
+        return await respond_batch(queries, self.config.max_batch_size, self.limits)
 
     # -- score, similar items ----------------------------------------------------------------------------
     async def _score(self, request: pb.ScoreRequest, deadline: float | None) -> pb.ScoreResponse:
