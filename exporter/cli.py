@@ -10,6 +10,15 @@ from typing import Any
 import click
 
 from onnxrec.errors import ExportError
+from onnxrec.exporter.index import (
+    AUTO_MIN_ITEMS,
+    DEFAULT_EF_CONSTRUCTION,
+    DEFAULT_EF_SEARCH,
+    DEFAULT_M,
+    DEFAULT_MIN_RECALL,
+    DEFAULT_NPROBE,
+    INDEX_KINDS,
+)
 from onnxrec.exporter.spec import DEFAULT_ATOL, DEFAULT_RTOL
 
 
@@ -56,6 +65,43 @@ class NonNegativeNumber(click.ParamType):
     type=click.Choice(["fp16", "int8"]),
     help="Also write an fp16 (GPU) or int8 (CPU) variant; repeatable.",
 )
+@click.option(
+    "--index",
+    "index_kind",
+    type=click.Choice(INDEX_KINDS),
+    default="auto",
+    show_default=True,
+    help=f"Nearest-neighbour index over the item vectors (MF, two-tower): auto = hnsw from {AUTO_MIN_ITEMS:,} "
+    "items on, exact (no index) below and for models that do not factor into vectors.",
+)
+@click.option("--index-m", type=int, default=DEFAULT_M, show_default=True, help="HNSW: links per item (M).")
+@click.option(
+    "--index-ef-construction",
+    type=int,
+    default=DEFAULT_EF_CONSTRUCTION,
+    show_default=True,
+    help="HNSW: candidates kept while building (higher: better graph, slower build).",
+)
+@click.option(
+    "--index-ef-search",
+    type=int,
+    default=DEFAULT_EF_SEARCH,
+    show_default=True,
+    help="HNSW: candidates kept while searching (higher: better recall, slower queries).",
+)
+@click.option(
+    "--index-nlist", type=int, default=0, help="IVF: number of lists (default: about 4 x sqrt(number of items))."
+)
+@click.option(
+    "--index-nprobe", type=int, default=DEFAULT_NPROBE, show_default=True, help="IVF: lists searched per query."
+)
+@click.option(
+    "--min-recall",
+    type=NonNegativeNumber(),
+    default=DEFAULT_MIN_RECALL,
+    show_default=True,
+    help="The index's recall@10 against the exact top-10 (1,000 sampled users) below which the export fails.",
+)
 def export_command(
     run: Path,
     repository: Path,
@@ -66,12 +112,32 @@ def export_command(
     rtol: float,
     atol: float,
     precisions: tuple[str, ...],
+    index_kind: str,
+    index_m: int,
+    index_ef_construction: int,
+    index_ef_search: int,
+    index_nlist: int,
+    index_nprobe: int,
+    min_recall: float,
 ) -> None:
-    """Export a training run to ONNX into REPOSITORY/NAME/VERSION, with parity checked."""
+    """Export a training run to ONNX into REPOSITORY/NAME/VERSION, with parity (and an index's recall) checked."""
     from onnxrec.exporter.export import ExportOptions, export
     from onnxrec.exporter.inspect import format_manifest, inspect_version
 
-    opts = ExportOptions(k_max=k_max, max_batch=max_batch, atol=atol, rtol=rtol, precisions=precisions)
+    opts = ExportOptions(
+        k_max=k_max,
+        max_batch=max_batch,
+        atol=atol,
+        rtol=rtol,
+        precisions=precisions,
+        index=index_kind,
+        index_m=index_m,
+        index_ef_construction=index_ef_construction,
+        index_ef_search=index_ef_search,
+        index_nlist=index_nlist,
+        index_nprobe=index_nprobe,
+        min_recall=min_recall,
+    )
     out = export(run, repository, name, version, opts)
     click.echo(format_manifest(inspect_version(out)))
     click.echo(f"\nwrote {out}")

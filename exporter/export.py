@@ -1,10 +1,11 @@
 """``export``: the export stage's one entry point (run directory -> repository version).
 
-Steps: rebuild the model from the checkpoint; build each graph's module; export it to ONNX; keep
-onnxruntime's offline optimisation of it; prove parity with PyTorch on real and random inputs; add
-the id maps, item metadata, seen-items CSR and popularity list; write the manifest with file
-hashes; rename the finished version directory into place. Any failure leaves the repository as it
-was.
+Steps: rebuild the model from the checkpoint; for a model with a nearest-neighbour index, build the
+index over its item vectors and prove its recall (first, so a failing index costs no graph export);
+build each graph's module; export it to ONNX; keep onnxruntime's offline optimisation of it; prove
+parity with PyTorch on real and random inputs; add the id maps, item metadata, seen-items CSR,
+popularity list and the index; write the manifest with file hashes; rename the finished version
+directory into place. Any failure leaves the repository as it was.
 """
 
 from __future__ import annotations
@@ -14,28 +15,33 @@ import logging
 import math
 import shutil
 import time
-from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import onnxruntime as ort
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
-from torch import nn
 
 from onnxrec import __version__
 from onnxrec.atomic import atomic_dir
 from onnxrec.errors import ExportError
-from onnxrec.exporter.graphs import (
-    HistoryGraph,
-    RecommendGraph,
-    ScoreGraph,
-    ServingTables,
-    SimilarItemsGraph,
-    fold_in_centroids,
+from onnxrec.exporter.graph_jobs import GraphJob, JobSizes, fold_in_history_len, graph_jobs, vector_jobs
+from onnxrec.exporter.graphs import ServingTables, fold_in_centroids
+from onnxrec.exporter.index import (
+    DEFAULT_EF_CONSTRUCTION,
+    DEFAULT_EF_SEARCH,
+    DEFAULT_M,
+    DEFAULT_MIN_RECALL,
+    DEFAULT_NPROBE,
+    RECALL_USERS,
+    BuiltIndex,
+    IndexOptions,
+    build_index,
+    choose_kind,
+    manifest_entry,
 )
 from onnxrec.exporter.onnx_io import IR_VERSION, OPSET, cpu_session, export_module, optimize_offline
 from onnxrec.exporter.parity import (
@@ -47,6 +53,7 @@ from onnxrec.exporter.parity import (
     check_signature,
     check_values,
 )
+from onnxrec.exporter.recall import SeenItems, check_recall, measure_recall, sample_users
 from onnxrec.exporter.repository import (
     MANIFEST,
     MODEL_FORMAT,
@@ -55,8 +62,8 @@ from onnxrec.exporter.repository import (
     file_hashes,
     next_version,
 )
-from onnxrec.exporter.spec import GraphSpec, history_spec, recommend_spec, score_spec, similar_spec
 from onnxrec.exporter.variants import PRECISIONS, make_variant, quality_change
+from onnxrec.exporter.vector_graphs import UserVectorGraph, check_vector_scores, item_index_vectors
 from onnxrec.trainer.checkpoint import model_from_checkpoint
 from onnxrec.trainer.data.dataset import Dataset
 from onnxrec.trainer.history import known_sequences
@@ -65,13 +72,7 @@ from onnxrec.trainer.runs import open_run
 
 log = logging.getLogger("onnxrec.export")
 
-FOLD_IN_HISTORY = 50  # history length the fold-in graph is checked with for models without their own
-
-
-def fold_in_history_len(model: Recommender) -> int:
-    """The history length of the fold-in graph's parity batches and the manifest's ``history_len``:
-    the model's own, or :data:`FOLD_IN_HISTORY` for a model that reads none."""
-    return model.history_len or FOLD_IN_HISTORY
+__all__ = ["ExportOptions", "export", "fold_in_history_len", "serving_tables"]
 
 
 @dataclass(frozen=True)
@@ -86,96 +87,29 @@ class ExportOptions:
     parity_users: int = 2048
     seed: int = 0
     precisions: tuple[str, ...] = field(default=())
+    # the nearest-neighbour index (exporter/index.py): auto | exact | hnsw | ivf | flat, and its parameters
+    index: str = "auto"
+    index_m: int = DEFAULT_M
+    index_ef_construction: int = DEFAULT_EF_CONSTRUCTION
+    index_ef_search: int = DEFAULT_EF_SEARCH
+    index_nlist: int = 0  # 0: about 4 x sqrt(num_items)
+    index_nprobe: int = DEFAULT_NPROBE
+    min_recall: float = DEFAULT_MIN_RECALL  # the index's recall@10 below which the export fails
+    recall_users: int = RECALL_USERS
 
-
-@dataclass
-class _Graph:
-    spec: GraphSpec
-    module: nn.Module
-    example: tuple[torch.Tensor, ...]
-    batches: Sequence[tuple[np.ndarray, ...]]
-
-
-def _chunks(n: int, size: int) -> Iterator[np.ndarray]:
-    for start in range(0, n, size):
-        yield np.arange(start, min(n, start + size))
-
-
-def _pad_rows(rows: list[np.ndarray], width: int) -> np.ndarray:
-    out = np.full((len(rows), max(width, 1)), -1, dtype=np.int64)
-    for j, r in enumerate(rows):
-        out[j, : min(len(r), width)] = r[:width]
-    return out
-
-
-def _graphs(model: Recommender, ds: Dataset, tables: ServingTables, opts: ExportOptions) -> list[_Graph]:
-    rng = np.random.default_rng(opts.seed)
-    k = min(opts.k_max, ds.num_items)
-    n_users, n_items = ds.num_users, ds.num_items
-    seqs = known_sequences(ds, "serve")
-    real_users = np.arange(min(n_users, opts.parity_users))
-    odd = 7 if opts.max_batch > 7 else 1
-    sizes = sorted({1, odd, opts.max_batch})
-    feature_names = model.user_feature_names
-    h = fold_in_history_len(model)
-
-    def rand_exclude(b: int) -> np.ndarray:
-        ex = rng.integers(-1, n_items, size=(b, 5))
-        ex[:, -1] = -1  # format 3: every row holds at least one -1
-        return ex
-
-    def user_feats(users: np.ndarray) -> list[np.ndarray]:
-        return [tables.user_features[f][users] for f in feature_names]
-
-    rec_batches = [
-        (u, _pad_rows([seqs.of(int(x)) for x in u], 1 + max(len(seqs.of(int(x))) for x in u)))
-        for u in _chunks(len(real_users), opts.max_batch)
-    ]
-    rec_batches += [(rng.integers(0, n_users, size=b), rand_exclude(b)) for b in sizes]
-
-    hist_batches = []
-    for u in _chunks(len(real_users), opts.max_batch):
-        hist = np.stack([seqs.recent(np.array([x]), h)[0] for x in u])
-        hist_batches.append((hist, _pad_rows(list(hist), h + 1), *user_feats(u)))
-    for b in sizes:
-        hist = rng.integers(0, n_items, size=(b, h))
-        hist[:, rng.integers(1, h + 1) :] = -1
-        hist_batches.append((hist, rand_exclude(b), *user_feats(rng.integers(0, n_users, size=b))))
-
-    n_cand = min(50, n_items)
-    score_batches = [
-        (u, rng.integers(0, n_items, size=(len(u), n_cand))) for u in _chunks(len(real_users), opts.max_batch)
-    ]
-    score_batches += [(rng.integers(0, n_users, size=b), rng.integers(0, n_items, size=(b, n_cand))) for b in sizes]
-
-    sim_batches = [(i,) for i in _chunks(min(n_items, opts.parity_users), opts.max_batch)]
-    sim_batches += [(rng.integers(0, n_items, size=b),) for b in sizes]
-
-    def ex(*arrays: np.ndarray) -> tuple[torch.Tensor, ...]:
-        return tuple(torch.from_numpy(np.ascontiguousarray(a, dtype=np.int64)) for a in arrays)
-
-    b0 = 3
-    return [
-        _Graph(
-            recommend_spec(k),
-            RecommendGraph(model, tables, k),
-            ex(np.arange(b0) % n_users, np.full((b0, 4), -1)),
-            rec_batches,
-        ),
-        _Graph(
-            history_spec(k, feature_names),
-            HistoryGraph(model, tables, k),
-            ex(np.zeros((b0, 5)), np.full((b0, 4), -1), *[np.ones(b0)] * len(feature_names)),
-            hist_batches,
-        ),
-        _Graph(score_spec(), ScoreGraph(model, tables), ex(np.arange(b0) % n_users, np.zeros((b0, 6))), score_batches),
-        _Graph(
-            similar_spec(min(k, max(n_items - 1, 1))),
-            SimilarItemsGraph(model, min(k, max(n_items - 1, 1))),
-            ex(np.arange(b0) % n_items),
-            sim_batches,
-        ),
-    ]
+    def index_options(self) -> IndexOptions:
+        """The index's part of these options."""
+        return IndexOptions(
+            kind=self.index,
+            m=self.index_m,
+            ef_construction=self.index_ef_construction,
+            ef_search=self.index_ef_search,
+            nlist=self.index_nlist,
+            nprobe=self.index_nprobe,
+            min_recall=self.min_recall,
+            recall_users=self.recall_users,
+            seed=self.seed,
+        )
 
 
 def serving_tables(model: Recommender, ds: Dataset) -> ServingTables:
@@ -211,6 +145,7 @@ def _check_options(opts: ExportOptions) -> None:
     unknown = sorted(set(opts.precisions) - set(PRECISIONS))
     if unknown:
         raise ExportError(f"unknown precision {unknown[0]!r} (use {' or '.join(PRECISIONS)})")
+    opts.index_options().check()
 
 
 def _target(repository: Path, name: str, version: int | None) -> tuple[Path, int]:
@@ -228,7 +163,7 @@ def _target(repository: Path, name: str, version: int | None) -> tuple[Path, int
 
 
 def _write_graphs(
-    graphs: list[_Graph], out: Path, opts: ExportOptions, ids: RawIds
+    jobs: list[GraphJob], out: Path, opts: ExportOptions, ids: RawIds
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Export, optimise and check every graph (and its precision variants) into ``out``; return the
     parity report and the variants' files per precision."""
@@ -237,7 +172,7 @@ def _write_graphs(
     tol = Tolerance(atol=opts.atol, rtol=opts.rtol)
     parity: dict[str, Any] = {}
     variants: dict[str, Any] = {p: {"files": [], "split": "valid"} for p in opts.precisions}
-    for g in graphs:
+    for g in jobs:
         log.info("exporting %s", g.spec.name)
         export_module(g.module, g.spec, g.example, raw / g.spec.file)
         optimize_offline(raw / g.spec.file, out / g.spec.file)
@@ -256,6 +191,76 @@ def _write_graphs(
     return parity, variants
 
 
+@dataclass
+class _ProvenIndex:
+    """An index built over the item vectors whose recall passed (written into the version later)."""
+
+    built: BuiltIndex
+    vectors: np.ndarray  # [num_items, D + 1]: what the index holds
+    recall: dict[str, Any]
+
+
+def _prove_index(kind: str, model: Recommender, ds: Dataset, jobs: list[GraphJob], opts: ExportOptions) -> _ProvenIndex:
+    """Build the ``kind`` index over the model's item vectors and measure its recall for sampled known
+    users (their vectors: the ``user_vector`` graph's module); raise :class:`RecallError` below
+    ``min_recall``."""
+    io = opts.index_options()
+    vectors = item_index_vectors(model)
+    built = build_index(kind, vectors, io)
+    known = cast(UserVectorGraph, next(j.module for j in jobs if j.spec.name == "user_vector"))
+    seqs = known_sequences(ds, "serve")
+    users = sample_users(ds.num_users, io.recall_users, io.seed)
+    recall: dict[str, Any] = measure_recall(
+        built.index, vectors, known.user_matrix.numpy(), SeenItems(seqs.indptr, seqs.items), users
+    )
+    recall |= {"users": len(users), "min_recall_at10": io.min_recall}
+    described = f"{kind} index ({', '.join(f'{k} {v}' for k, v in built.params.items()) or 'exact search'})"
+    log.info(
+        "%s: built in %.1f s, recall@10 %.4f, recall@100 %.4f",
+        described,
+        built.build_seconds,
+        recall["at10"],
+        recall["at100"],
+    )
+    check_recall(recall, io.min_recall, described)
+    return _ProvenIndex(built, vectors, recall)
+
+
+def _write_index(proven: _ProvenIndex, jobs: list[GraphJob], out: Path, opts: ExportOptions) -> dict[str, Any]:
+    """Check the index's contract in onnxruntime (user_vector . item vector = the score graph's score, on
+    the score graph's parity batches), write the index into ``out`` and return the manifest's ``index``."""
+    score_batches = next(j.batches for j in jobs if j.spec.name == "score")
+    scores = check_vector_scores(out, proven.vectors, score_batches, Tolerance(atol=opts.atol, rtol=opts.rtol))
+    entry = manifest_entry(proven.built, proven.vectors, proven.built.write(out), proven.recall)
+    return entry | {"score_check": scores}
+
+
+def _manifest(
+    name: str, version: int, ckpt: dict[str, Any], ds: Dataset, model: Recommender, jobs: list[GraphJob]
+) -> dict[str, Any]:
+    """The manifest's fields that describe the model and its graphs (the caller adds the rest)."""
+    return {
+        "format": MODEL_FORMAT,
+        "name": name,
+        "version": version,
+        "model_type": ckpt["model_type"],
+        "model_config": ckpt["model_config"],
+        "onnxrec_version": __version__,
+        "onnxruntime_version": ort.__version__,
+        "torch_version": torch.__version__,
+        "opset": OPSET,
+        "ir_version": IR_VERSION,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "k_max": jobs[0].spec.k_max,
+        "num_users": ds.num_users,
+        "num_items": ds.num_items,
+        "history_len": fold_in_history_len(model),
+        "feature_spec": ckpt["feature_spec"],
+        "graphs": {g.spec.name: {"file": g.spec.file, **g.spec.to_dict()} for g in jobs},
+        "metrics": ckpt.get("metrics", {}),
+    }
+
+
 def export(
     run: Path,
     repository: Path,
@@ -269,36 +274,25 @@ def export(
     final, version = _target(Path(repository), name, version)
     ckpt, ds = open_run(Path(run))
     model = model_from_checkpoint(ckpt)
+    kind = choose_kind(opts.index, model.factorized, ckpt["model_type"], ds.num_items)
     tables = serving_tables(model, ds)
     t0 = time.perf_counter()
-    graphs = _graphs(model, ds, tables, opts)
+    jobs = graph_jobs(model, ds, tables, JobSizes(opts.k_max, opts.max_batch, opts.parity_users, opts.seed))
+    proven = None
+    if kind != "exact":
+        jobs += vector_jobs(model, tables, jobs)
+        proven = _prove_index(kind, model, ds, jobs, opts)
     with atomic_dir(final) as tmp:
-        parity, variants = _write_graphs(graphs, tmp, opts, RawIds(users=ds.user_ids, items=ds.item_ids))
+        parity, variants = _write_graphs(jobs, tmp, opts, RawIds(users=ds.user_ids, items=ds.item_ids))
         for precision in opts.precisions:
             quality = quality_change(tmp / "score.onnx", tmp / f"score.{precision}.onnx", ds)
             variants[precision]["quality"] = quality
             log.info("%s variant: validation HR@10 change %+.4f", precision, quality["hr@10_change"])
         _write_side_files(ds, tmp)
+        index = _write_index(proven, jobs, tmp, opts) if proven else None
         manifest = {
-            "format": MODEL_FORMAT,
-            "name": name,
-            "version": version,
-            "model_type": ckpt["model_type"],
-            "model_config": ckpt["model_config"],
-            "onnxrec_version": __version__,
-            "onnxruntime_version": ort.__version__,
-            "torch_version": torch.__version__,
-            "opset": OPSET,
-            "ir_version": IR_VERSION,
-            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            **_manifest(name, version, ckpt, ds, model, jobs),
             "export_seconds": round(time.perf_counter() - t0, 2),
-            "k_max": graphs[0].spec.k_max,
-            "num_users": ds.num_users,
-            "num_items": ds.num_items,
-            "history_len": fold_in_history_len(model),
-            "feature_spec": ckpt["feature_spec"],
-            "graphs": {g.spec.name: {"file": g.spec.file, **g.spec.to_dict()} for g in graphs},
-            "metrics": ckpt.get("metrics", {}),
             "parity": {
                 "atol": opts.atol,
                 "rtol": opts.rtol,
@@ -307,6 +301,7 @@ def export(
                 "graphs": parity,
             },
             "variants": variants,
+            "index": index,
             "dataset": ckpt["dataset"] | {"path": None},
             "source_run": str(Path(run).resolve()),
             "files": file_hashes(tmp),

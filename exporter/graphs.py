@@ -164,35 +164,48 @@ class RecommendGraph(_Base):
         return topk_excluding(F.pad(scores, (0, 1)), exclude, self.k)
 
 
-class HistoryGraph(_Base):
-    """(history [B, H], exclude [B, E], user features...) -> (scores [B, K], items [B, K]).
+class FoldIn(_Base):
+    """What the graphs of users the model does not know hold: a model that encodes unknown users gets
+    user -1 with the history and features (:meth:`unknown_user_inputs`); any other is folded in: each
+    user-table row is the mean, over the history, of the items' centroids (:meth:`fold_in_rows`)."""
 
-    A model that encodes unknown users gets user -1 with the history and features; any other is
-    folded in: each user-table row is the mean, over the history, of the items' centroids."""
-
-    def __init__(self, model: Recommender, tables: ServingTables, k: int) -> None:
+    def __init__(self, model: Recommender, tables: ServingTables) -> None:
         super().__init__(model, tables)
-        self.k = k
         self.encodes = model.encodes_unknown_users
         for j, c in enumerate(tables.centroids):
             self.register_buffer(f"centroid_{j}", torch.from_numpy(c))
         self.num_centroids = len(tables.centroids)
 
+    def unknown_users(self, history: torch.Tensor) -> torch.Tensor:
+        """User index -1 for every row of ``history``."""
+        return torch.full_like(history[:, 0], -1)
+
+    def fold_in_rows(self, history: torch.Tensor) -> list[torch.Tensor]:
+        """One estimated [B, d] row per user table: the mean of the history items' centroids."""
+        mask = (history >= 0).unsqueeze(-1)
+        safe = history.clamp_min(0)
+        rows = []
+        for j in range(self.num_centroids):
+            c = getattr(self, f"centroid_{j}")[safe]  # [B, H, d]
+            m = mask.to(c.dtype)  # the tables' dtype: float32, or float16 in the fp16 variant
+            rows.append((c * m).sum(1) / m.sum(1).clamp_min(1.0))
+        return rows
+
+
+class HistoryGraph(FoldIn):
+    """(history [B, H], exclude [B, E], user features...) -> (scores [B, K], items [B, K])."""
+
+    def __init__(self, model: Recommender, tables: ServingTables, k: int) -> None:
+        super().__init__(model, tables)
+        self.k = k
+
     def forward(
         self, history: torch.Tensor, exclude: torch.Tensor, *features: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         if self.encodes:
-            users = torch.full_like(history[:, 0], -1)
-            scores = self.catalog_scores(users, self.user_inputs(features, history))
+            scores = self.catalog_scores(self.unknown_users(history), self.user_inputs(features, history))
         else:
-            mask = (history >= 0).unsqueeze(-1)
-            safe = history.clamp_min(0)
-            rows = []
-            for j in range(self.num_centroids):
-                c = getattr(self, f"centroid_{j}")[safe]  # [B, H, d]
-                m = mask.to(c.dtype)  # the tables' dtype: float32, or float16 in the fp16 variant
-                rows.append((c * m).sum(1) / m.sum(1).clamp_min(1.0))
-            scores = self.model.score_with_user(rows, None)
+            scores = self.model.score_with_user(self.fold_in_rows(history), None)
         return topk_excluding(F.pad(scores, (0, 1)), exclude, self.k)
 
 

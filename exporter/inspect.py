@@ -65,5 +65,23 @@ def format_manifest(m: dict[str, Any]) -> str:
                 f"  {name:<8} files {', '.join(v['files'])}; validation HR@10 change {hr:+.4f}, "
                 f"NDCG@10 change {ndcg:+.4f}"
             )
+    lines += ["", *format_index(m.get("index"))]
     lines += ["", f"files ({len(m['files'])}, hashes verified): {', '.join(m['files'])}"]
     return "\n".join(lines)
+
+
+def format_index(index: dict[str, Any] | None) -> list[str]:
+    """The retrieval lines: exact (no index), or the index's type, parameters, memory, build time and recall."""
+    if not index:
+        return ["retrieval: exact (the recommend graphs score the whole catalog; no index)"]
+    params = ", ".join(f"{k} {v}" for k, v in index.get("params", {}).items()) or "no parameters"
+    recall = index.get("recall", {})
+    return [
+        f"retrieval: {index['type']} index {index['file']} over {index['num_items']:,} items x {index['dim']} dims "
+        f"({index['metric']})",
+        f"  parameters   {params}",
+        f"  memory       {index['memory_bytes'] / 2**20:,.1f} MiB; built in {index['build_seconds']:.1f} s",
+        f"  recall       @10 {recall.get('at10', float('nan')):.4f}, @100 {recall.get('at100', float('nan')):.4f} "
+        f"over {recall.get('users', 0):,} users, seen items excluded "
+        f"(at least {recall.get('min_recall_at10', float('nan')):g} @10 required)",
+    ]

@@ -139,3 +139,31 @@ def similar_spec(k: int) -> GraphSpec:
         "items most similar to each given item",
         k_max=k,
     )
+
+
+USER_VECTOR_DOC = (
+    "the user's query vector: its dot product with an item's vector in the version's index (items.faiss) is the "
+    "item's score"
+)
+
+
+def user_vector_spec(dim: int) -> GraphSpec:
+    """Known users: user indices -> the vectors the nearest-neighbour index is searched with."""
+    return GraphSpec(
+        "user_vector",
+        (TensorSpec("user_idx", "int64", (BATCH,), "user indices"),),
+        (TensorSpec("user_vector", "float32", (BATCH, dim), USER_VECTOR_DOC),),
+        "query vectors of known users for the version's nearest-neighbour index",
+    )
+
+
+def history_vector_spec(dim: int, user_features: tuple[str, ...] = ()) -> GraphSpec:
+    """Users the model does not know: their recent items (and features) -> query vectors; the inputs of
+    ``recommend_from_history`` without ``exclude`` and ``k``."""
+    recommend = history_spec(1, user_features)
+    return GraphSpec(
+        "user_vector_from_history",
+        tuple(t for t in recommend.inputs if t.name not in ("exclude", K)),
+        (TensorSpec("user_vector", "float32", (BATCH, dim), USER_VECTOR_DOC),),
+        "query vectors from a history (fold-in) for users unknown to the model",
+    )

@@ -36,3 +36,7 @@ class ExportError(OnnxrecError):
 
 class ParityError(ExportError):
     """The exported graph does not compute what the PyTorch model computes."""
+
+
+class RecallError(ExportError):
+    """The nearest-neighbour index finds too few of the exact top-k items (below ``--min-recall``)."""
