@@ -1,0 +1,95 @@
+"""Recall and build time of the exporter's nearest-neighbour index at its defaults, on synthetic catalogs.
+
+The vectors are what ``synthetic_catalog.make_catalog_run`` exports: an untrained 64-dim MF's seeded
+N(0, 0.05) factors and zero item biases, the bias appended as the index's 65th column (a 1 on the user
+side). Random factors have no structure, the hardest case for an approximate index (trained factors
+cluster). Each of the sampled users has seen ``--seen`` random items, excluded by over-fetching as at
+export. Build and recall go through the exporter's own ``build_index`` and ``measure_recall``.
+
+    python benchmarks/index_recall.py --items 100000                       # defaults (hnsw M 32, efC 200, ef 128)
+    python benchmarks/index_recall.py --items 1000000 --ef-search 128,256  # one build, several ef_search
+    python benchmarks/index_recall.py --items 100000 --kind ivf --nprobe 32,64
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import time
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import numpy as np
+
+from onnxrec.exporter.index import IndexOptions, build_index
+from onnxrec.exporter.recall import SeenItems, measure_recall
+
+
+def catalog(num_items: int, num_users: int, dim: int, seen: int, seed: int) -> tuple[np.ndarray, np.ndarray, SeenItems]:
+    """Item vectors [N, dim + 1] (zero bias column), user vectors [U, dim + 1] (ones column), seen items."""
+    rng = np.random.default_rng(seed)
+    items = np.zeros((num_items, dim + 1), dtype=np.float32)
+    items[:, :dim] = rng.normal(0, 0.05, (num_items, dim))
+    users = np.ones((num_users, dim + 1), dtype=np.float32)
+    users[:, :dim] = rng.normal(0, 0.05, (num_users, dim))
+    indices = np.concatenate([np.sort(rng.choice(num_items, seen, replace=False)) for _ in range(num_users)])
+    return items, users, SeenItems(np.arange(num_users + 1) * seen, indices)
+
+
+def search_latency_ms(index: object, users: np.ndarray, seen: SeenItems, k: int = 10) -> dict[str, float]:
+    """Batch-1 search time per user (k + the user's seen items, as the server over-fetches): p50 and p99 ms."""
+    times = []
+    for u in range(len(users)):
+        fetch = k + len(seen.of(u))
+        t0 = time.perf_counter()
+        index.search(users[u : u + 1], fetch)  # type: ignore[attr-defined]
+        times.append((time.perf_counter() - t0) * 1000)
+    return {"p50_ms": round(float(np.percentile(times, 50)), 3), "p99_ms": round(float(np.percentile(times, 99)), 3)}
+
+
+def main() -> None:
+    """Build once, then measure recall for each search setting; print one JSON line per setting."""
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--items", type=int, default=100_000)
+    ap.add_argument("--users", type=int, default=1000)
+    ap.add_argument("--dim", type=int, default=64)
+    ap.add_argument("--seen", type=int, default=50)
+    ap.add_argument("--kind", default="hnsw", choices=["hnsw", "ivf", "flat"])
+    ap.add_argument("--m", type=int, default=IndexOptions.m)
+    ap.add_argument("--ef-construction", type=int, default=IndexOptions.ef_construction)
+    ap.add_argument("--ef-search", default=str(IndexOptions.ef_search), help="comma-separated")
+    ap.add_argument("--nlist", type=int, default=0)
+    ap.add_argument("--nprobe", default=str(IndexOptions.nprobe), help="comma-separated")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+    items, users, seen = catalog(args.items, args.users, args.dim, args.seen, args.seed)
+    opts = IndexOptions(kind=args.kind, m=args.m, ef_construction=args.ef_construction, nlist=args.nlist)
+    built = build_index(args.kind, items, opts)
+    sweep = args.ef_search if args.kind == "hnsw" else args.nprobe if args.kind == "ivf" else "0"
+    for value in (int(v) for v in sweep.split(",")):
+        if args.kind == "hnsw":
+            built.index.hnsw.efSearch = value
+        elif args.kind == "ivf":
+            import faiss
+
+            faiss.extract_index_ivf(built.index).nprobe = value
+        t0 = time.perf_counter()
+        recall = measure_recall(built.index, items, users, seen, np.arange(args.users))
+        row = {
+            "items": args.items,
+            "kind": args.kind,
+            "options": {k: v for k, v in dataclasses.asdict(opts).items() if k not in ("kind", "min_recall")},
+            "built_params": built.params,
+            "search_value": value,
+            "build_seconds": built.build_seconds,
+            "recall": recall,
+            "recall_seconds": round(time.perf_counter() - t0, 1),
+            "search_batch1": search_latency_ms(built.index, users, seen),
+        }
+        print(json.dumps(row), flush=True)
+
+
+if __name__ == "__main__":
+    main()
