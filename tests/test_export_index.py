@@ -16,7 +16,14 @@ from click.testing import CliRunner
 from onnxrec.cli import main
 from onnxrec.errors import ExportError, RecallError
 from onnxrec.exporter.export import ExportOptions, export
-from onnxrec.exporter.index import AUTO_MIN_ITEMS, IndexOptions, build_index, choose_kind, default_nlist
+from onnxrec.exporter.index import (
+    AUTO_MAX_EF_SEARCH,
+    AUTO_MIN_ITEMS,
+    IndexOptions,
+    build_index,
+    choose_kind,
+    default_nlist,
+)
 from onnxrec.exporter.inspect import format_manifest, inspect_version
 from onnxrec.exporter.parity import Tolerance, max_abs_score
 from onnxrec.exporter.recall import SeenItems, measure_recall
@@ -203,6 +210,22 @@ def test_a_recall_below_the_minimum_fails_the_export_and_writes_no_version(
         export(runs["mf"], tmp_path / "repo", "mf", options=opts)
     assert not (tmp_path / "repo" / "mf").exists()
     assert isinstance(RecallError("x"), ExportError)
+
+
+@pytest.mark.slow
+def test_auto_raises_ef_search_up_to_its_cap_before_it_fails(
+    runs: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """auto picked the index, so it also picks how hard to search it: ef_search doubles from
+    --index-ef-search until recall@10 passes, up to AUTO_MAX_EF_SEARCH; an index named by the caller is
+    searched with the caller's ef_search (the test above)."""
+    monkeypatch.setattr("onnxrec.exporter.index.AUTO_MIN_ITEMS", 10)  # the 200-item catalog gets an index
+    opts = ExportOptions(k_max=20, max_batch=32, index_ef_search=16, min_recall=1.01)
+    with pytest.raises(
+        RecallError, match=f"hnsw index \\(M 32, ef_construction 100, ef_search {AUTO_MAX_EF_SEARCH}\\)"
+    ):
+        export(runs["mf"], tmp_path / "repo", "mf", options=opts)
+    assert not (tmp_path / "repo" / "mf").exists()
 
 
 @pytest.mark.slow
