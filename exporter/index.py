@@ -27,12 +27,14 @@ INDEX_FILE = "items.faiss"
 INDEX_KINDS = ("auto", "exact", "hnsw", "ivf", "flat")
 AUTO_MIN_ITEMS = 50_000  # auto: an index from this many items on; the exact graph below
 AUTO_MAX_EF_SEARCH = 4096  # auto: ef_search is doubled from --index-ef-search up to this until recall@10 passes
-# HNSW defaults, measured with benchmarks/index_recall.py on a hard case, untrained 64-dim
-# MF factors (random, no structure), 1,000 users with 50 seen items each, on this project's 2-core machine:
+# HNSW defaults, measured with benchmarks/index_recall.py on a hard case, untrained 64-dim MF factors
+# (random, no structure), 1,000 users with 50 seen items each, on this project's 2-core machine (shared):
 # 100k items: ef_construction 100 builds in 31 s (200: 84 s) and ef_search 256 finds recall@10 0.980
-# (@100 0.912; ef_search 128: 0.912, 512: 0.998). 1M items: the build takes 694 s and ef_search 512 finds
-# 0.929 (256: 0.821): a random 1M catalog needs a larger --index-ef-search (not measured); trained factors,
-# which cluster, need less.
+# (@100 0.912; ef_search 128: 0.912, 512: 0.998). 1M items: the build takes 410-694 s; recall@10 is
+# 0.821 / 0.929 / 0.965 / 0.982 / 0.992 at ef_search 256 / 512 / 768 / 1024 / 1536, batch-1 search
+# 3.3 / 5.3 / 6.4 / 9.6 ms p50 at 512 / 768 / 1024 / 1536. auto raises ef_search until recall@10 passes
+# (AUTO_MAX_EF_SEARCH), so the 1M random catalog would export at ef_search 1024; trained factors, which
+# cluster, need less.
 DEFAULT_M = 32
 DEFAULT_EF_CONSTRUCTION = 100
 DEFAULT_EF_SEARCH = 256

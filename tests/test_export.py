@@ -156,6 +156,7 @@ def test_real_ml100k_model_exports(ml100k: Dataset, tmp_path: Path) -> None:
     out = export(run, tmp_path / "repo", "ml100k", options=ExportOptions(precisions=("fp16", "int8")))
     m = inspect_version(out)
     assert m["num_items"] == 1682 and m["k_max"] == 100
+    assert m["index"] is None and set(m["graphs"]) == {"recommend", "recommend_from_history", "score", "similar_items"}
     for precision in ("fp16", "int8"):
         v = m["variants"][precision]
         assert len(v["files"]) == 4
