@@ -3,7 +3,8 @@
 For each catalog size this builds an untrained 64-dim MF run directory over exactly that many items
 (``synthetic_catalog.make_catalog_run``: the project's synthetic log, dataset artifact and checkpoint
 format, seeded random factors, no training), exports it with the project's ``export()``
-(``ExportOptions(k_max=10)``; build and export run in a child process so their memory is returned)
+(``ExportOptions(k_max=10, index="exact")``: the exact graph, whatever the size; build and export
+run in a child process so their memory is returned)
 and measures, on the CPU execution provider:
 
 * **in-process**: ``LoadedModel.recommend`` (the server's own model class, its default session
@@ -71,7 +72,8 @@ def build_and_export(size: int, work: Path, seed: int) -> dict[str, Any]:
     ort.set_default_logger_severity(3)  # the offline optimiser's notes about unused initializers
     info = make_catalog_run(work / f"run{size}", size, seed=seed)
     t0 = time.perf_counter()
-    version = export(info.run, work / "repo", model_name(size), options=ExportOptions(k_max=K, seed=seed))
+    options = ExportOptions(k_max=K, seed=seed, index="exact")
+    version = export(info.run, work / "repo", model_name(size), options=options)
     export_s = time.perf_counter() - t0
     files = {p.name: p.stat().st_size for p in sorted(version.iterdir())}
     return {

@@ -267,7 +267,7 @@ def exported_catalog(size: int, work: Path, seed: int, precisions: tuple[str, ..
     info = make_catalog_run(work / f"run{size}", size, seed=seed)
     t0 = time.perf_counter()
     # parity on 512 users instead of 2,048, to keep the device run short
-    opts = ExportOptions(k_max=K, seed=seed, precisions=precisions, parity_users=512)
+    opts = ExportOptions(k_max=K, seed=seed, precisions=precisions, parity_users=512, index="exact")
     version = export(info.run, work / "repo", f"cat{size}", options=opts)
     export_s = round(time.perf_counter() - t0, 1)
     return catalog_of(
