@@ -5,9 +5,11 @@ A version whose manifest has an ``index`` entry (``onnxrec export --index ...``)
 (faiss's own format, hash-checked at load like every file) and the ``user_vector`` and
 ``user_vector_from_history`` graphs; ``score(user, item) = user_vector . item_vector`` with the item
 bias folded into the vectors, so an index answer's scores are the exact graph's scores of the items it
-finds. A search asks for ``k`` plus the longest exclusion list of the batch, drops each row's excluded
-items, and searches a row again with twice as many while it has fewer than ``k`` items left and the
-catalog holds more, so a user always gets ``k`` items when ``k`` unexcluded items exist.
+finds (an HNSW graph built by L2 over lifted vectors, ``params.graph == "lifted_l2"``, answers
+distances, turned back into those scores with ``params.max_norm``). A search asks for ``k`` plus the
+longest exclusion list of the batch, drops each row's excluded items, and searches a row again with
+twice as many while it has fewer than ``k`` items left and the catalog holds more (then scores every
+stored vector), so a user always gets ``k`` items when ``k`` unexcluded items exist.
 """
 
 from __future__ import annotations
@@ -45,8 +47,13 @@ class IndexSearch:
             raise ModelLoadError(f"{path}: the index holds {self.index.ntotal} items, the manifest {num_items}")
         self.kind: str = str(index.get("type", "index"))
         params = index.get("params", {})
+        inner = faiss.downcast_index(self.index)
+        if isinstance(inner, faiss.IndexPreTransform):  # the lifted L2 graph behind its query padding
+            inner = faiss.downcast_index(inner.index)
         if self.kind == "hnsw" and "ef_search" in params:
-            faiss.downcast_index(self.index).hnsw.efSearch = int(params["ef_search"])
+            inner.hnsw.efSearch = int(params["ef_search"])
+        # a lifted L2 graph answers |u|^2 + max|v|^2 - 2 u.v; scores are u.v
+        self._lifted_norm2 = float(params["max_norm"]) ** 2 if params.get("graph") == "lifted_l2" else None
         if self.kind == "ivf":
             ivf = faiss.extract_index_ivf(self.index)
             ivf.nprobe = int(params.get("nprobe", ivf.nprobe))
@@ -61,7 +68,7 @@ class IndexSearch:
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         k = min(k, self.num_items)
         fetch = min(self.num_items, k + max((len(e) for e in exclude), default=0))
-        scores, items = self.index.search(vectors, fetch)
+        scores, items = self._search(vectors, fetch)
         out = []
         for j, row in enumerate(exclude):
             drop = set(row.tolist()) if len(row) else ()
@@ -69,12 +76,20 @@ class IndexSearch:
             wider = fetch
             while len(i) < k and wider < self.num_items:  # exclusions ate the over-fetch: search wider
                 wider = min(self.num_items, 2 * wider)
-                more_s, more_i = self.index.search(vectors[j : j + 1], wider)
+                more_s, more_i = self._search(vectors[j : j + 1], wider)
                 s, i = _keep(more_s[0], more_i[0], drop, k)
             if len(i) < k and len(i) < self.num_items - sum(1 for d in drop if d >= 0):
                 s, i = self._exhaustive(vectors[j], drop, k)  # a graph index need not reach every item
             out.append((i, s))
         return out
+
+    def _search(self, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """The index's top ``k`` per row: scores (u.v) and item indices, best first."""
+        found, items = self.index.search(vectors, k)
+        if self._lifted_norm2 is None:
+            return found, items
+        norms2 = np.einsum("ij,ij->i", vectors, vectors)[:, None]
+        return ((norms2 + self._lifted_norm2 - found) / 2).astype(np.float32), items
 
     def _exhaustive(self, vector: np.ndarray, drop: Any, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Every item scored, a chunk of the stored vectors at a time: for a user who has excluded so much

@@ -132,7 +132,13 @@ def test_index_round_trip(model: str, indexed: dict[str, Path]) -> None:
     entry = manifest["index"]
     assert set(entry) >= {"type", "file", "metric", "dim", "num_items", "params", "build_seconds", "memory_bytes"}
     assert (entry["type"], entry["file"], entry["metric"]) == ("hnsw", "items.faiss", "inner_product")
-    assert entry["params"] == {"M": 8, "ef_construction": 40, "ef_search": 256}
+    graph = entry["params"].pop("graph")  # the inner-product graph, or the lifted one when it falls short
+    assert entry["params"].pop("max_norm", None) is None or graph == "lifted_l2"
+    assert graph in ("inner_product", "lifted_l2") and entry["params"] == {
+        "M": 8,
+        "ef_construction": 40,
+        "ef_search": 256,
+    }
     assert entry["num_items"] == manifest["num_items"] and entry["dim"] == 17  # dim 16 + the bias column
     assert entry["memory_bytes"] == (version / "items.faiss").stat().st_size and entry["build_seconds"] >= 0
     assert entry["recall"]["users"] == min(1000, manifest["num_users"]) and entry["recall"]["min_recall_at10"] == 0.95
@@ -222,7 +228,7 @@ def test_auto_raises_ef_search_up_to_its_cap_before_it_fails(
     monkeypatch.setattr("onnxrec.exporter.index.AUTO_MIN_ITEMS", 10)  # the 200-item catalog gets an index
     opts = ExportOptions(k_max=20, max_batch=32, index_ef_search=16, min_recall=1.01)
     with pytest.raises(
-        RecallError, match=f"hnsw index \\(M 32, ef_construction 100, ef_search {AUTO_MAX_EF_SEARCH}\\)"
+        RecallError, match=f"hnsw index \\(M 32, ef_construction 100, ef_search {AUTO_MAX_EF_SEARCH}, graph "
     ):
         export(runs["mf"], tmp_path / "repo", "mf", options=opts)
     assert not (tmp_path / "repo" / "mf").exists()

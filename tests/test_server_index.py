@@ -139,3 +139,32 @@ def test_reload_onto_an_indexed_version_under_load(run_dir: Path, tmp_path: Path
         assert srv.stop() == 0
     assert {status for status, _, _ in seen} == {"OK"}
     assert ("OK", 1, "exact") in seen and seen[-1] == ("OK", 2, "hnsw")
+
+
+def test_a_lifted_l2_graph_answers_inner_product_scores(versions: dict[str, Path], tmp_path: Path) -> None:
+    """The export's fallback graph (HNSW by L2 over MIPS-lifted vectors, searched through a query padding
+    transform) written and read back: the server's search turns its distances back into u.v scores and
+    finds the same items as scoring every vector."""
+    import faiss
+
+    from onnxrec.exporter.index import IndexOptions, build_lifted_hnsw
+    from onnxrec.server.index_search import IndexSearch
+
+    flat = LoadedModel(versions["flat"])
+    assert flat.index is not None
+    vectors = flat.index.index.reconstruct_n(0, flat.num_items)
+    built = build_lifted_hnsw(vectors, IndexOptions(ef_search=256))
+    faiss.write_index(built.index, str(tmp_path / "items.faiss"))
+    search = IndexSearch(tmp_path, {"type": "hnsw", "file": "items.faiss", "params": built.params}, flat.num_items, 1)
+    (users,) = flat.sessions["user_vector"].run(None, {"user_idx": np.arange(flat.num_users, dtype=np.int64)})
+    exact = users @ vectors.T
+    rows = [flat.seen_row(u) for u in range(flat.num_users)]
+    found = search.search(users, rows, 10)
+    agree = 0
+    for u, (items, scores) in enumerate(found):
+        assert len(items) == 10 and not set(items.tolist()) & set(rows[u].tolist())
+        np.testing.assert_allclose(scores, exact[u, items], rtol=1e-4, atol=1e-5 * float(np.abs(exact[u]).max()))
+        masked = exact[u].copy()
+        masked[rows[u][rows[u] >= 0]] = -np.inf
+        agree += set(items.tolist()) == set(np.argsort(-masked)[:10].tolist())
+    assert agree >= 0.95 * flat.num_users, agree
