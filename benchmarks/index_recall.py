@@ -6,7 +6,7 @@ side). Random factors have no structure, the hardest case for an approximate ind
 cluster). Each of the sampled users has seen ``--seen`` random items, excluded by over-fetching as at
 export. Build and recall go through the exporter's own ``build_index`` and ``measure_recall``.
 
-    python benchmarks/index_recall.py --items 100000                       # defaults (hnsw M 32, efC 200, ef 128)
+    python benchmarks/index_recall.py --items 100000                       # defaults (hnsw M 32, efC 100, ef 256)
     python benchmarks/index_recall.py --items 1000000 --ef-search 128,256  # one build, several ef_search
     python benchmarks/index_recall.py --items 100000 --kind ivf --nprobe 32,64
 """
