@@ -31,6 +31,7 @@ from onnxrec.trainer.fit import ModelScorer
 from onnxrec.trainer.runs import open_run
 from onnxrec.trainer.train import train
 from tests.contract import RecommenderContract
+from tests.small_runs import train_small_runs
 
 pytestmark = pytest.mark.slow  # end to end; left out of make test-quick
 
@@ -39,23 +40,7 @@ MODELS = ("mf", "mlp", "neumf", "twotower")
 
 @pytest.fixture(scope="module")
 def runs(synthetic: Dataset, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("runs")
-    data = save_dataset(synthetic, root / "data")
-    return {
-        m: train(
-            TrainConfig(
-                data=str(data),
-                out=str(root / m),
-                model=m,
-                epochs=2,
-                progress=False,
-                dim=16,
-                history_len=8,
-                layers=(32,),
-            )
-        )
-        for m in MODELS
-    }
+    return train_small_runs(synthetic, tmp_path_factory.mktemp("runs"), MODELS)
 
 
 @pytest.fixture(scope="module")

@@ -29,10 +29,9 @@ from onnxrec.exporter.parity import Tolerance, max_abs_score
 from onnxrec.exporter.recall import SeenItems, measure_recall
 from onnxrec.exporter.repository import sha256_file
 from onnxrec.trainer.checkpoint import model_from_checkpoint
-from onnxrec.trainer.config import TrainConfig
-from onnxrec.trainer.data.dataset import Dataset, save_dataset
+from onnxrec.trainer.data.dataset import Dataset
 from onnxrec.trainer.runs import open_run
-from onnxrec.trainer.train import train
+from tests.small_runs import train_small_runs
 
 faiss = pytest.importorskip("faiss")
 
@@ -93,23 +92,7 @@ def test_recall_excludes_seen_items_by_over_fetching() -> None:
 
 @pytest.fixture(scope="module")
 def runs(synthetic: Dataset, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("index-runs")
-    data = save_dataset(synthetic, root / "data")
-    return {
-        m: train(
-            TrainConfig(
-                data=str(data),
-                out=str(root / m),
-                model=m,
-                epochs=2,
-                progress=False,
-                dim=16,
-                history_len=8,
-                layers=(32,),
-            )
-        )
-        for m in ("mf", "twotower", "mlp")
-    }
+    return train_small_runs(synthetic, tmp_path_factory.mktemp("index-runs"), ("mf", "twotower", "mlp"))
 
 
 @pytest.fixture(scope="module")
