@@ -146,7 +146,7 @@ def _handler(
                 )
             try:
                 response = await behavior(request, context)
-            except (asyncio.CancelledError, grpc.aio.AbortError, grpc.aio.InternalError):
+            except (grpc.aio.AbortError, grpc.aio.InternalError):  # (CancelledError is no Exception)
                 raise
             except Exception as exc:  # the one place where what a handler raised becomes a status
                 await context.abort(*status_for(exc))

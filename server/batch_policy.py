@@ -52,7 +52,7 @@ class QueueView(Protocol):
         """Rows per model run."""
 
     @property
-    def closing(self) -> bool:
+    def closed(self) -> bool:
         """The batcher is closing: do not wait."""
 
 
@@ -115,7 +115,7 @@ class AdaptivePolicy:
         if oldest is None:
             return
         cap = oldest + self.max_wait_s
-        while queue.queued_rows < queue.max_rows and not queue.closing:
+        while queue.queued_rows < queue.max_rows and not queue.closed:
             now = time.monotonic()
             until = min(self._last_arrival + self.dense_gap_s, cap)
             if until <= now:
@@ -144,7 +144,7 @@ class FixedDelayPolicy:
         return False
 
     async def gather(self, queue: QueueView, wakeup: asyncio.Event) -> None:
-        while queue.queued_rows < queue.max_rows and not queue.closing:
+        while queue.queued_rows < queue.max_rows and not queue.closed:
             oldest = queue.oldest_arrival
             if oldest is None:
                 return

@@ -179,11 +179,6 @@ class DynamicBatcher(Generic[T, R]):
         """Rows per model run."""
         return self._config.max_batch_size
 
-    @property
-    def closing(self) -> bool:
-        """Closing while draining: the policy must not wait."""
-        return self._closed
-
     async def submit(self, item: T, *, deadline: float | None = None, weight: int = 1) -> R:
         """Queue ``item`` for the next batch and return its result.
 

@@ -100,9 +100,7 @@ class IndexSearch:
             count = min(_CHUNK, self.num_items - start)
             scores = self.index.reconstruct_n(start, count) @ vector
             items = np.arange(start, start + count, dtype=np.int64)
-            if drop:
-                keep = np.fromiter((i not in drop for i in items.tolist()), dtype=bool, count=count)
-                scores, items = scores[keep], items[keep]
+            scores, items = _keep(scores, items, drop, count)
             best_s, best_i = np.concatenate([best_s, scores]), np.concatenate([best_i, items])
             top = np.argsort(-best_s, kind="stable")[:k]
             best_s, best_i = best_s[top], best_i[top]
@@ -110,7 +108,7 @@ class IndexSearch:
 
 
 def _keep(scores: np.ndarray, items: np.ndarray, drop: Any, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """The first ``k`` found items (index -1: nothing found) that are not in ``drop``."""
+    """The first ``k`` of ``items`` (index -1: nothing found) that are not in ``drop``, with their scores."""
     keep = items >= 0
     if drop:
         keep &= np.fromiter((i not in drop for i in items.tolist()), dtype=bool, count=len(items))

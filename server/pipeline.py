@@ -47,13 +47,9 @@ class ModelRetrieval:
         self.chunk = chunk
 
     async def __call__(self, queries: list[RecommendQuery], deadline: float | None) -> None:
-        if len(queries) == 1:  # a Recommend call: its row as it is (a third of this stage's cost per call)
-            q = queries[0]
-            if q.source == pb.SOURCE_MODEL:
-                (q.top,) = await q.served.recommend.submit(RecommendRows([q.user], [q.exclude], q.k), deadline=deadline)
-            elif q.source == pb.SOURCE_HISTORY:
-                item = HistoryRows([q.history], [q.exclude], [q.features], q.k)
-                (q.top,) = await q.served.history.submit(item, deadline=deadline)
+        if len(queries) == 1:  # a Recommend call: no grouping, no gather (a third of this stage's cost per call)
+            if queries[0].source != pb.SOURCE_POPULARITY:
+                await _submit(queries, deadline)
             return
         groups: dict[tuple[int, int], list[RecommendQuery]] = {}
         for q in queries:
@@ -63,19 +59,23 @@ class ModelRetrieval:
 
     async def _run_group(self, group: list[RecommendQuery], deadline: float | None) -> None:
         """The queries of one model version and graph: ``chunk`` rows per submit, one after the other."""
-        served = group[0].served
         for start in range(0, len(group), self.chunk):
-            part = group[start : start + self.chunk]
-            k, rows = max(q.k for q in part), len(part)
-            tops: list[TopK]
-            if part[0].source == pb.SOURCE_MODEL:
-                item = RecommendRows([q.user for q in part], [q.exclude for q in part], k)
-                tops = await served.recommend.submit(item, deadline=deadline, weight=rows)
-            else:
-                hist = HistoryRows([q.history for q in part], [q.exclude for q in part], [q.features for q in part], k)
-                tops = await served.history.submit(hist, deadline=deadline, weight=rows)
-            for q, top in zip(part, tops, strict=True):
-                q.top = top
+            await _submit(group[start : start + self.chunk], deadline)
+
+
+async def _submit(part: list[RecommendQuery], deadline: float | None) -> None:
+    """One queue entry of ``part``'s rows (one model version and graph; weight: the rows) on that graph's
+    batcher, run with their largest k; each query gets its own answer."""
+    served, k, rows = part[0].served, max(q.k for q in part), len(part)
+    tops: list[TopK]
+    if part[0].source == pb.SOURCE_MODEL:
+        item = RecommendRows([q.user for q in part], [q.exclude for q in part], k)
+        tops = await served.recommend.submit(item, deadline=deadline, weight=rows)
+    else:
+        hist = HistoryRows([q.history for q in part], [q.exclude for q in part], [q.features for q in part], k)
+        tops = await served.history.submit(hist, deadline=deadline, weight=rows)
+    for q, top in zip(part, tops, strict=True):
+        q.top = top
 
 
 class PopularityRetrieval:

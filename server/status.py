@@ -14,7 +14,6 @@ import grpc
 
 from onnxrec.server.batcher import BatcherClosedError, DeadlineExpiredError, QueueFullError
 from onnxrec.server.limits import RequestError
-from onnxrec.server.registry import ModelNotFound
 
 __all__ = ["status_for"]
 
@@ -25,8 +24,6 @@ def status_for(exc: Exception) -> tuple[grpc.StatusCode, str]:
     """The status code and message a caller gets for ``exc`` (INTERNAL ones are logged here)."""
     if isinstance(exc, RequestError):
         return exc.code, str(exc)
-    if isinstance(exc, ModelNotFound):
-        return grpc.StatusCode.NOT_FOUND, str(exc)
     if isinstance(exc, QueueFullError):
         return grpc.StatusCode.RESOURCE_EXHAUSTED, f"server overloaded: {exc}; retry with backoff"
     if isinstance(exc, DeadlineExpiredError):
