@@ -7,7 +7,7 @@ import json
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import click
 
@@ -79,7 +79,7 @@ def prepare_command(
     from onnxrec.trainer.data.prepare import prepare
     from onnxrec.trainer.data.preprocess import PreprocessSpec
     from onnxrec.trainer.data.readers import ColumnMapping
-    from onnxrec.trainer.data.split import SplitSpec, split_kind
+    from onnxrec.trainer.data.split import SplitKind, SplitSpec
 
     columns = ColumnMapping(
         user_col, item_col, rating_col, time_col, _split_names(user_features), _split_names(item_features)
@@ -88,7 +88,7 @@ def prepare_command(
         source,
         out,
         PreprocessSpec(threshold, min_user, min_item),
-        SplitSpec(kind=split_kind(split), num_negatives=negatives, seed=seed),
+        SplitSpec(kind=cast(SplitKind, split), num_negatives=negatives, seed=seed),
         columns=columns,
         sep=sep,
         overwrite=overwrite,

@@ -14,7 +14,7 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import tomli_w
 import torch
@@ -29,7 +29,7 @@ from onnxrec.trainer.data.columns import ColumnMapping
 from onnxrec.trainer.data.dataset import Dataset, save_dataset
 from onnxrec.trainer.data.preprocess import PreprocessSpec
 from onnxrec.trainer.data.source import resolve_data
-from onnxrec.trainer.data.split import SplitSpec, split_kind
+from onnxrec.trainer.data.split import SplitKind, SplitSpec
 from onnxrec.trainer.determinism import reproducible
 from onnxrec.trainer.evaluate import evaluate
 from onnxrec.trainer.factory import model_config, resolve_model
@@ -51,7 +51,7 @@ def column_mapping(cfg: TrainConfig) -> ColumnMapping:
 def load_for_training(cfg: TrainConfig) -> tuple[Dataset, Path | None]:
     """The dataset ``cfg.data`` names, prepared with ``cfg``'s preprocessing and split options."""
     pre = PreprocessSpec(cfg.positive_threshold, cfg.min_user_interactions, cfg.min_item_interactions)
-    split_spec = SplitSpec(kind=split_kind(cfg.split), num_negatives=cfg.eval_negatives, seed=cfg.seed)
+    split_spec = SplitSpec(kind=cast(SplitKind, cfg.split), num_negatives=cfg.eval_negatives, seed=cfg.seed)
     return resolve_data(cfg.data, pre, split_spec, columns=column_mapping(cfg), sep=cfg.sep, seed=cfg.seed)
 
 

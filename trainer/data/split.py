@@ -22,15 +22,6 @@ from onnxrec.errors import DataError
 from onnxrec.trainer.data.preprocess import EncodedInteractions
 
 SplitKind = Literal["leave_one_out", "temporal"]
-SPLIT_KINDS: tuple[SplitKind, ...] = ("leave_one_out", "temporal")
-
-
-def split_kind(name: str) -> SplitKind:
-    """``name`` as a :data:`SplitKind`; :class:`ValueError` naming the choices otherwise."""
-    for kind in SPLIT_KINDS:
-        if name == kind:
-            return kind
-    raise ValueError(f"unknown split {name!r} (use {' or '.join(SPLIT_KINDS)})")
 
 
 @dataclass(frozen=True)
