@@ -141,7 +141,7 @@ def synth_command(out: Path, users: int, items: int, per_user: float, seed: int)
 @config_options(TrainConfig, table="train")
 def train_command(config_file: Path | None, **options: Any) -> None:
     """Train a recommender: --data (prepared dataset, MovieLens folder, log file or 'synthetic'),
-    --model (auto, mf, mlp, neumf, twotower), --out RUN_DIR."""
+    --model (auto, mf, mlp, neumf, twotower, linear, fm, deepfm), --out RUN_DIR."""
     from onnxrec.trainer.preflight import preflight
 
     overrides = {k: v for k, v in options.items() if v is not None}

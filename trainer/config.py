@@ -22,7 +22,9 @@ class TrainConfig:
         "synthetic", "a prepared dataset directory, a MovieLens folder, a CSV/TSV/Parquet log, or synthetic"
     )
     out: str = setting("runs/default", "the run directory to write")
-    model: str = setting("auto", "auto | mf | mlp | neumf | twotower (auto: the history-aware two-tower)")
+    model: str = setting(
+        "auto", "auto | mf | mlp | neumf | twotower | linear | fm | deepfm (auto: the history-aware two-tower)"
+    )
     loss: str = setting("auto", "auto | softmax | bce | bpr (auto: the model's default)")
     dim: int = setting(64, "embedding size of users and items")
     feature_dim: int = setting(16, "embedding size of each side feature")

@@ -101,7 +101,9 @@ class Recommender(nn.Module):
 
     def score_with_user(self, user_rows: list[torch.Tensor], items: torch.Tensor | None) -> torch.Tensor:
         """Scores from explicit user rows (one [B, d] tensor per :meth:`user_tables` entry) for
-        ``items`` [B, N], or for every item when ``items`` is None -> [B, N or num_items]."""
+        ``items`` [B, N], or for every item when ``items`` is None -> [B, N or num_items]. A model that
+        reads user side features scores such a user with every feature unknown (0): the rows are all
+        it is given."""
         raise NotImplementedError(f"{type(self).__name__} does not score from user rows")
 
     def item_representation(self) -> torch.Tensor:

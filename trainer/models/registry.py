@@ -15,6 +15,8 @@ from typing import Any
 from onnxrec.errors import OnnxrecError
 from onnxrec.trainer.models.base import Recommender
 from onnxrec.trainer.models.config import ModelConfig
+from onnxrec.trainer.models.fm import FM, DeepFM, DeepFMConfig, FMConfig
+from onnxrec.trainer.models.linear import Linear, LinearConfig
 from onnxrec.trainer.models.mf import MF, MFConfig
 from onnxrec.trainer.models.mlp import MLP, MLPConfig, NeuMF, NeuMFConfig
 from onnxrec.trainer.models.two_tower import TwoTower, TwoTowerConfig
@@ -35,6 +37,9 @@ MODEL_TYPES: dict[str, ModelType] = {
     "mlp": ModelType(MLP, MLPConfig, default_loss="bce"),
     "neumf": ModelType(NeuMF, NeuMFConfig, default_loss="bce"),
     "twotower": ModelType(TwoTower, TwoTowerConfig, default_loss="softmax"),
+    "linear": ModelType(Linear, LinearConfig, default_loss="bce"),
+    "fm": ModelType(FM, FMConfig, default_loss="bce"),
+    "deepfm": ModelType(DeepFM, DeepFMConfig, default_loss="bce"),
 }
 
 

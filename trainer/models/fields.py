@@ -1,0 +1,138 @@
+"""Fields of the ranker models (linear, FM, DeepFM): what they share.
+
+A ranker reads an example as fields: the user id, each user side feature, the item id and each item
+side feature. A field's values are one-hot (an id, a categorical feature) or multi-hot (a feature of
+width > 1, such as genres: its ``n`` known values each weigh ``x = 1/n``, so a field sums to 1). Every
+value ``j`` has a linear weight ``w_j`` and, in the factorization models, an embedding ``v_j``; value 0
+of a side feature is "unknown" and weighs nothing (``x = 0``; its rows are zero and never train), as in
+the two-tower model.
+
+The fields split into a user side and an item side (:class:`FieldSide`), so a score is built from one
+side's terms and the other's: :meth:`FieldSide.linear` (``sum_j w_j x_j``) and
+:meth:`FieldSide.embeddings` (each field's ``sum_j x_j v_j`` and the side's ``sum_j x_j^2 v_j^2``, the
+two sums Rendle's O(k n) identity for the pairwise term needs).
+
+The id fields' rows are looked up by the caller (:meth:`FieldSide.id_rows`), so a user the model does
+not know can be scored from estimated id rows (fold-in) instead; such a user's side features are
+scored as unknown (0), the value :meth:`FieldSide.unknown_values` gives.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Self, cast
+
+import torch
+from torch import nn
+
+from onnxrec.trainer.models.config import FeatureInput, ModelConfig
+
+#: Standard deviation of the embeddings' initial values (linear weights start at zero).
+INIT_STD = 0.05
+
+
+@dataclass(frozen=True)
+class FieldConfig(ModelConfig):
+    """What every ranker's config holds: the sizes, the embedding size and the side features it reads."""
+
+    num_users: int
+    num_items: int
+    dim: int = 16
+    user_features: tuple[FeatureInput, ...] = field(default=())
+    item_features: tuple[FeatureInput, ...] = field(default=())
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Self:
+        features = {k: [FeatureInput(**f) for f in d[k]] for k in ("user_features", "item_features") if k in d}
+        return super().from_dict({**d, **features})
+
+
+def known(values: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """The ``x`` of a categorical feature's encoded values: 1 where known, 0 where unknown (0)."""
+    return (values > 0).to(dtype)
+
+
+def multi_hot_weights(values: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """The ``x`` of a multi-hot feature's encoded values [..., width]: 1/n for each of its n known
+    (non-zero) values, 0 for the padding."""
+    x = known(values, dtype)
+    return x / x.sum(-1, keepdim=True).clamp_min(1.0)
+
+
+def _table(rows: int, width: int, std: float, padding: bool) -> nn.Embedding:
+    """An embedding table with normal(0, ``std``) rows (zeros when ``std`` is 0); row 0 is zero and
+    never trains when ``padding``."""
+    table = nn.Embedding(rows, width, padding_idx=0 if padding else None)
+    if std > 0:
+        nn.init.normal_(table.weight, std=std)
+    else:
+        nn.init.zeros_(table.weight)
+    if padding:
+        with torch.no_grad():
+            table.weight[0].zero_()
+    return table
+
+
+class FieldSide(nn.Module):
+    """The fields of one side (user or item): an id field of ``num_ids`` values and one field per side
+    feature in ``features``; each value has a linear weight and, when ``dim`` > 0, an embedding."""
+
+    def __init__(self, num_ids: int, features: tuple[FeatureInput, ...], dim: int) -> None:
+        super().__init__()
+        self.features = features
+        self.dim = dim
+        self.id_lin = _table(num_ids, 1, 0.0, padding=False)
+        self.feature_lin = nn.ModuleList(_table(f.cardinality, 1, 0.0, padding=True) for f in features)
+        self.id_emb = _table(num_ids, dim, INIT_STD, padding=False) if dim else None
+        self.feature_emb = nn.ModuleList(_table(f.cardinality, dim, INIT_STD, padding=True) for f in features if dim)
+
+    @property
+    def num_fields(self) -> int:
+        """The id field and one field per side feature."""
+        return 1 + len(self.features)
+
+    def tables(self) -> list[nn.Embedding]:
+        """The per-id tables: the linear weights, and the embeddings when the side has them."""
+        return [self.id_lin] if self.id_emb is None else [self.id_lin, self.id_emb]
+
+    def id_rows(self, ids: torch.Tensor) -> list[torch.Tensor]:
+        """The rows of :meth:`tables` for ``ids`` (any shape): [..., 1] and [..., dim]."""
+        return [t(ids) for t in self.tables()]
+
+    def unknown_values(self, batch: int, device: torch.device) -> list[torch.Tensor]:
+        """Every side feature unknown (0) for ``batch`` rows: [batch] or [batch, width] per feature."""
+        shapes = [(batch,) if f.width == 1 else (batch, f.width) for f in self.features]
+        return [torch.zeros(s, dtype=torch.long, device=device) for s in shapes]
+
+    def linear(self, id_rows: list[torch.Tensor], values: list[torch.Tensor]) -> torch.Tensor:
+        """``sum_j w_j x_j`` over the side's fields [...], from the id field's rows (``id_rows[0]``,
+        [..., 1]) and each side feature's encoded values ([...] or [..., width])."""
+        out = id_rows[0].squeeze(-1)
+        for f, module, v in zip(self.features, self.feature_lin, values, strict=True):
+            w = cast(nn.Embedding, module)(v).squeeze(-1)
+            out = out + (w * known(v, w.dtype) if f.width == 1 else (w * multi_hot_weights(v, w.dtype)).sum(-1))
+        return out
+
+    def embeddings(self, id_rows: list[torch.Tensor], values: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each field's ``sum_j x_j v_j`` [..., num_fields, dim] (the id field first, from ``id_rows[1]``)
+        and the side's ``sum_j x_j^2 v_j^2`` [..., dim]."""
+        fields = [id_rows[1]]
+        squares = id_rows[1] ** 2
+        for f, module, v in zip(self.features, self.feature_emb, values, strict=True):
+            e = cast(nn.Embedding, module)(v)
+            if f.width == 1:
+                e = e * known(v, e.dtype).unsqueeze(-1)
+                fields.append(e)
+                squares = squares + e**2
+            else:
+                x = multi_hot_weights(v, e.dtype).unsqueeze(-1)
+                fields.append((e * x).sum(-2))
+                squares = squares + (e**2 * x**2).sum(-2)
+        return torch.stack(fields, dim=-2), squares
+
+
+def self_interactions(total: torch.Tensor, squares: torch.Tensor) -> torch.Tensor:
+    """The pairwise term within one side, ``sum_{i<j} <v_i, v_j> x_i x_j``, by Rendle's identity
+    ``0.5 * sum_f ((sum_j x_j v_jf)^2 - sum_j x_j^2 v_jf^2)`` from ``total`` and ``squares`` [..., dim]."""
+    return 0.5 * (total**2 - squares).sum(-1)

@@ -1,0 +1,219 @@
+"""Factorization machines (Rendle, 2010, "Factorization Machines") and DeepFM (Guo et al., 2017).
+
+An FM scores an example's feature vector ``x`` (the fields of :mod:`~onnxrec.trainer.models.fields`)
+as ``b + sum_j w_j x_j + sum_{i<j} <v_i, v_j> x_i x_j``, the pairwise term in O(k n) by Rendle's
+identity ``0.5 * sum_f ((sum_j x_j v_jf)^2 - sum_j x_j^2 v_jf^2)``.
+
+With the features split into a user side ``U`` and an item side ``I``, the pairwise term is the pairs
+within ``U``, the pairs within ``I`` and ``<S_U, S_I>`` (``S`` = a side's ``sum_j x_j v_j``). So the FM
+logit is exactly ``[S_U, c_U] . [S_I, 1] + c_I``, with ``c_U`` = the bias, the user side's linear terms
+and its own pairs and ``c_I`` = the item side's linear terms and its own pairs: :class:`FM` is a
+factorized model (its scores are user vectors times item vectors plus an item bias), exported through
+the same graphs, and index, as MF.
+
+:class:`DeepFM` adds an MLP over the concatenated field embeddings (shared with its FM part) to the FM
+logit. Its first layer is split into a user part and an item part, so a catalog is scored as
+``relu(W_U e_U + W_I e_I + b)`` without concatenating every (user, item) pair's embeddings.
+
+Neither encodes a user it does not know: such a user is folded in from its history (its id rows are
+estimated, see :meth:`~onnxrec.trainer.models.base.Recommender.user_tables`), its side features unknown.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from onnxrec.trainer.models.base import FactorizedRecommender, Recommender
+from onnxrec.trainer.models.config import ModelOptions
+from onnxrec.trainer.models.fields import FieldConfig, FieldSide, self_interactions
+from onnxrec.trainer.models.mlp import DEFAULT_LAYERS, mlp_stack
+
+
+@dataclass(frozen=True)
+class FMConfig(FieldConfig):
+    """Sizes of an :class:`FM` model: ``dim`` is the size k of every feature's embedding."""
+
+    @classmethod
+    def from_options(cls, opts: ModelOptions) -> FMConfig:
+        return cls(opts.num_users, opts.num_items, opts.dim, opts.user_features, opts.item_features)
+
+
+class _Fields(nn.Module):
+    """What FM and DeepFM share: the user and item fields, the global bias, and the FM terms of each
+    side (:meth:`user_terms`, :meth:`item_terms`)."""
+
+    def __init__(self, cfg: FieldConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.user = FieldSide(cfg.num_users, cfg.user_features, cfg.dim)
+        self.item = FieldSide(cfg.num_items, cfg.item_features, cfg.dim)
+        self.bias = nn.Parameter(torch.zeros(1))
+
+    def user_values(self, inputs: dict[str, Any]) -> list[torch.Tensor]:
+        """The encoded user features in ``inputs``, in the config's order."""
+        return [inputs[f"user_{f.name}"] for f in self.cfg.user_features]
+
+    def user_terms(
+        self, rows: list[torch.Tensor], values: list[torch.Tensor] | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The user side from its id rows and features (None: unknown): its field embeddings
+        [B, F_U, k] and ``c_U`` [B] (bias + linear terms + the pairs within the side)."""
+        if values is None:
+            values = self.user.unknown_values(rows[0].shape[0], rows[0].device)
+        fields, squares = self.user.embeddings(rows, values)
+        return fields, self.bias + self.user.linear(rows, values) + self_interactions(fields.sum(-2), squares)
+
+    def item_terms(self, items: torch.Tensor, features: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The item side of ``items`` (any shape) with their encoded ``features``: field embeddings
+        [..., F_I, k] and ``c_I`` [...] (linear terms + the pairs within the side)."""
+        rows = self.item.id_rows(items)
+        fields, squares = self.item.embeddings(rows, features)
+        return fields, self.item.linear(rows, features) + self_interactions(fields.sum(-2), squares)
+
+
+class FM(FactorizedRecommender):
+    """score(u, i) = FM logit of the user's and the item's fields = ``[S_U, c_U] . [S_I, 1] + c_I``."""
+
+    cfg: FMConfig
+
+    def __init__(self, cfg: FMConfig) -> None:
+        super().__init__(cfg)
+        self.fields = _Fields(cfg)
+
+    @property
+    def user_feature_names(self) -> tuple[str, ...]:
+        return tuple(f.name for f in self.cfg.user_features)
+
+    @property
+    def item_feature_names(self) -> tuple[str, ...]:
+        return tuple(f.name for f in self.cfg.item_features)
+
+    def _item_terms(self, items: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        if items is None:
+            items = torch.arange(self.cfg.num_items, device=self.fields.bias.device)
+        return self.fields.item_terms(items, self.item_feature_rows(items))
+
+    def _user_vectors(self, rows: list[torch.Tensor], values: list[torch.Tensor] | None) -> torch.Tensor:
+        fields, const = self.fields.user_terms(rows, values)
+        return torch.cat([fields.sum(-2), const.unsqueeze(-1)], dim=-1)
+
+    def user_vectors(self, users: torch.Tensor, inputs: dict[str, Any]) -> torch.Tensor:
+        """``[S_U, c_U]`` [B, k + 1]."""
+        return self._user_vectors(self.fields.user.id_rows(users), self.fields.user_values(inputs))
+
+    def item_vectors(self, items: torch.Tensor | None = None) -> torch.Tensor:
+        """``[S_I, 1]`` [N, k + 1]."""
+        total = self._item_terms(items)[0].sum(-2)
+        return torch.cat([total, torch.ones_like(total[..., :1])], dim=-1)
+
+    def item_bias(self, items: torch.Tensor | None = None) -> torch.Tensor:
+        """``c_I`` [N]."""
+        return self._item_terms(items)[1]
+
+    def user_tables(self) -> list[nn.Embedding]:
+        return self.fields.user.tables()
+
+    def fold_in_user_vectors(self, user_rows: list[torch.Tensor]) -> torch.Tensor:
+        """The user vector of the id rows ``user_rows``, the user's side features unknown: exactly
+        :meth:`score_with_user`'s scores."""
+        return self._user_vectors(user_rows, None)
+
+    def score_with_user(self, user_rows: list[torch.Tensor], items: torch.Tensor | None) -> torch.Tensor:
+        u = self.fold_in_user_vectors(user_rows)
+        if items is None:
+            return u @ self.item_vectors().T + self.item_bias()
+        flat = items.reshape(-1)
+        v = self.item_vectors(flat).reshape(*items.shape, -1)
+        return torch.einsum("bd,bnd->bn", u, v) + self.item_bias(flat).reshape(items.shape)
+
+    def item_representation(self) -> torch.Tensor:
+        """``S_I``, the sum of the item's field embeddings."""
+        return self._item_terms(None)[0].sum(-2)
+
+
+@dataclass(frozen=True)
+class DeepFMConfig(FieldConfig):
+    """Sizes of a :class:`DeepFM` model: the field embedding size and the MLP's hidden layers."""
+
+    layers: tuple[int, ...] = DEFAULT_LAYERS
+    dropout: float = 0.0
+
+    @classmethod
+    def from_options(cls, opts: ModelOptions) -> DeepFMConfig:
+        return cls(
+            opts.num_users,
+            opts.num_items,
+            opts.dim,
+            opts.user_features,
+            opts.item_features,
+            opts.layers or DEFAULT_LAYERS,
+            opts.dropout,
+        )
+
+
+class DeepFM(Recommender):
+    """score(u, i) = FM logit + MLP(concatenated field embeddings), the embeddings shared."""
+
+    cfg: DeepFMConfig
+
+    def __init__(self, cfg: DeepFMConfig) -> None:
+        super().__init__(cfg)
+        self.fields = _Fields(cfg)
+        width = (self.fields.user.num_fields + self.fields.item.num_fields) * cfg.dim
+        self.deep = nn.Sequential(
+            *mlp_stack([width, *cfg.layers], cfg.dropout), nn.Linear(cfg.layers[-1] if cfg.layers else width, 1)
+        )
+
+    @property
+    def user_feature_names(self) -> tuple[str, ...]:
+        return tuple(f.name for f in self.cfg.user_features)
+
+    @property
+    def item_feature_names(self) -> tuple[str, ...]:
+        return tuple(f.name for f in self.cfg.item_features)
+
+    def user_tables(self) -> list[nn.Embedding]:
+        return self.fields.user.tables()
+
+    def item_representation(self) -> torch.Tensor:
+        """The sum of the item's field embeddings (FM's ``S_I``)."""
+        items = torch.arange(self.cfg.num_items, device=self.fields.bias.device)
+        return self.fields.item_terms(items, self.item_feature_rows(items))[0].sum(-2)
+
+    def score_with_user(self, user_rows: list[torch.Tensor], items: torch.Tensor | None) -> torch.Tensor:
+        """Scores of a user given by its id rows, its side features unknown."""
+        return self._score(user_rows, None, items)
+
+    def score_candidates(self, users: torch.Tensor, items: torch.Tensor, inputs: dict[str, Any]) -> torch.Tensor:
+        return self._score(self.fields.user.id_rows(users), self.fields.user_values(inputs), items)
+
+    def score_all(self, users: torch.Tensor, inputs: dict[str, Any]) -> torch.Tensor:
+        return self._score(self.fields.user.id_rows(users), self.fields.user_values(inputs), None)
+
+    def _score(
+        self, rows: list[torch.Tensor], values: list[torch.Tensor] | None, items: torch.Tensor | None
+    ) -> torch.Tensor:
+        """FM + MLP logits [B, N] of the user (id rows, features) for ``items`` [B, N] (None: every
+        item, whose side is computed once for the batch)."""
+        u_fields, c_u = self.fields.user_terms(rows, values)  # [B, F_U, k], [B]
+        every = items is None
+        if items is None:
+            items = torch.arange(self.cfg.num_items, device=c_u.device)
+        i_fields, c_i = self.fields.item_terms(items, self.item_feature_rows(items))  # [(B,) N, F_I, k], [(B,) N]
+        s_u, s_i = u_fields.sum(-2), i_fields.sum(-2)
+        if every:
+            fm = s_u @ s_i.T + c_u.unsqueeze(-1) + c_i.unsqueeze(0)
+        else:
+            fm = torch.einsum("bd,bnd->bn", s_u, s_i) + c_u.unsqueeze(-1) + c_i
+        # the first layer on [e_U, e_I] is W_U e_U + W_I e_I + b: the user part once per user
+        first, rest = self.deep[0], self.deep[1:]
+        assert isinstance(first, nn.Linear)
+        split = u_fields.shape[-2] * u_fields.shape[-1]
+        h_u = u_fields.flatten(-2) @ first.weight[:, :split].T + first.bias  # [B, h]
+        h_i = i_fields.flatten(-2) @ first.weight[:, split:].T  # [(B,) N, h]
+        hidden = h_u.unsqueeze(1) + (h_i.unsqueeze(0) if every else h_i)
+        return fm + rest(hidden).squeeze(-1)
