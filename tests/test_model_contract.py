@@ -108,7 +108,11 @@ def _small_model(name: str) -> tuple[Recommender, dict[str, torch.Tensor]]:
     return model.eval(), inputs
 
 
-@pytest.mark.parametrize("name", ["mf", "mlp", "neumf", "twotower", "cml"])
+#: The models that read the user and item side features (the rankers read no history).
+READ_FEATURES = ("twotower", "linear", "fm", "deepfm")
+
+
+@pytest.mark.parametrize("name", ["mf", "mlp", "neumf", "twotower", "linear", "fm", "deepfm", "cml"])
 def test_every_model_states_what_it_exports_and_its_methods_agree(name: str, cml_registered: None) -> None:
     model, inputs = _small_model(name)
     users = torch.arange(7)
@@ -124,17 +128,18 @@ def test_every_model_states_what_it_exports_and_its_methods_agree(name: str, cml
         if model.encodes_unknown_users:  # a user the model does not know still gets a vector
             unknown = model.user_vectors(torch.full((7,), -1), inputs)
             assert bool(torch.isfinite(unknown).all())
-        else:  # fold-in: scores from explicit user-table rows
+        else:  # fold-in: scores from explicit user-table rows, of a user whose side features are unknown (0)
             rows = [t(users) for t in model.user_tables()]
-            assert torch.allclose(model.score_with_user(rows, None), scores, atol=1e-5)
+            unknown_features = {k: torch.zeros_like(v) if k.startswith("user_") else v for k, v in inputs.items()}
+            no_features = model.score_all(users, unknown_features)
+            assert torch.allclose(model.score_with_user(rows, None), no_features, atol=1e-5)
             if model.factorized:  # the fold-in rows as a user vector: the same scores up to a constant per row
                 folded = model.fold_in_user_vectors(rows) @ model.item_vectors().T + model.item_bias()
-                shift = scores - folded
+                shift = no_features - folded
                 assert torch.allclose(shift, shift[:, :1].expand_as(shift), atol=1e-5)
-    reads = name == "twotower"
-    assert model.history_len == (SMALL.history_len if reads else 0)
-    assert model.user_feature_names == (("age",) if reads else ())
-    assert model.item_feature_names == (("genre",) if reads else ())
+    assert model.history_len == (SMALL.history_len if name == "twotower" else 0)
+    assert model.user_feature_names == (("age",) if name in READ_FEATURES else ())
+    assert model.item_feature_names == (("genre",) if name in READ_FEATURES else ())
     assert model.num_users == SMALL.num_users
 
 
@@ -157,7 +162,7 @@ EXPORTER_MAY_IMPORT = {
 
 
 def test_the_exporter_asks_the_contract_never_the_type() -> None:
-    model_classes = {"Recommender", "FactorizedRecommender", "MF", "MLP", "NeuMF", "TwoTower"}
+    model_classes = {"Recommender", "FactorizedRecommender", "MF", "MLP", "NeuMF", "TwoTower", "Linear", "FM", "DeepFM"}
     for path in sorted((REPO / "exporter").glob("*.py")):
         for node in ast.walk(ast.parse(path.read_text())):
             where = f"{path.name}:{getattr(node, 'lineno', '?')}"
