@@ -30,6 +30,7 @@ import ctypes.util
 import functools
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 log = logging.getLogger("onnxrec.server")
@@ -47,11 +48,21 @@ class Refused(Exception):
 def answer_items(request: Any) -> int:
     """How many items a request's answer may hold: the sum of ``k`` over a RecommendBatch's requests,
     ``k`` of a Recommend or SimilarItems, the candidates of a Score; 1 for anything else."""
-    if hasattr(request, "requests"):
-        return max(1, sum(max(0, r.k) for r in request.requests))
-    if hasattr(request, "item_ids"):
-        return max(1, len(request.item_ids))
-    return max(1, int(getattr(request, "k", 1)))
+    return _item_counter(type(request))(request)
+
+
+@functools.cache
+def _item_counter(kind: type) -> Callable[[Any], int]:
+    """:func:`answer_items` for messages of type ``kind``, chosen once per type (a ``hasattr`` on a
+    protobuf message per call cost more than the rest of the budget's bookkeeping)."""
+    fields = {f.name for f in kind.DESCRIPTOR.fields} if hasattr(kind, "DESCRIPTOR") else set()
+    if "requests" in fields:
+        return lambda r: max(1, sum(max(0, q.k) for q in r.requests))
+    if "item_ids" in fields:
+        return lambda r: max(1, len(r.item_ids))
+    if "k" in fields:
+        return lambda r: max(1, r.k)
+    return lambda r: 1
 
 
 class _Connection:
@@ -64,7 +75,7 @@ class _Connection:
         self.reserved = 0
         self.held = 0
         self.unread_since: dict[int, float] = {}  # ticket id -> when its answer was serialised
-        self.changed = asyncio.Event()
+        self.changed: asyncio.Event | None = None  # made when a call first waits for room (most never do)
 
     @property
     def total(self) -> int:
@@ -139,6 +150,8 @@ class AnswerBudget:
                     f"this connection has {conn.held / 2**20:.1f} MiB of answers it has not read for over "
                     f"{STALE_S:.0f} s; read them (or open the HTTP/2 flow-control window) before sending more calls"
                 )
+            if conn.changed is None:
+                conn.changed = asyncio.Event()
             conn.changed.clear()
             with contextlib.suppress(TimeoutError):  # look at staleness again every STALE_S / 4
                 await asyncio.wait_for(conn.changed.wait(), timeout=STALE_S / 4)
@@ -173,7 +186,8 @@ class AnswerBudget:
         conn.held += held
         self.total += reserved + held
         if reserved + held < 0:
-            conn.changed.set()
+            if conn.changed is not None:
+                conn.changed.set()
         elif self.total > self._peak_since_trim:
             self._peak_since_trim = self.total
 

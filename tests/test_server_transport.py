@@ -220,3 +220,19 @@ def test_client_certificate_check_never_crashes_on_garbage(der: bytes) -> None:
 
     pem = b"-----BEGIN CERTIFICATE-----\n" + base64.encodebytes(der) + b"-----END CERTIFICATE-----\n"
     assert isinstance(client_cert_refusal(pem), str)
+
+
+def test_answer_items_per_message_type() -> None:
+    """The budget's item count of each request type (chosen once per type): the sum of k over a batch's
+    requests, k of Recommend and SimilarItems, the candidates of Score, 1 for the rest and never below 1."""
+    from onnxrec.server.flow import answer_items
+
+    batch = pb.RecommendBatchRequest(requests=[pb.RecommendRequest(k=3), pb.RecommendRequest(k=-2)] * 2)
+    assert answer_items(batch) == 6
+    assert answer_items(pb.RecommendBatchRequest()) == 1
+    assert answer_items(pb.RecommendRequest(k=7)) == 7
+    assert answer_items(pb.RecommendRequest(k=0)) == 1
+    assert answer_items(pb.SimilarItemsRequest(k=5)) == 5
+    assert answer_items(pb.ScoreRequest(item_ids=["a", "b", "c"])) == 3
+    assert answer_items(pb.ListModelsRequest()) == 1
+    assert answer_items(object()) == 1
