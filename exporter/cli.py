@@ -19,7 +19,7 @@ from onnxrec.exporter.index import (
     DEFAULT_NPROBE,
     INDEX_KINDS,
 )
-from onnxrec.exporter.spec import DEFAULT_ATOL, DEFAULT_RTOL
+from onnxrec.exporter.spec import DEFAULT_ATOL, DEFAULT_CANDIDATES, DEFAULT_RTOL
 
 
 class NonNegativeNumber(click.ParamType):
@@ -102,6 +102,19 @@ class NonNegativeNumber(click.ParamType):
     show_default=True,
     help="The index's recall@10 against the exact top-10 (1,000 sampled users) below which the export fails.",
 )
+@click.option(
+    "--ranker",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="A second run (linear, fm, deepfm, ...) that ranks what RUN retrieves: a pipeline version.",
+)
+@click.option(
+    "--candidates",
+    type=int,
+    default=DEFAULT_CANDIDATES,
+    show_default=True,
+    help="With --ranker: items retrieved per user for the ranker (requests may ask for fewer).",
+)
 def export_command(
     run: Path,
     repository: Path,
@@ -119,6 +132,8 @@ def export_command(
     index_nlist: int,
     index_nprobe: int,
     min_recall: float,
+    ranker: Path | None,
+    candidates: int,
 ) -> None:
     """Export a training run to ONNX into REPOSITORY/NAME/VERSION, with parity (and an index's recall) checked."""
     from onnxrec.exporter.export import ExportOptions, export
@@ -137,6 +152,8 @@ def export_command(
         index_nlist=index_nlist,
         index_nprobe=index_nprobe,
         min_recall=min_recall,
+        ranker=ranker,
+        candidates=candidates,
     )
     out = export(run, repository, name, version, opts)
     click.echo(format_manifest(inspect_version(out)))

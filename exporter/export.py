@@ -55,6 +55,7 @@ from onnxrec.exporter.parity import (
     check_signature,
     check_values,
 )
+from onnxrec.exporter.pipeline import check_candidates, open_ranker, rank_jobs, stages_entry
 from onnxrec.exporter.recall import SeenItems, check_recall, measure_recall, sample_users
 from onnxrec.exporter.repository import (
     MANIFEST,
@@ -64,6 +65,7 @@ from onnxrec.exporter.repository import (
     file_hashes,
     next_version,
 )
+from onnxrec.exporter.spec import DEFAULT_CANDIDATES
 from onnxrec.exporter.variants import PRECISIONS, make_variant, quality_change
 from onnxrec.exporter.vector_graphs import UserVectorGraph, check_vector_scores, item_index_vectors
 from onnxrec.trainer.checkpoint import model_from_checkpoint
@@ -98,6 +100,9 @@ class ExportOptions:
     index_nprobe: int = DEFAULT_NPROBE
     min_recall: float = DEFAULT_MIN_RECALL  # the index's recall@10 below which the export fails
     recall_users: int = RECALL_USERS
+    # a pipeline version (exporter/pipeline.py): the ranker run and how many candidates retrieval passes it
+    ranker: Path | None = None
+    candidates: int = DEFAULT_CANDIDATES
 
     def index_options(self) -> IndexOptions:
         """The index's part of these options."""
@@ -259,7 +264,7 @@ def _write_index(proven: _ProvenIndex, jobs: list[GraphJob], out: Path, opts: Ex
 
 
 def _manifest(
-    name: str, version: int, ckpt: dict[str, Any], ds: Dataset, model: Recommender, jobs: list[GraphJob]
+    name: str, version: int, ckpt: dict[str, Any], ds: Dataset, model: Recommender, jobs: list[GraphJob], k_max: int
 ) -> dict[str, Any]:
     """The manifest's fields that describe the model and its graphs (the caller adds the rest)."""
     return {
@@ -274,7 +279,7 @@ def _manifest(
         "opset": OPSET,
         "ir_version": IR_VERSION,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "k_max": jobs[0].spec.k_max,
+        "k_max": min(k_max, ds.num_items),
         "num_users": ds.num_users,
         "num_items": ds.num_items,
         "history_len": fold_in_history_len(model),
@@ -291,20 +296,29 @@ def export(
     version: int | None = None,
     options: ExportOptions | None = None,
 ) -> Path:
-    """Export the run at ``run`` into ``repository/name/version`` and return that directory."""
+    """Export the run at ``run`` into ``repository/name/version`` and return that directory; with
+    ``options.ranker``, a pipeline version: the run retrieves ``options.candidates`` items and the ranker
+    run ranks them (exporter/pipeline.py)."""
     opts = options or ExportOptions()
     _check_options(opts)
     final, version = _target(Path(repository), name, version)
     ckpt, ds = open_run(Path(run))
     model = model_from_checkpoint(ckpt)
+    ranker = open_ranker(opts.ranker, ds) if opts.ranker is not None else None
+    if ranker is not None:
+        check_candidates(opts.candidates, opts.k_max, ds.num_items)
     kind = choose_kind(opts.index, model.factorized, ckpt["model_type"], ds.num_items)
     tables = serving_tables(model, ds)
     t0 = time.perf_counter()
-    jobs = graph_jobs(model, ds, tables, JobSizes(opts.k_max, opts.max_batch, opts.parity_users, opts.seed))
+    graph_k = max(opts.k_max, opts.candidates) if ranker is not None else opts.k_max  # retrieval returns C
+    sizes = JobSizes(graph_k, opts.max_batch, opts.parity_users, opts.seed)
+    jobs = graph_jobs(model, ds, tables, sizes)
     proven = None
     if kind != "exact":
         jobs += vector_jobs(model, tables, jobs)
         proven = _prove_index(kind, model, ds, jobs, opts)
+    if ranker is not None:
+        jobs += rank_jobs(ranker.model, ds, serving_tables(ranker.model, ds), sizes, opts.candidates)
     with atomic_dir(final) as tmp:
         parity, variants = _write_graphs(jobs, tmp, opts, RawIds(users=ds.user_ids, items=ds.item_ids))
         for precision in opts.precisions:
@@ -314,15 +328,10 @@ def export(
         _write_side_files(ds, tmp)
         index = _write_index(proven, jobs, tmp, opts) if proven else None
         manifest = {
-            **_manifest(name, version, ckpt, ds, model, jobs),
+            **_manifest(name, version, ckpt, ds, model, jobs, opts.k_max),
+            "stages": stages_entry(run, ckpt, kind, ranker, opts.candidates),
             "export_seconds": round(time.perf_counter() - t0, 2),
-            "parity": {
-                "atol": opts.atol,
-                "rtol": opts.rtol,
-                "rule": "|onnxruntime - pytorch| <= atol + rtol * (the graph's largest |score|)",
-                "min_topk_agreement": opts.min_topk_agreement,
-                "graphs": parity,
-            },
+            "parity": _parity_entry(opts, parity),
             "variants": variants,
             "index": index,
             "dataset": ckpt["dataset"] | {"path": None},
@@ -331,3 +340,14 @@ def export(
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     return final
+
+
+def _parity_entry(opts: ExportOptions, graphs: dict[str, Any]) -> dict[str, Any]:
+    """The manifest's ``parity``: the tolerances and each graph's report."""
+    return {
+        "atol": opts.atol,
+        "rtol": opts.rtol,
+        "rule": "|onnxruntime - pytorch| <= atol + rtol * (the graph's largest |score|)",
+        "min_topk_agreement": opts.min_topk_agreement,
+        "graphs": graphs,
+    }

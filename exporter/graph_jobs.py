@@ -57,7 +57,7 @@ class GraphJob:
     batches: Sequence[tuple[np.ndarray, ...]]
 
 
-def _chunks(n: int, size: int) -> Iterator[np.ndarray]:
+def chunks(n: int, size: int) -> Iterator[np.ndarray]:
     for start in range(0, n, size):
         yield np.arange(start, min(n, start + size))
 
@@ -69,7 +69,7 @@ def _pad_rows(rows: list[np.ndarray], width: int) -> np.ndarray:
     return out
 
 
-def _example(*arrays: np.ndarray) -> tuple[torch.Tensor, ...]:
+def example_inputs(*arrays: np.ndarray) -> tuple[torch.Tensor, ...]:
     return tuple(torch.from_numpy(np.ascontiguousarray(a, dtype=np.int64)) for a in arrays)
 
 
@@ -95,12 +95,12 @@ def graph_jobs(model: Recommender, ds: Dataset, tables: ServingTables, sizes: Jo
 
     rec_batches = [
         (u, _pad_rows([seqs.of(int(x)) for x in u], 1 + max(len(seqs.of(int(x))) for x in u)))
-        for u in _chunks(len(real_users), sizes.max_batch)
+        for u in chunks(len(real_users), sizes.max_batch)
     ]
     rec_batches += [(rng.integers(0, n_users, size=b), rand_exclude(b)) for b in batch_sizes]
 
     hist_batches = []
-    for u in _chunks(len(real_users), sizes.max_batch):
+    for u in chunks(len(real_users), sizes.max_batch):
         hist = np.stack([seqs.recent(np.array([x]), h)[0] for x in u])
         hist_batches.append((hist, _pad_rows(list(hist), h + 1), *user_feats(u)))
     for b in batch_sizes:
@@ -110,13 +110,13 @@ def graph_jobs(model: Recommender, ds: Dataset, tables: ServingTables, sizes: Jo
 
     n_cand = min(50, n_items)
     score_batches = [
-        (u, rng.integers(0, n_items, size=(len(u), n_cand))) for u in _chunks(len(real_users), sizes.max_batch)
+        (u, rng.integers(0, n_items, size=(len(u), n_cand))) for u in chunks(len(real_users), sizes.max_batch)
     ]
     score_batches += [
         (rng.integers(0, n_users, size=b), rng.integers(0, n_items, size=(b, n_cand))) for b in batch_sizes
     ]
 
-    sim_batches = [(i,) for i in _chunks(min(n_items, sizes.parity_users), sizes.max_batch)]
+    sim_batches = [(i,) for i in chunks(min(n_items, sizes.parity_users), sizes.max_batch)]
     sim_batches += [(rng.integers(0, n_items, size=b),) for b in batch_sizes]
 
     b0, k_sim = 3, min(k, max(n_items - 1, 1))
@@ -125,22 +125,24 @@ def graph_jobs(model: Recommender, ds: Dataset, tables: ServingTables, sizes: Jo
         GraphJob(
             recommend_spec(k),
             RecommendGraph(model, tables, k),
-            _example(np.arange(b0) % n_users, np.full((b0, 4), -1)),
+            example_inputs(np.arange(b0) % n_users, np.full((b0, 4), -1)),
             rec_batches,
         ),
         GraphJob(
             history_spec(k, feature_names),
             HistoryGraph(model, tables, k),
-            _example(np.zeros((b0, 5)), np.full((b0, 4), -1), *features0),
+            example_inputs(np.zeros((b0, 5)), np.full((b0, 4), -1), *features0),
             hist_batches,
         ),
         GraphJob(
             score_spec(),
             ScoreGraph(model, tables),
-            _example(np.arange(b0) % n_users, np.zeros((b0, 6))),
+            example_inputs(np.arange(b0) % n_users, np.zeros((b0, 6))),
             score_batches,
         ),
-        GraphJob(similar_spec(k_sim), SimilarItemsGraph(model, k_sim), _example(np.arange(b0) % n_items), sim_batches),
+        GraphJob(
+            similar_spec(k_sim), SimilarItemsGraph(model, k_sim), example_inputs(np.arange(b0) % n_items), sim_batches
+        ),
     ]
 
 
@@ -157,13 +159,13 @@ def vector_jobs(model: Recommender, tables: ServingTables, exact: list[GraphJob]
         GraphJob(
             user_vector_spec(dim),
             known,
-            _example(np.arange(b0) % max(model.num_users, 1)),
+            example_inputs(np.arange(b0) % max(model.num_users, 1)),
             [(b[0],) for b in jobs["recommend"].batches],
         ),
         GraphJob(
             history_vector_spec(dim, features),
             unknown,
-            _example(np.zeros((b0, 5)), *[np.ones(b0)] * len(features)),
+            example_inputs(np.zeros((b0, 5)), *[np.ones(b0)] * len(features)),
             [(b[0], *b[2:]) for b in jobs["recommend_from_history"].batches],
         ),
     ]

@@ -209,6 +209,16 @@ class HistoryGraph(FoldIn):
         return topk_excluding(F.pad(scores, (0, 1)), exclude, self.k)
 
 
+class HistoryScoreGraph(FoldIn):
+    """(history [B, H], items [B, N], user features...) -> scores [B, N] for users the model does not
+    know (the ranking stage of a pipeline version)."""
+
+    def forward(self, history: torch.Tensor, items: torch.Tensor, *features: torch.Tensor) -> torch.Tensor:
+        if self.encodes:
+            return self.model.score_candidates(self.unknown_users(history), items, self.user_inputs(features, history))
+        return self.model.score_with_user(self.fold_in_rows(history), items)
+
+
 class ScoreGraph(_Base):
     """(user_idx [B], items [B, N]) -> scores [B, N]."""
 

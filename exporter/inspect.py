@@ -65,7 +65,7 @@ def format_manifest(m: dict[str, Any]) -> str:
                 f"  {name:<8} files {', '.join(v['files'])}; validation HR@10 change {hr:+.4f}, "
                 f"NDCG@10 change {ndcg:+.4f}"
             )
-    lines += ["", *format_index(m.get("index"))]
+    lines += ["", *format_index(m.get("index")), *format_stages(m.get("stages", []))]
     lines += ["", f"files ({len(m['files'])}, hashes verified): {', '.join(m['files'])}"]
     return "\n".join(lines)
 
@@ -85,3 +85,14 @@ def format_index(index: dict[str, Any] | None) -> list[str]:
         f"over {recall.get('users', 0):,} users, seen items excluded "
         f"(at least {recall.get('min_recall_at10', float('nan')):g} @10 required)",
     ]
+
+
+def format_stages(stages: list[dict[str, Any]]) -> list[str]:
+    """A pipeline version's stages (nothing for a one-stage version)."""
+    if len(stages) < 2:
+        return []
+    lines = ["", "pipeline (what answers a Recommend, in order):"]
+    for s in stages:
+        extra = f", {s['candidates']} candidates" if "candidates" in s else ""
+        lines.append(f"  {s['stage']:<10} {s['model_type']} ({', '.join(s['graphs'])}{extra}) from {s['run']}")
+    return lines

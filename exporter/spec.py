@@ -21,6 +21,9 @@ DEFAULT_RTOL = 1e-4
 # The floor for graphs whose scores are all about 0, where rtol allows nothing.
 DEFAULT_ATOL = 1e-5
 
+# A pipeline version's retrieval passes this many items per user to its ranker by default (exporter/pipeline.py).
+DEFAULT_CANDIDATES = 200
+
 BATCH = "batch"
 K = "k"  # the input, and the output axis, of a graph's runtime top-k
 EXCLUDE_DOC = (
@@ -166,4 +169,32 @@ def history_vector_spec(dim: int, user_features: tuple[str, ...] = ()) -> GraphS
         tuple(t for t in recommend.inputs if t.name not in ("exclude", K)),
         (TensorSpec("user_vector", "float32", (BATCH, dim), USER_VECTOR_DOC),),
         "query vectors from a history (fold-in) for users unknown to the model",
+    )
+
+
+def rank_spec() -> GraphSpec:
+    """The ranking stage of a pipeline version (the ranker's scores of the retrieved candidates of known
+    users); the signature of ``score``."""
+    score = score_spec()
+    return GraphSpec(
+        "rank",
+        score.inputs,
+        score.outputs,
+        "the ranker's scores of each known user's candidate items (the pipeline's second stage, and Score)",
+    )
+
+
+def rank_history_spec(user_features: tuple[str, ...] = ()) -> GraphSpec:
+    """The ranking stage for users the ranker does not know: their recent items (and features) and the
+    candidates -> the ranker's scores."""
+    history = history_spec(1, user_features)
+    return GraphSpec(
+        "rank_from_history",
+        (
+            history.inputs[0],
+            TensorSpec("items", "int64", (BATCH, "num_candidates"), "candidate item indices"),
+            *(t for t in history.inputs if t.name.startswith("user_")),
+        ),
+        (TensorSpec("scores", "float32", (BATCH, "num_candidates"), "one score per candidate"),),
+        "the ranker's scores of candidate items for users unknown to it (folded in from their history)",
     )

@@ -1,0 +1,130 @@
+"""The ranking stage of a pipeline version: ``onnxrec export RETRIEVAL_RUN --ranker RANKER_RUN``.
+
+A pipeline version holds every graph of its retrieval run (the first stage: top ``candidates`` items
+per user, from the exact graphs or the index) and two graphs of its ranker run (the second stage):
+
+* ``rank``: (user_idx [B], items [B, C]) -> the ranker's scores [B, C], for users the ranker knows
+  (what a pipeline version's Score answers with, too);
+* ``rank_from_history``: (history [B, H], items [B, C], user features...) -> scores [B, C], for users
+  it does not know, folded in from their history like ``recommend_from_history``.
+
+Both runs must have been trained on the same dataset (their user and item indices are the version's
+id maps); the manifest's ``stages`` says which run, model type and graphs each stage is.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from onnxrec.errors import ExportError
+from onnxrec.exporter.graph_jobs import GraphJob, JobSizes, chunks, example_inputs, fold_in_history_len
+from onnxrec.exporter.graphs import HistoryScoreGraph, ScoreGraph, ServingTables
+from onnxrec.exporter.spec import rank_history_spec, rank_spec
+from onnxrec.trainer.checkpoint import model_from_checkpoint
+from onnxrec.trainer.data.dataset import Dataset
+from onnxrec.trainer.history import known_sequences
+from onnxrec.trainer.models.base import Recommender
+from onnxrec.trainer.runs import open_run
+
+RANK_GRAPHS = ("rank", "rank_from_history")
+
+
+@dataclass(frozen=True)
+class Ranker:
+    """A ranker run opened for export: its checkpoint, rebuilt model and where it came from."""
+
+    run: Path
+    ckpt: dict[str, Any]
+    model: Recommender
+
+
+def open_ranker(run: Path, ds: Dataset) -> Ranker:
+    """The ranker run at ``run``, refused unless it was trained on the retrieval run's dataset ``ds``."""
+    ckpt, ranker_ds = open_run(Path(run))
+    if ranker_ds.content_hash != ds.content_hash:
+        raise ExportError(
+            f"{run}: the ranker was trained on another dataset than the retrieval run "
+            f"({ranker_ds.name}, hash {ranker_ds.content_hash[:12]} against {ds.name}, {ds.content_hash[:12]}); "
+            "train both on the same prepared dataset"
+        )
+    return Ranker(Path(run), ckpt, model_from_checkpoint(ckpt))
+
+
+def check_candidates(candidates: int, k_max: int, num_items: int) -> None:
+    """Refuse a candidate count no pipeline can use."""
+    if candidates < 1:
+        raise ExportError(f"--candidates must be at least 1, not {candidates}")
+    if candidates > num_items:
+        raise ExportError(f"--candidates {candidates} is more than the catalog's {num_items} items")
+    if k_max > candidates:
+        raise ExportError(
+            f"--k-max {k_max} is more than --candidates {candidates}: the ranker can only return what was retrieved"
+        )
+
+
+def rank_jobs(
+    ranker: Recommender, ds: Dataset, tables: ServingTables, sizes: JobSizes, candidates: int
+) -> list[GraphJob]:
+    """The two ranking graphs, checked on real users with random candidate lists of width ``candidates``
+    and on random users at batch sizes 1, an odd size and the largest."""
+    rng = np.random.default_rng(sizes.seed + 1)
+    n_users, n_items = ds.num_users, ds.num_items
+    seqs = known_sequences(ds, "serve")
+    features = ranker.user_feature_names
+    h = fold_in_history_len(ranker)
+    real = list(chunks(min(n_users, sizes.parity_users), sizes.max_batch))
+    odd = 7 if sizes.max_batch > 7 else 1
+    random_users = [rng.integers(0, n_users, size=b) for b in sorted({1, odd, sizes.max_batch})]
+
+    def cands(b: int) -> np.ndarray:
+        return rng.integers(0, n_items, size=(b, candidates))
+
+    known_batches = [(u, cands(len(u))) for u in real + random_users]
+    history_batches = []
+    for u in real + random_users:
+        hist = np.stack([seqs.recent(np.array([x]), h)[0] for x in u])
+        history_batches.append((hist, cands(len(u)), *(tables.user_features[f][u] for f in features)))
+    b0 = 3
+    return [
+        GraphJob(
+            rank_spec(),
+            ScoreGraph(ranker, tables),
+            example_inputs(np.arange(b0) % n_users, np.zeros((b0, 6))),
+            known_batches,
+        ),
+        GraphJob(
+            rank_history_spec(features),
+            HistoryScoreGraph(ranker, tables),
+            example_inputs(np.zeros((b0, 5)), np.zeros((b0, 6)), *[np.ones(b0)] * len(features)),
+            history_batches,
+        ),
+    ]
+
+
+def stages_entry(
+    run: Path, ckpt: dict[str, Any], index: str, ranker: Ranker | None, candidates: int
+) -> list[dict[str, Any]]:
+    """The manifest's ``stages``: what answers a Recommend, in order."""
+    retrieve = {
+        "stage": "retrieve",
+        "run": str(Path(run).resolve()),
+        "model_type": ckpt["model_type"],
+        "retrieval": index,
+        "graphs": ["recommend", "recommend_from_history"],
+    }
+    if ranker is None:
+        return [retrieve]
+    rank = {
+        "stage": "rank",
+        "run": str(ranker.run.resolve()),
+        "model_type": ranker.ckpt["model_type"],
+        "model_config": ranker.ckpt["model_config"],
+        "metrics": ranker.ckpt.get("metrics", {}),
+        "graphs": list(RANK_GRAPHS),
+        "candidates": candidates,
+    }
+    return [retrieve | {"candidates": candidates}, rank]
