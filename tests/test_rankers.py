@@ -183,6 +183,19 @@ def test_deepfm_is_its_fm_part_plus_an_mlp_over_the_concatenated_field_embedding
     torch.testing.assert_close(torch.gather(every, 1, items), expected, rtol=1e-10, atol=1e-10 * scale)
 
 
+@pytest.mark.parametrize("name", ["fm", "deepfm"])
+def test_training_scores_each_distinct_candidate_once_and_the_same(name: str) -> None:
+    """In training the item side is computed once per distinct candidate item (repeats are common);
+    the scores are those of evaluation, where every candidate is computed."""
+    model = _random_model(name)
+    users, items, inputs = _inputs()
+    items[:, 2:] = items[:, :1]  # repeats within and across rows
+    with torch.no_grad():
+        scored = model.score_candidates(users, items, inputs)
+        trained = model.train().score_candidates(users, items, inputs)
+    torch.testing.assert_close(trained, scored, rtol=1e-12, atol=1e-12 * float(scored.abs().max()))
+
+
 def test_an_unknown_feature_value_weighs_nothing() -> None:
     """Value 0 of a side feature is "unknown": whatever its rows hold, a user whose features are all
     unknown is scored on its id (and the item's fields) alone."""

@@ -29,7 +29,7 @@ from torch import nn
 
 from onnxrec.trainer.models.base import FactorizedRecommender, Recommender
 from onnxrec.trainer.models.config import ModelOptions
-from onnxrec.trainer.models.fields import FieldConfig, FieldSide, self_interactions
+from onnxrec.trainer.models.fields import FieldConfig, FieldSide, once_per_item, self_interactions
 from onnxrec.trainer.models.mlp import DEFAULT_LAYERS, mlp_stack
 
 
@@ -123,12 +123,25 @@ class FM(FactorizedRecommender):
         return self._user_vectors(user_rows, None)
 
     def score_with_user(self, user_rows: list[torch.Tensor], items: torch.Tensor | None) -> torch.Tensor:
-        u = self.fold_in_user_vectors(user_rows)
+        return self._scores(self.fold_in_user_vectors(user_rows), items)
+
+    def score_candidates(self, users: torch.Tensor, items: torch.Tensor, inputs: dict[str, Any]) -> torch.Tensor:
+        """The factorized form with the item side computed once (not once for the vectors and again for
+        the biases): most of a training step's time."""
+        return self._scores(self.user_vectors(users, inputs), items)
+
+    def _item_side(self, items: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``S_I`` [..., k] and ``c_I`` [...] of ``items`` (None: every item)."""
+        fields, c_i = self._item_terms(items)
+        return fields.sum(-2), c_i
+
+    def _scores(self, u: torch.Tensor, items: torch.Tensor | None) -> torch.Tensor:
+        """``u @ [S_I, 1] + c_I`` for ``items`` [B, N] (None: every item), from user vectors ``u`` [B, k + 1]."""
         if items is None:
-            return u @ self.item_vectors().T + self.item_bias()
-        flat = items.reshape(-1)
-        v = self.item_vectors(flat).reshape(*items.shape, -1)
-        return torch.einsum("bd,bnd->bn", u, v) + self.item_bias(flat).reshape(items.shape)
+            s_i, c_i = self._item_side(None)
+            return u[:, :-1] @ s_i.T + u[:, -1:] + c_i
+        s_i, c_i = once_per_item(items, self._item_side, self.training)
+        return torch.einsum("bd,bnd->bn", u[:, :-1], s_i) + u[:, -1:] + c_i
 
     def item_representation(self) -> torch.Tensor:
         """``S_I``, the sum of the item's field embeddings."""
@@ -200,20 +213,28 @@ class DeepFM(Recommender):
         """FM + MLP logits [B, N] of the user (id rows, features) for ``items`` [B, N] (None: every
         item, whose side is computed once for the batch)."""
         u_fields, c_u = self.fields.user_terms(rows, values)  # [B, F_U, k], [B]
-        every = items is None
-        if items is None:
-            items = torch.arange(self.cfg.num_items, device=c_u.device)
-        i_fields, c_i = self.fields.item_terms(items, self.item_feature_rows(items))  # [(B,) N, F_I, k], [(B,) N]
-        s_u, s_i = u_fields.sum(-2), i_fields.sum(-2)
-        if every:
-            fm = s_u @ s_i.T + c_u.unsqueeze(-1) + c_i.unsqueeze(0)
-        else:
-            fm = torch.einsum("bd,bnd->bn", s_u, s_i) + c_u.unsqueeze(-1) + c_i
+        s_u = u_fields.sum(-2)
         # the first layer on [e_U, e_I] is W_U e_U + W_I e_I + b: the user part once per user
-        first, rest = self.deep[0], self.deep[1:]
+        first = self._first_layer()
+        h_u = u_fields.flatten(-2) @ first.weight[:, : u_fields.shape[-2] * self.cfg.dim].T + first.bias  # [B, h]
+        if items is None:  # the item side once for the batch
+            s_i, c_i, h_i = self._item_side(torch.arange(self.cfg.num_items, device=c_u.device))
+            fm = s_u @ s_i.T + c_u.unsqueeze(-1) + c_i.unsqueeze(0)
+            hidden = h_u.unsqueeze(1) + h_i.unsqueeze(0)
+        else:
+            s_i, c_i, h_i = once_per_item(items, self._item_side, self.training)  # [B, N, ...]
+            fm = torch.einsum("bd,bnd->bn", s_u, s_i) + c_u.unsqueeze(-1) + c_i
+            hidden = h_u.unsqueeze(1) + h_i
+        return fm + self.deep[1:](hidden).squeeze(-1)
+
+    def _first_layer(self) -> nn.Linear:
+        first = self.deep[0]
         assert isinstance(first, nn.Linear)
-        split = u_fields.shape[-2] * u_fields.shape[-1]
-        h_u = u_fields.flatten(-2) @ first.weight[:, :split].T + first.bias  # [B, h]
-        h_i = i_fields.flatten(-2) @ first.weight[:, split:].T  # [(B,) N, h]
-        hidden = h_u.unsqueeze(1) + (h_i.unsqueeze(0) if every else h_i)
-        return fm + rest(hidden).squeeze(-1)
+        return first
+
+    def _item_side(self, items: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Of ``items`` (any shape): ``S_I`` [..., k], ``c_I`` [...] and ``W_I e_I`` [..., h], the item
+        part of the MLP's first layer."""
+        fields, c_i = self.fields.item_terms(items, self.item_feature_rows(items))
+        split = self.fields.user.num_fields * self.cfg.dim
+        return fields.sum(-2), c_i, fields.flatten(-2) @ self._first_layer().weight[:, split:].T
