@@ -11,9 +11,10 @@ every rating is an implicit positive) and every figure comes from :func:`onnxrec
 Models:
 
 * Popularity and ItemKNN (onnxrec's baselines, no training settings);
-* MF, MLP, NeuMF and TwoTower through :func:`onnxrec.trainer.train.train` with the default command
-  settings (``TrainConfig(data=..., out=..., progress=False)``, only ``model`` changed); MF, MLP and
-  NeuMF are also tried with a few other settings;
+* MF, MLP, NeuMF, TwoTower and the rankers Linear, FM and DeepFM through
+  :func:`onnxrec.trainer.train.train` with the default command settings
+  (``TrainConfig(data=..., out=..., progress=False)``, only ``model`` changed); MF, MLP, NeuMF and FM
+  are also tried with a few other settings;
 * the peers ``implicit`` ALS and BPR (CPU), trained on the training split's user x item matrix and
   tuned over a small grid.
 
@@ -26,6 +27,7 @@ Run from the repository root::
 
     python benchmarks/quality_ml100k.py            # ~7-9 minutes on a 2-core CPU
     python benchmarks/quality_ml100k.py --quick    # smoke run, about a minute
+    python benchmarks/quality_ml100k.py --models fm,linear --out /tmp/fm.json   # some rows only
 """
 
 from __future__ import annotations
@@ -66,6 +68,15 @@ ONNXREC_GRIDS: dict[str, list[dict[str, Any]]] = {
     "mlp": [{}, {"epochs": 20}, {"loss": "softmax"}],
     "neumf": [{}, {"dim": 32, "weight_decay": 0.1}, {"epochs": 20, "lr": 0.002}],
     "twotower": [{}],
+    "linear": [{}],
+    "fm": [
+        {},
+        {"loss": "softmax"},
+        {"loss": "softmax", "epochs": 30, "weight_decay": 0.1},
+        {"epochs": 20, "weight_decay": 0.1},
+        {"dim": 32, "epochs": 20},
+    ],
+    "deepfm": [{}],
 }
 
 #: implicit's own defaults first, then a small grid.
@@ -89,6 +100,9 @@ BPR_GRID: list[dict[str, Any]] = [
     ),
 ]
 
+#: What ``--models`` chooses from: the baselines, each onnxrec model and each implicit peer.
+ROW_GROUPS = ("baselines", *ONNXREC_GRIDS, "implicit_als", "implicit_bpr")
+
 DISPLAY = {
     "popularity": "Popularity",
     "itemknn": "ItemKNN",
@@ -96,6 +110,9 @@ DISPLAY = {
     "mlp": "MLP",
     "neumf": "NeuMF",
     "twotower": "TwoTower",
+    "linear": "Linear",
+    "fm": "FM",
+    "deepfm": "DeepFM",
     "implicit_als": "implicit ALS",
     "implicit_als_foldin": "implicit ALS + fold-in",
     "implicit_bpr": "implicit BPR",
@@ -452,9 +469,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="smoke run: 1 epoch, one setting per model")
     p.add_argument("--threads", type=int, default=1, help="torch and implicit threads (0 = library default)")
     p.add_argument("--seed", type=int, default=0, help="seed of implicit's models (onnxrec uses TrainConfig's)")
+    p.add_argument(
+        "--models",
+        default=",".join(ROW_GROUPS),
+        help="comma-separated rows to run, of: %(default)s (default: all)",
+    )
     args = p.parse_args(argv)
     if not args.data.exists():
         p.error(f"--data {args.data} does not exist")
+    groups = [g.strip() for g in args.models.split(",") if g.strip()]
+    if not groups or set(groups) - set(ROW_GROUPS):
+        p.error(f"--models: choose from {', '.join(ROW_GROUPS)}")
 
     def log(msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)
@@ -478,15 +503,16 @@ def main(argv: list[str] | None = None) -> int:
         phase_seconds[name] = round(time.perf_counter() - t0, 1)
 
     _reset_threads(args.threads, default_threads)
-    phase("baselines", lambda: baselines(ds))
+    if "baselines" in groups:
+        phase("baselines", lambda: baselines(ds))
     with tempfile.TemporaryDirectory(prefix="onnxrec-bench-") as tmpdir:
         tmp = Path(tmpdir)
-        for model in ONNXREC_GRIDS:
+        for model in (m for m in ONNXREC_GRIDS if m in groups):
             phase(
                 model,
                 partial(tune_onnxrec, model, ds, args.data, tmp, args.threads, default_threads, args.quick, log),
             )
-    for kind in ("als", "bpr"):
+    for kind in (k for k in ("als", "bpr") if f"implicit_{k}" in groups):
         phase(f"implicit_{kind}", partial(tune_implicit, kind, ds, args.threads, args.seed, args.quick, log))
 
     total = time.perf_counter() - started
@@ -497,6 +523,7 @@ def main(argv: list[str] | None = None) -> int:
         "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "command": "python " + " ".join([str(Path(sys.argv[0])), *sys.argv[1:]]),
         "quick": args.quick,
+        "models": groups,
         "threads": args.threads,
         "machine": info,
         "dataset": {
