@@ -123,6 +123,12 @@ def _print(result: Recommendation, as_json: bool, title: Callable[[], str]) -> N
 @click.option("--exclude", default=None, help="Item ids never to return, comma-separated.")
 @click.option("--include-seen", is_flag=True, help="Do not leave out items the user already has.")
 @click.option("--metadata/--no-metadata", default=True, show_default=True, help="Ask for item metadata.")
+@click.option(
+    "--candidates",
+    type=click.IntRange(min=0),
+    default=0,
+    help="Pipeline versions: items retrieved for the ranker (default: the version's).",
+)
 @_connection
 def recommend_command(
     user: str,
@@ -132,6 +138,7 @@ def recommend_command(
     exclude: str | None,
     include_seen: bool,
     metadata: bool,
+    candidates: int,
     **kw: Any,
 ) -> None:
     """Top-k recommendations for one user."""
@@ -145,8 +152,10 @@ def recommend_command(
             exclude=_split(exclude),
             exclude_seen=False if include_seen else None,
             include_metadata=metadata,
+            candidates=candidates,
         )
-        _print(r, kw["as_json"], lambda: f"user {user}: {name} version {r.model_version} ({r.source})")
+        how = f"{r.source}: {' -> '.join(r.stages)}" if len(r.stages) > 1 else r.source
+        _print(r, kw["as_json"], lambda: f"user {user}: {name} version {r.model_version} ({how})")
 
 
 @click.command("similar")

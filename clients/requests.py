@@ -35,9 +35,11 @@ def recommend(
     exclude_seen: bool | None = None,
     include_metadata: bool = False,
     user_features: Mapping[str, str] | None = None,
+    candidates: int = 0,
     timeout: float | None = None,
 ) -> Call[pb.RecommendRequest, Recommendation]:
-    """Top-k items for one user (``history``: recent item ids, newest last, for unknown users)."""
+    """Top-k items for one user (``history``: recent item ids, newest last, for unknown users;
+    ``candidates``: items a pipeline version retrieves for its ranker, 0 = the version's)."""
     request = pb.RecommendRequest(
         model=model_ref(model, version),
         user_id=str(user_id),
@@ -46,6 +48,7 @@ def recommend(
         exclude_item_ids=[str(e) for e in exclude],
         include_metadata=include_metadata,
         user_features=dict(user_features or {}),
+        candidates=candidates,
     )
     if exclude_seen is not None:
         request.exclude_seen = exclude_seen
@@ -121,7 +124,7 @@ def _items(items: Sequence[pb.ScoredItem]) -> list[Item]:
 def to_recommendation(r: pb.RecommendResponse) -> Recommendation:
     """Convert a RecommendResponse."""
     source = _SOURCES.get(r.source, "unknown")
-    return Recommendation(_items(r.items), r.model_name, int(r.model_version), source, r.retrieval)
+    return Recommendation(_items(r.items), r.model_name, int(r.model_version), source, r.retrieval, tuple(r.stages))
 
 
 def to_recommendations(r: pb.RecommendBatchResponse) -> list[Recommendation]:
@@ -158,6 +161,8 @@ def to_metadata(r: pb.GetModelMetadataResponse) -> ModelMetadata:
         list(r.graphs),
         dict(r.metrics),
         r.execution_provider,
+        tuple(r.stages),
+        int(r.candidates),
     )
 
 

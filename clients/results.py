@@ -23,6 +23,7 @@ class Recommendation:
     model_version: int
     source: str  # "model", "history" or "popularity"
     retrieval: str = ""  # "exact" or the index type (hnsw, ivf, flat) for model and history answers
+    stages: tuple[str, ...] = ()  # ("retrieve",), ("retrieve", "rank") for a pipeline version, ("popularity",)
 
     @property
     def item_ids(self) -> list[str]:
@@ -65,3 +66,5 @@ class ModelMetadata:
     graphs: list[str]
     metrics: dict[str, float]
     execution_provider: str
+    stages: tuple[str, ...] = ()  # what answers a Recommend: ("retrieve",) or ("retrieve", "rank")
+    candidates: int = 0  # pipeline versions: items retrieval passes to the ranker (0: one stage)

@@ -48,14 +48,14 @@ class Refused(Exception):
 def answer_items(request: Any) -> int:
     """How many items a request's answer may hold: the sum of ``k`` over a RecommendBatch's requests,
     ``k`` of a Recommend or SimilarItems, the candidates of a Score; 1 for anything else."""
-    return _item_counter(type(request))(request)
+    return item_counter(type(request))(request)
 
 
-@functools.cache
-def _item_counter(kind: type) -> Callable[[Any], int]:
-    """:func:`answer_items` for messages of type ``kind``, chosen once per type (a ``hasattr`` on a
-    protobuf message per call cost more than the rest of the budget's bookkeeping)."""
-    fields = {f.name for f in kind.DESCRIPTOR.fields} if hasattr(kind, "DESCRIPTOR") else set()
+def item_counter(kind: type) -> Callable[[Any], int]:
+    """:func:`answer_items` for messages of type ``kind``, chosen by its fields (the budget keeps one per
+    type: a ``hasattr`` on a protobuf message per call cost more than the rest of its bookkeeping)."""
+    descriptor = getattr(kind, "DESCRIPTOR", None)
+    fields = {f.name for f in descriptor.fields} if descriptor is not None else set()
     if "requests" in fields:
         return lambda r: max(1, sum(max(0, q.k) for q in r.requests))
     if "item_ids" in fields:
@@ -125,6 +125,7 @@ class AnswerBudget:
         self._peak_since_trim = 0
         self._conns: dict[str, _Connection] = {}
         self._bytes_per_item: dict[str, float] = {}
+        self._counters: dict[type, Callable[[Any], int]] = {}  # item_counter per request type
 
     def held_by(self, peer: str) -> int:
         """Bytes reserved or held for the connection ``peer`` (0 if none)."""
@@ -133,7 +134,11 @@ class AnswerBudget:
 
     def estimate(self, method: str, request: Any) -> tuple[int, int]:
         """(items, estimated answer bytes) of a call."""
-        units = answer_items(request)
+        kind = type(request)
+        count = self._counters.get(kind)
+        if count is None:
+            count = self._counters[kind] = item_counter(kind)
+        units = count(request)
         return units, int(units * self._bytes_per_item.get(method, _FIRST_BYTES_PER_ITEM))
 
     async def admit(self, peer: str, method: str, request: Any) -> Ticket:

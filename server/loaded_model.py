@@ -19,7 +19,7 @@ from onnxrec.errors import OnnxrecError
 from onnxrec.exporter.repository import read_manifest, verify_files
 from onnxrec.server.index_search import IndexSearch
 from onnxrec.server.limits import scored_item_bytes
-from onnxrec.server.sessions import ModelLoadError, cuda_status, open_sessions, resolve_device
+from onnxrec.server.sessions import ModelLoadError, cuda_status, is_pipeline, open_sessions, resolve_device
 
 __all__ = ["LoadedModel", "ModelLoadError", "TopK", "cuda_status", "resolve_device"]
 from onnxrec.v1 import recommender_pb2 as pb
@@ -56,7 +56,11 @@ class LoadedModel:
         self.name: str = m["name"]
         self.version: int = int(m["version"])
         self.model_type: str = m["model_type"]
-        self.k_max: int = int(m["k_max"])
+        self.k_max: int = int(m["k_max"])  # what a request may ask for
+        self.graph_k_max: int = int(m["graphs"]["recommend"]["k_max"])  # what retrieval returns at most
+        self.pipeline = is_pipeline(m)
+        self.stages: tuple[str, ...] = ("retrieve", "rank") if self.pipeline else ("retrieve",)
+        self.candidates: int = int(m["stages"][-1]["candidates"]) if self.pipeline else 0
         self.num_users: int = int(m["num_users"])
         self.num_items: int = int(m["num_items"])
         self.history_len: int = int(m["history_len"])
@@ -66,7 +70,7 @@ class LoadedModel:
         self.index = IndexSearch(self.path, index, self.num_items, intra_op_threads or 1) if index else None
         self.retrieval: str = self.index.kind if self.index else "exact"  # what answers carry
         # the ``k`` input of every k a request may ask for, built once (index k; 0 stands for k_max)
-        self._k_inputs = [np.array([k or self.k_max], dtype=np.int64) for k in range(self.k_max + 1)]
+        self._k_inputs = [np.array([k or self.graph_k_max], dtype=np.int64) for k in range(self.graph_k_max + 1)]
         items = pq.read_table(self.path / "items.parquet")
         self._load_ids(items, pq.read_table(self.path / "users.parquet"))
         self._load_metadata(items)
@@ -74,7 +78,8 @@ class LoadedModel:
         self.popular = np.load(self.path / "popular.npy", allow_pickle=False).astype(np.int64)
         self.popularity = np.asarray(items["popularity"].to_numpy(), dtype=np.float64)
         spec = m.get("feature_spec", {})
-        self.user_features = [f["name"] for f in spec.get("user", [])] if self.model_type == "twotower" else []
+        self.user_features = _feature_inputs(m, "recommend_from_history")  # what each graph reads, in order
+        self.rank_features = _feature_inputs(m, "rank_from_history") if self.pipeline else []
         self._vocab = {f["name"]: {v: i + 1 for i, v in enumerate(f["vocabulary"])} for f in spec.get("user", [])}
         log.info(
             "loaded %s version %d (%s, %d users, %d items) on %s",
@@ -144,9 +149,11 @@ class LoadedModel:
         """:meth:`seen` followed by one -1: a ready exclusion row (read-only view)."""
         return self._seen_padded[self._seen_padded_ptr[user] : self._seen_padded_ptr[user + 1]]
 
-    def encode_user_features(self, features: dict[str, str]) -> list[int]:
-        """Encoded user features in the graph's order; unknown names or values encode as 0."""
-        return [self._vocab.get(name, {}).get(features.get(name, ""), 0) for name in self.user_features]
+    def encode_user_features(self, features: dict[str, str], names: Sequence[str] | None = None) -> list[int]:
+        """Encoded user features in the order of ``names`` (default: the retrieval graphs'
+        :attr:`user_features`); unknown names or values encode as 0."""
+        order = self.user_features if names is None else names
+        return [self._vocab.get(name, {}).get(features.get(name, ""), 0) for name in order]
 
     # -- batched graph runs (blocking; called from the batcher's thread) ----------------------------
     @staticmethod
@@ -176,7 +183,7 @@ class LoadedModel:
 
     def _k(self, k: int | None, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """``feed`` with the ``k`` input of a top-k graph (default k_max)."""
-        feed["k"] = self._k_inputs[min(k or 0, self.k_max)]
+        feed["k"] = self._k_inputs[min(k or 0, self.graph_k_max)]
         return feed
 
     def recommend(self, users: np.ndarray, exclude: list[np.ndarray], k: int | None = None) -> list[TopK]:
@@ -209,16 +216,25 @@ class LoadedModel:
 
     def _search(self, vectors: np.ndarray, exclude: list[np.ndarray], k: int | None) -> list[TopK]:
         assert self.index is not None
-        found = self.index.search(vectors, exclude, min(k or self.k_max, self.k_max))
+        found = self.index.search(vectors, exclude, min(k or self.graph_k_max, self.graph_k_max))
         return [TopK(items=items.astype(np.int64), scores=scores) for items, scores in found]
 
     def score(self, users: np.ndarray, candidates: list[np.ndarray]) -> list[np.ndarray]:
-        """Scores of each user's candidates (rows padded to one width inside, cut back after)."""
-        width = max(len(c) for c in candidates)
-        padded = np.zeros((len(candidates), width), dtype=np.int64)
-        for j, c in enumerate(candidates):
-            padded[j, : len(c)] = c
-        (scores,) = self._run("score", {"user_idx": users.astype(np.int64), "items": padded})
+        """Scores of each user's candidates (rows padded to one width inside, cut back after): the
+        ranker's (``rank``) in a pipeline version, else the ``score`` graph's."""
+        feed = {"user_idx": users.astype(np.int64), "items": _pad_items(candidates)}
+        (scores,) = self._run("rank" if self.pipeline else "score", feed)
+        return [scores[j, : len(c)] for j, c in enumerate(candidates)]
+
+    def rank_from_history(
+        self, history: list[np.ndarray], candidates: list[np.ndarray], features: Sequence[Sequence[int]]
+    ) -> list[np.ndarray]:
+        """The ranker's scores of each candidate list for users it does not know (pipeline versions);
+        ``features`` encoded in :attr:`rank_features` order."""
+        feed = {"history": self._pad(history), "items": _pad_items(candidates)}
+        for j, name in enumerate(self.rank_features):
+            feed[f"user_{name}"] = np.array([f[j] for f in features], dtype=np.int64)
+        (scores,) = self._run("rank_from_history", feed)
         return [scores[j, : len(c)] for j, c in enumerate(candidates)]
 
     def similar(self, items: np.ndarray, k: int | None = None) -> list[TopK]:
@@ -242,6 +258,8 @@ class LoadedModel:
             self.recommend_from_history([np.array([0])] * b, rows, [[0] * len(self.user_features)] * b)
             self.score(users, [np.array([0])] * b)
             self.similar(np.arange(b) % self.num_items)
+            if self.pipeline:
+                self.rank_from_history([np.array([0])] * b, [np.array([0])] * b, [[0] * len(self.rank_features)] * b)
 
 
 def _split(scores: np.ndarray, items: np.ndarray) -> list[TopK]:
@@ -264,6 +282,21 @@ def _split(scores: np.ndarray, items: np.ndarray) -> list[TopK]:
             s, i = s[keep], i[keep]
         out.append(TopK(items=i, scores=s))
     return out
+
+
+def _pad_items(candidates: list[np.ndarray]) -> np.ndarray:
+    """Candidate lists as one [B, width] array (short rows padded with item 0; their scores are cut off)."""
+    width = max(len(c) for c in candidates)
+    padded = np.zeros((len(candidates), width), dtype=np.int64)
+    for j, c in enumerate(candidates):
+        padded[j, : len(c)] = c
+    return padded
+
+
+def _feature_inputs(manifest: dict[str, Any], graph: str) -> list[str]:
+    """The user features ``graph`` reads (its ``user_<name>`` inputs), in input order."""
+    inputs = manifest["graphs"][graph]["inputs"]
+    return [t["name"][len("user_") :] for t in inputs if t["name"].startswith("user_") and t["name"] != "user_idx"]
 
 
 def _as_text(value: Any) -> str:

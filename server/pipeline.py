@@ -17,7 +17,7 @@ meanwhile run between its chunks instead of behind all of it (no head-of-line bl
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Protocol
 
 import numpy as np
@@ -40,33 +40,46 @@ class Stage(Protocol):
 
 
 class ModelRetrieval:
-    """Top-k from the model's graphs for known users and for users with a history, through the model
-    version's batchers, ``chunk`` rows per queue entry (the batcher's ``max_batch_size``)."""
+    """Top-k from the model's graphs for known users and for users with a history (a pipeline version's
+    candidates), through the model version's batchers, ``chunk`` rows per queue entry."""
 
     def __init__(self, chunk: int) -> None:
         self.chunk = chunk
 
     async def __call__(self, queries: list[RecommendQuery], deadline: float | None) -> None:
-        if len(queries) == 1:  # a Recommend call: no grouping, no gather (a third of this stage's cost per call)
-            if queries[0].source != pb.SOURCE_POPULARITY:
-                await _submit(queries, deadline)
+        mine = queries if len(queries) == 1 else [q for q in queries if q.source != pb.SOURCE_POPULARITY]
+        if len(mine) == 1 and mine[0].source == pb.SOURCE_POPULARITY:
             return
-        groups: dict[tuple[int, int], list[RecommendQuery]] = {}
-        for q in queries:
-            if q.source != pb.SOURCE_POPULARITY:
-                groups.setdefault((id(q.served), q.source), []).append(q)
-        await asyncio.gather(*(self._run_group(g, deadline) for g in groups.values()))
+        await run_grouped(mine, self.chunk, deadline, _submit)
 
-    async def _run_group(self, group: list[RecommendQuery], deadline: float | None) -> None:
-        """The queries of one model version and graph: ``chunk`` rows per submit, one after the other."""
-        for start in range(0, len(group), self.chunk):
-            await _submit(group[start : start + self.chunk], deadline)
+
+async def run_grouped(
+    queries: list[RecommendQuery],
+    chunk: int,
+    deadline: float | None,
+    submit: Callable[[list[RecommendQuery], float | None], Awaitable[None]],
+) -> None:
+    """``submit`` the queries of each model version and source (one graph) ``chunk`` rows at a time,
+    the groups side by side; one query goes straight to ``submit`` (a Recommend call: no grouping and no
+    gather, a third of a stage's cost per call)."""
+    if len(queries) == 1:
+        await submit(queries, deadline)
+        return
+    groups: dict[tuple[int, int], list[RecommendQuery]] = {}
+    for q in queries:
+        groups.setdefault((id(q.served), q.source), []).append(q)
+
+    async def run_group(group: list[RecommendQuery]) -> None:
+        for start in range(0, len(group), chunk):
+            await submit(group[start : start + chunk], deadline)
+
+    await asyncio.gather(*(run_group(g) for g in groups.values()))
 
 
 async def _submit(part: list[RecommendQuery], deadline: float | None) -> None:
     """One queue entry of ``part``'s rows (one model version and graph; weight: the rows) on that graph's
     batcher, run with their largest k; each query gets its own answer."""
-    served, k, rows = part[0].served, max(q.k for q in part), len(part)
+    served, k, rows = part[0].served, max(q.fetch for q in part), len(part)
     tops: list[TopK]
     if part[0].source == pb.SOURCE_MODEL:
         item = RecommendRows([q.user for q in part], [q.exclude for q in part], k)

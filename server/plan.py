@@ -31,17 +31,31 @@ class RecommendQuery:
     """One user's recommendation on its way through the pipeline: the model version, where the answer
     comes from (``source``) and that graph's row, then the answer (``top``) once a stage has it."""
 
-    __slots__ = ("exclude", "features", "history", "include_metadata", "k", "served", "source", "top", "user")
+    __slots__ = (
+        "exclude",
+        "features",
+        "fetch",
+        "history",
+        "include_metadata",
+        "k",
+        "rank_features",
+        "served",
+        "source",
+        "top",
+        "user",
+    )
 
     def __init__(self, served: ServedModel, k: int, include_metadata: bool) -> None:
         self.served = served
         self.k = k
+        self.fetch = k  # items retrieval returns: k, or a pipeline's candidates for its ranker
         self.include_metadata = include_metadata
         self.source: pb.Source = pb.SOURCE_POPULARITY
         self.user = -1  # the user's index (SOURCE_MODEL)
         self.history: np.ndarray = NO_ITEMS  # item indices, newest first (SOURCE_HISTORY)
         self.exclude: np.ndarray = NO_ITEMS  # item indices never to recommend
         self.features: Sequence[int] = ()  # encoded user features (SOURCE_HISTORY)
+        self.rank_features: Sequence[int] = ()  # the same, in the ranker's order (pipelines, SOURCE_HISTORY)
         self.top: TopK | None = None
 
     @property
@@ -125,10 +139,28 @@ class Planner:
             query.source = pb.SOURCE_HISTORY
             query.history = history[::-1][: model.history_len]  # newest first
             query.exclude = np.concatenate([history, excluded]) if exclude_seen else excluded
-            query.features = model.encode_user_features(dict(request.user_features))
+            features = dict(request.user_features)
+            query.features = model.encode_user_features(features)
+            if model.pipeline:
+                query.rank_features = model.encode_user_features(features, model.rank_features)
         else:
             query.exclude = excluded
+        if model.pipeline:
+            query.fetch = self.candidates(request.candidates, request.k, model)
         return query
+
+    @staticmethod
+    def candidates(asked: int, k: int, model: LoadedModel) -> int:
+        """How many items a pipeline version retrieves for its ranker: ``asked`` (0: the version's
+        candidates), between ``k`` and the version's candidates."""
+        if asked == 0:
+            return model.candidates
+        if asked < k or asked > model.candidates:
+            raise invalid(
+                f"candidates must be 0 (the version's {model.candidates}) or between k ({k}) and "
+                f"{model.candidates} for model {model.name}, got {asked}"
+            )
+        return asked
 
 
 def not_found(message: str) -> RequestError:

@@ -41,6 +41,9 @@ def _respond_into(response: pb.RecommendResponse, query: RecommendQuery) -> None
     response.model_name, response.model_version, response.source = model.name, model.version, query.source
     if query.source != pb.SOURCE_POPULARITY:
         response.retrieval = model.retrieval
+        response.stages.extend(model.stages)
+    else:
+        response.stages.append("popularity")
     fill_items(response.items, model, query.top, query.k, query.include_metadata)
 
 

@@ -18,7 +18,7 @@ from onnxrec.server.batch_policy import AdaptivePolicy, BatchPolicy
 from onnxrec.server.batcher import BatcherConfig, DynamicBatcher
 from onnxrec.server.loaded_model import LoadedModel, TopK
 
-__all__ = ["HistoryRows", "RecommendRows", "ScoreRow", "ServedModel", "SimilarRow"]
+__all__ = ["HistoryRows", "RankRows", "RecommendRows", "ScoreRow", "ServedModel", "SimilarRow"]
 
 
 @dataclass(slots=True)
@@ -45,6 +45,20 @@ class HistoryRows:
 
     def __len__(self) -> int:
         return len(self.history)
+
+
+@dataclass(slots=True)
+class RankRows:
+    """Rows of a pipeline's ranking stage: each user's retrieved candidates, and who the user is: an
+    index the ranker knows (``users``), or a history and encoded features (``history``, ``features``)."""
+
+    candidates: list[np.ndarray]
+    users: list[int]
+    history: list[np.ndarray]
+    features: list[Sequence[int]]
+
+    def __len__(self) -> int:
+        return len(self.candidates)
 
 
 @dataclass(slots=True)
@@ -83,6 +97,13 @@ class ServedModel:
         self.history: DynamicBatcher[HistoryRows, list[TopK]] = batcher(self._run_history, "recommend_from_history")
         self.score: DynamicBatcher[ScoreRow, np.ndarray] = batcher(self._run_score, "score")
         self.similar: DynamicBatcher[SimilarRow, TopK] = batcher(self._run_similar, "similar_items")
+        self._batchers: list[DynamicBatcher[Any, Any]] = [self.recommend, self.history, self.score, self.similar]
+        if model.pipeline:  # the ranking stage: one batcher per graph, like the others
+            self.rank: DynamicBatcher[RankRows, list[np.ndarray]] = batcher(self._run_rank, "rank")
+            self.rank_history: DynamicBatcher[RankRows, list[np.ndarray]] = batcher(
+                self._run_rank_history, "rank_from_history"
+            )
+            self._batchers += [self.rank, self.rank_history]
 
     def _run_recommend(self, items: list[RecommendRows]) -> list[list[TopK]]:
         if len(items) == 1:  # one caller: its own lists, no regrouping
@@ -105,13 +126,24 @@ class ServedModel:
     def _run_similar(self, items: list[SimilarRow]) -> list[TopK]:
         return self.model.similar(np.array([it.item for it in items]), max(it.k for it in items))
 
+    def _run_rank(self, items: list[RankRows]) -> list[list[np.ndarray]]:
+        users = np.array([u for it in items for u in it.users], dtype=np.int64)
+        scores = self.model.score(users, [c for it in items for c in it.candidates])
+        return _per_item(scores, items)
+
+    def _run_rank_history(self, items: list[RankRows]) -> list[list[np.ndarray]]:
+        history = [h for it in items for h in it.history]
+        features = [f for it in items for f in it.features]
+        scores = self.model.rank_from_history(history, [c for it in items for c in it.candidates], features)
+        return _per_item(scores, items)
+
     async def close(self) -> None:
         """Finish what is queued, then stop the batchers."""
-        for b in (self.recommend, self.history, self.score, self.similar):
+        for b in self._batchers:
             await b.close(drain=True)
 
 
-def _per_item(results: list[TopK], items: Sequence[RecommendRows | HistoryRows]) -> list[list[TopK]]:
+def _per_item(results: list[Any], items: Sequence[RecommendRows | HistoryRows | RankRows]) -> list[list[Any]]:
     """Split a batch's rows back into its items (each item's rows are consecutive)."""
     out, start = [], 0
     for item in items:

@@ -22,6 +22,7 @@ from onnxrec.server.config import ServerConfig
 from onnxrec.server.limits import RequestLimits, invalid, shown
 from onnxrec.server.pipeline import ModelRetrieval, PopularityRetrieval, RecommendPipeline
 from onnxrec.server.plan import Planner, items_to_indices, not_found
+from onnxrec.server.ranking import Ranking
 from onnxrec.server.registry import ModelRegistry
 from onnxrec.server.respond import fill_items, respond, respond_batch
 from onnxrec.server.served import ScoreRow, SimilarRow
@@ -42,7 +43,7 @@ class RecommenderServicer:
         self.planner = Planner(registry, self.limits)
         chunk = config.max_batch_size
         self.pipeline = RecommendPipeline(
-            self.planner, self.limits, chunk, [ModelRetrieval(chunk), PopularityRetrieval()]
+            self.planner, self.limits, chunk, [ModelRetrieval(chunk), Ranking(chunk), PopularityRetrieval()]
         )
         self._handlers: dict[type, Handler] = {
             pb.RecommendRequest: self._recommend,
@@ -149,4 +150,6 @@ class RecommenderServicer:
             graphs=sorted(model.sessions),
             metrics=metrics,
             execution_provider=model.provider,
+            stages=model.stages,
+            candidates=model.candidates,
         )

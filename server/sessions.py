@@ -20,6 +20,7 @@ log = logging.getLogger("onnxrec.server")
 
 GRAPHS = ("recommend", "recommend_from_history", "score", "similar_items")
 INDEX_GRAPHS = ("user_vector", "user_vector_from_history")  # versions with a nearest-neighbour index
+RANK_GRAPHS = ("rank", "rank_from_history")  # pipeline versions (retrieve, then rank)
 SMALL_CATALOG = 100_000  # below this many items, intra_op_threads=0 means one onnxruntime thread on the CPU
 
 
@@ -95,7 +96,8 @@ def open_sessions(
     path: Path, manifest: dict[str, Any], device: str, intra_op_threads: int, precision: str
 ) -> dict[str, ort.InferenceSession]:
     """One session per graph of the version at ``path`` (the ``precision`` variant when not fp32), the
-    user-vector graphs included when the version has a nearest-neighbour index.
+    user-vector graphs included when the version has a nearest-neighbour index and the ranking graphs when
+    it is a pipeline (:func:`is_pipeline`).
 
     Idle onnxruntime threads would spin on the cores the gRPC event loop needs, so spinning is off; a
     small catalog's run is shorter than waking a second thread, so ``intra_op_threads=0`` means one
@@ -111,7 +113,8 @@ def open_sessions(
     opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
     opts.log_severity_level = 3
     sessions: dict[str, ort.InferenceSession] = {}
-    for graph in GRAPHS + (INDEX_GRAPHS if manifest.get("index") else ()):
+    graphs = GRAPHS + (INDEX_GRAPHS if manifest.get("index") else ()) + (RANK_GRAPHS if is_pipeline(manifest) else ())
+    for graph in graphs:
         file = manifest["graphs"][graph]["file"]
         if precision != "fp32":
             file = f"{graph}.{precision}.onnx"
@@ -125,3 +128,8 @@ def open_sessions(
             raise ModelLoadError(f"{path / file}: CUDA was asked for but {session.get_providers()[0]} runs")
         sessions[graph] = session
     return sessions
+
+
+def is_pipeline(manifest: dict[str, Any]) -> bool:
+    """Whether the version retrieves, then ranks (its manifest lists a ``rank`` stage)."""
+    return any(stage.get("stage") == "rank" for stage in manifest.get("stages", []))

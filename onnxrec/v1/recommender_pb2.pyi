@@ -44,7 +44,7 @@ class ScoredItem(_message.Message):
     def __init__(self, item_id: _Optional[str] = ..., score: _Optional[float] = ..., metadata: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class RecommendRequest(_message.Message):
-    __slots__ = ("model", "user_id", "k", "history", "exclude_item_ids", "exclude_seen", "include_metadata", "user_features")
+    __slots__ = ("model", "user_id", "k", "history", "exclude_item_ids", "exclude_seen", "include_metadata", "user_features", "candidates")
     class UserFeaturesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -60,6 +60,7 @@ class RecommendRequest(_message.Message):
     EXCLUDE_SEEN_FIELD_NUMBER: _ClassVar[int]
     INCLUDE_METADATA_FIELD_NUMBER: _ClassVar[int]
     USER_FEATURES_FIELD_NUMBER: _ClassVar[int]
+    CANDIDATES_FIELD_NUMBER: _ClassVar[int]
     model: ModelRef
     user_id: str
     k: int
@@ -68,21 +69,24 @@ class RecommendRequest(_message.Message):
     exclude_seen: bool
     include_metadata: bool
     user_features: _containers.ScalarMap[str, str]
-    def __init__(self, model: _Optional[_Union[ModelRef, _Mapping]] = ..., user_id: _Optional[str] = ..., k: _Optional[int] = ..., history: _Optional[_Iterable[str]] = ..., exclude_item_ids: _Optional[_Iterable[str]] = ..., exclude_seen: _Optional[bool] = ..., include_metadata: _Optional[bool] = ..., user_features: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    candidates: int
+    def __init__(self, model: _Optional[_Union[ModelRef, _Mapping]] = ..., user_id: _Optional[str] = ..., k: _Optional[int] = ..., history: _Optional[_Iterable[str]] = ..., exclude_item_ids: _Optional[_Iterable[str]] = ..., exclude_seen: _Optional[bool] = ..., include_metadata: _Optional[bool] = ..., user_features: _Optional[_Mapping[str, str]] = ..., candidates: _Optional[int] = ...) -> None: ...
 
 class RecommendResponse(_message.Message):
-    __slots__ = ("items", "model_name", "model_version", "source", "retrieval")
+    __slots__ = ("items", "model_name", "model_version", "source", "retrieval", "stages")
     ITEMS_FIELD_NUMBER: _ClassVar[int]
     MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     SOURCE_FIELD_NUMBER: _ClassVar[int]
     RETRIEVAL_FIELD_NUMBER: _ClassVar[int]
+    STAGES_FIELD_NUMBER: _ClassVar[int]
     items: _containers.RepeatedCompositeFieldContainer[ScoredItem]
     model_name: str
     model_version: int
     source: Source
     retrieval: str
-    def __init__(self, items: _Optional[_Iterable[_Union[ScoredItem, _Mapping]]] = ..., model_name: _Optional[str] = ..., model_version: _Optional[int] = ..., source: _Optional[_Union[Source, str]] = ..., retrieval: _Optional[str] = ...) -> None: ...
+    stages: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, items: _Optional[_Iterable[_Union[ScoredItem, _Mapping]]] = ..., model_name: _Optional[str] = ..., model_version: _Optional[int] = ..., source: _Optional[_Union[Source, str]] = ..., retrieval: _Optional[str] = ..., stages: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class RecommendBatchRequest(_message.Message):
     __slots__ = ("requests",)
@@ -169,7 +173,7 @@ class GetModelMetadataRequest(_message.Message):
     def __init__(self, model: _Optional[_Union[ModelRef, _Mapping]] = ...) -> None: ...
 
 class GetModelMetadataResponse(_message.Message):
-    __slots__ = ("name", "version", "model_type", "num_users", "num_items", "k_max", "history_len", "user_features", "graphs", "metrics", "execution_provider")
+    __slots__ = ("name", "version", "model_type", "num_users", "num_items", "k_max", "history_len", "user_features", "graphs", "metrics", "execution_provider", "stages", "candidates")
     class MetricsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -188,6 +192,8 @@ class GetModelMetadataResponse(_message.Message):
     GRAPHS_FIELD_NUMBER: _ClassVar[int]
     METRICS_FIELD_NUMBER: _ClassVar[int]
     EXECUTION_PROVIDER_FIELD_NUMBER: _ClassVar[int]
+    STAGES_FIELD_NUMBER: _ClassVar[int]
+    CANDIDATES_FIELD_NUMBER: _ClassVar[int]
     name: str
     version: int
     model_type: str
@@ -199,4 +205,6 @@ class GetModelMetadataResponse(_message.Message):
     graphs: _containers.RepeatedScalarFieldContainer[str]
     metrics: _containers.ScalarMap[str, float]
     execution_provider: str
-    def __init__(self, name: _Optional[str] = ..., version: _Optional[int] = ..., model_type: _Optional[str] = ..., num_users: _Optional[int] = ..., num_items: _Optional[int] = ..., k_max: _Optional[int] = ..., history_len: _Optional[int] = ..., user_features: _Optional[_Iterable[str]] = ..., graphs: _Optional[_Iterable[str]] = ..., metrics: _Optional[_Mapping[str, float]] = ..., execution_provider: _Optional[str] = ...) -> None: ...
+    stages: _containers.RepeatedScalarFieldContainer[str]
+    candidates: int
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[int] = ..., model_type: _Optional[str] = ..., num_users: _Optional[int] = ..., num_items: _Optional[int] = ..., k_max: _Optional[int] = ..., history_len: _Optional[int] = ..., user_features: _Optional[_Iterable[str]] = ..., graphs: _Optional[_Iterable[str]] = ..., metrics: _Optional[_Mapping[str, float]] = ..., execution_provider: _Optional[str] = ..., stages: _Optional[_Iterable[str]] = ..., candidates: _Optional[int] = ...) -> None: ...
