@@ -179,8 +179,18 @@ def train_command(config_file: Path | None, **options: Any) -> None:
     show_default=True,
     help="Also score Popularity and ItemKNN on the same split.",
 )
-def evaluate_command(run: Path, as_json: bool, ks: str, stage: str, baselines: bool) -> None:
-    """Evaluate a trained run on its dataset: sampled and full-ranking metrics."""
+@click.option(
+    "--ranker",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="A ranker run (same dataset): also evaluate RUN's top --candidates items per user ranked by it.",
+)
+@click.option("--candidates", type=int, default=None, help="Candidates per user with --ranker (default: 200).")
+def evaluate_command(
+    run: Path, as_json: bool, ks: str, stage: str, baselines: bool, ranker: Path | None, candidates: int | None
+) -> None:
+    """Evaluate a trained run on its dataset: sampled and full-ranking metrics; with --ranker, also the
+    pipeline RUN -> RANKER and the retrieval stage's recall@candidates."""
     from onnxrec.errors import ConfigError
     from onnxrec.trainer.report import evaluate_run, format_table
 
@@ -190,5 +200,7 @@ def evaluate_command(run: Path, as_json: bool, ks: str, stage: str, baselines: b
         raise ConfigError(f"--k must be comma-separated integers, not {ks!r}") from exc
     if not cutoffs or min(cutoffs) < 1:
         raise ConfigError("--k values must be positive")
-    report = evaluate_run(run, stage=stage, ks=cutoffs, baselines=baselines)
+    if candidates is not None and ranker is None:
+        raise ConfigError("--candidates needs --ranker (the run that ranks the candidates)")
+    report = evaluate_run(run, stage=stage, ks=cutoffs, baselines=baselines, ranker=ranker, candidates=candidates)
     click.echo(json.dumps(report, indent=2) if as_json else format_table(report))

@@ -1,4 +1,5 @@
-"""``onnxrec evaluate``: re-score a run (and the baselines) on its split, as a table or JSON."""
+"""``onnxrec evaluate``: re-score a run (and the baselines, and a pipeline with a ranker run) on its split,
+as a table or JSON."""
 
 from __future__ import annotations
 
@@ -10,30 +11,51 @@ from onnxrec.trainer.baselines import ItemKNN, Popularity
 from onnxrec.trainer.checkpoint import model_from_checkpoint
 from onnxrec.trainer.evaluate import VIEWS, Scorer, evaluate
 from onnxrec.trainer.fit import ModelScorer
+from onnxrec.trainer.pipeline_eval import DEFAULT_CANDIDATES, PipelineScorer, evaluate_pipeline, open_ranker_run
 from onnxrec.trainer.runs import open_run
 
 
 def evaluate_run(
-    run: Path, *, stage: str = "test", ks: tuple[int, ...] = (10,), baselines: bool = True
+    run: Path,
+    *,
+    stage: str = "test",
+    ks: tuple[int, ...] = (10,),
+    baselines: bool = True,
+    ranker: Path | None = None,
+    candidates: int | None = None,
 ) -> dict[str, Any]:
-    """Metrics of a run's model (and optionally Popularity and ItemKNN) on ``stage``.
+    """Metrics of a run's model (and optionally Popularity and ItemKNN) on ``stage``; with ``ranker``,
+    also of the pipeline: the run's top ``candidates`` (default 200) items per user ordered by the ranker run's model
+    (see :mod:`onnxrec.trainer.pipeline_eval`), and the retrieval stage's recall@``candidates``.
 
-    Returns ``{"run", "dataset", "stage", "models": {name: {"sampled": {...}, "full": {...}}}}``; the
-    view keys say which protocol each figure comes from.
+    Returns ``{"run", "dataset", "stage", "models": {name: {"sampled": {...}, "full": {...}}}}`` (and
+    ``"pipeline"`` with a ranker); the view keys say which protocol each figure comes from.
     """
     ckpt, ds = open_run(run)
     model = model_from_checkpoint(ckpt)
     scorers: dict[str, Scorer] = {ckpt["model_type"]: ModelScorer(model, ds)}
+    pipeline: dict[str, Any] | None = None
+    if ranker is not None:
+        candidates = DEFAULT_CANDIDATES if candidates is None else candidates
+        ranker_ckpt, ranker_model = open_ranker_run(ranker, ds)
+        name = f"{ckpt['model_type']} -> {ranker_ckpt['model_type']} ({candidates})"
+        scorers[name] = PipelineScorer(model, ranker_model, ds, candidates)
+        pipeline = {"name": name, "ranker_run": str(ranker), "ranker": ranker_ckpt["model_type"]}
     if baselines:
         scorers["popularity"] = Popularity(ds)
         scorers["itemknn"] = ItemKNN(ds)
     models: dict[str, Any] = {}
     for name, scorer in scorers.items():
         t0 = time.perf_counter()
-        result = evaluate(scorer, ds, stage, ks=ks)
+        if isinstance(scorer, PipelineScorer):
+            result: dict[str, Any] = evaluate_pipeline(scorer, ds, stage, ks=ks)
+            assert pipeline is not None
+            pipeline["retrieval"] = result.pop("retrieval")
+        else:
+            result = evaluate(scorer, ds, stage, ks=ks)
         result["seconds"] = {"evaluate": round(time.perf_counter() - t0, 3)}
         models[name] = result
-    return {
+    report: dict[str, Any] = {
         "run": str(run),
         "dataset": {"name": ds.name, "users": ds.num_users, "items": ds.num_items, "hash": ds.content_hash},
         "stage": stage,
@@ -41,6 +63,9 @@ def evaluate_run(
         "train_seconds": ckpt.get("metrics", {}).get("train_seconds"),
         "models": models,
     }
+    if pipeline is not None:
+        report["pipeline"] = pipeline
+    return report
 
 
 def format_table(report: dict[str, Any]) -> str:
@@ -58,4 +83,8 @@ def format_table(report: dict[str, Any]) -> str:
         "  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)),
     ]
     lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
+    if "pipeline" in report:
+        recall = report["pipeline"]["retrieval"]
+        c = int(recall["candidates"])
+        lines.append(f"retrieval recall@{c} of the held-out items: {recall[f'recall@{c}']:.4f}")
     return "\n".join(lines)

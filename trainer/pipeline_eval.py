@@ -1,0 +1,182 @@
+"""A two-stage pipeline evaluated in PyTorch: retrieval's top-C candidates, ordered by a ranker.
+
+:class:`PipelineScorer` is a scorer for :func:`~onnxrec.trainer.evaluate.evaluate` (``(users [B],
+stage) -> scores [B, num_items]``) that computes what a served pipeline version answers:
+
+1. the retrieval model scores every item; the items known at ``stage`` (training items, and the
+   validation item when evaluating ``test``) are left out, and the ``C`` best of the rest (ties by
+   item index) are the candidates;
+2. the ranker scores the candidates (its logits);
+3. the scores returned put every candidate above every other item: a candidate's is its ranker logit
+   shifted so the row's lowest is 1 (``logit - min(candidate logits) + 1``), any other item's its
+   retrieval score shifted below -1 (``score - max(scores) - 1``).
+
+So the full view ranks the candidates by the ranker and the rest after them by retrieval, and the
+sampled view compares the held-out item with its sampled negatives the same way: both come out of
+the one evaluation code. The scorer also keeps the retrieval stage's recall@C of the held-out items
+(:meth:`PipelineScorer.recall`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import numpy as np
+import torch
+
+from onnxrec.errors import ConfigError, TrainingError
+from onnxrec.trainer.checkpoint import model_from_checkpoint
+from onnxrec.trainer.data.dataset import Dataset
+from onnxrec.trainer.evaluate import evaluate
+from onnxrec.trainer.fit import ModelScorer, user_inputs
+from onnxrec.trainer.history import UserSequences, known_sequences
+from onnxrec.trainer.models.base import Recommender
+from onnxrec.trainer.runs import open_run
+
+#: Candidates per user when ``--ranker`` is given without ``--candidates``.
+DEFAULT_CANDIDATES = 200
+
+
+def top_candidates(
+    scores: np.ndarray, users: np.ndarray, known: UserSequences, n: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per row of ``scores`` [B, I] (user ``users[row]``), the ``n`` best items not in ``known``, best
+    first, ties by item index: items [B, n] and whether each is a real candidate [B, n] (False where
+    the user knows fewer than ``n`` items apart: those slots hold known items)."""
+    masked = np.array(scores, dtype=np.float64, copy=True)
+    users = np.asarray(users, dtype=np.int64)
+    lengths = known.indptr[users + 1] - known.indptr[users]
+    rows = np.repeat(np.arange(len(users)), lengths)
+    if len(rows):
+        masked[rows, np.concatenate([known.of(int(u)) for u in users])] = -np.inf
+    num_items = masked.shape[1]
+    n = min(n, num_items)
+    # the n-th best score; every item above it, then the lowest-indexed items equal to it
+    threshold = -np.partition(-masked, n - 1, axis=1)[:, n - 1 : n]
+    above = masked > threshold
+    tied = masked == threshold
+    room = n - above.sum(1, keepdims=True)
+    chosen = above | (tied & (np.cumsum(tied, axis=1) <= room))
+    items = np.nonzero(chosen)[1].reshape(len(users), n)
+    values = np.take_along_axis(masked, items, axis=1)
+    order = np.lexsort((items, -values), axis=-1)
+    items = np.take_along_axis(items, order, axis=1)
+    return items, np.take_along_axis(values, order, axis=1) > -np.inf
+
+
+def combine(retrieval: np.ndarray, items: np.ndarray, valid: np.ndarray, logits: np.ndarray) -> np.ndarray:
+    """The pipeline's scores [B, I]: each valid candidate's ranker logit shifted to >= 1, every other
+    item's retrieval score shifted to <= -1 (see the module's docstring)."""
+    out = np.asarray(retrieval, dtype=np.float64)
+    out = out - out.max(axis=1, keepdims=True) - 1.0
+    logits = np.asarray(logits, dtype=np.float64)
+    low = np.where(valid, logits, np.inf).min(axis=1, keepdims=True)
+    rows, cols = np.nonzero(valid)
+    out[rows, items[rows, cols]] = (logits - low + 1.0)[rows, cols]
+    return out
+
+
+class PipelineScorer:
+    """Retrieval -> rank as one scorer (see the module's docstring); the models are not changed."""
+
+    def __init__(
+        self,
+        retrieval: Recommender,
+        ranker: Recommender,
+        ds: Dataset,
+        candidates: int,
+        device: torch.device | str = "cpu",
+    ) -> None:
+        if not 1 <= candidates <= ds.num_items:
+            raise ConfigError(
+                f"--candidates must be between 1 and the catalog's {ds.num_items} items, not {candidates}"
+            )
+        self.retrieval = ModelScorer(retrieval, ds, device)
+        self.ranker = ranker
+        self.ds = ds
+        self.candidates = candidates
+        self.device = torch.device(device)
+        self._known: dict[str, UserSequences] = {}
+        self._recall: dict[str, np.ndarray] = {}
+
+    @contextmanager
+    def items_once(self) -> Iterator[None]:
+        """The retrieval model's item side computed once (the ranker may be training between calls)."""
+        with self.retrieval.items_once():
+            yield
+
+    def known(self, stage: str) -> UserSequences:
+        """What is known about each user at ``stage`` (left out of the candidates)."""
+        if stage not in self._known:
+            self._known[stage] = known_sequences(self.ds, stage)
+        return self._known[stage]
+
+    def candidate_sets(self, users: np.ndarray, stage: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The retrieval scores [B, I] of ``users`` at ``stage``, and their candidates: items [B, C],
+        best first, and whether each is real [B, C] (see :func:`top_candidates`)."""
+        scores = self.retrieval(users, stage)
+        items, valid = top_candidates(scores, users, self.known(stage), self.candidates)
+        return scores, items, valid
+
+    @torch.no_grad()
+    def rank(self, users: np.ndarray, items: np.ndarray, stage: str) -> np.ndarray:
+        """The ranker's logits [B, C] of ``items`` [B, C] for ``users`` at ``stage``."""
+        was_training = self.ranker.training
+        self.ranker.eval()
+        try:
+            history = self.known(stage).recent(users, self.ranker.history_len) if self.ranker.history_len else None
+            inputs = user_inputs(self.ranker, self.ds, users, history, self.device)
+            u = torch.from_numpy(np.asarray(users, dtype=np.int64)).to(self.device)
+            it = torch.from_numpy(np.ascontiguousarray(items, dtype=np.int64)).to(self.device)
+            return self.ranker.score_candidates(u, it, inputs).double().cpu().numpy()
+        finally:
+            self.ranker.train(was_training)
+
+    def __call__(self, users: np.ndarray, stage: str) -> np.ndarray:
+        scores, items, valid = self.candidate_sets(users, stage)
+        self._count_recall(users, stage, items, valid)
+        return combine(scores, items, valid, self.rank(users, items, stage))
+
+    def _count_recall(self, users: np.ndarray, stage: str, items: np.ndarray, valid: np.ndarray) -> None:
+        part = self.ds.splits.valid if stage == "valid" else self.ds.splits.test
+        if stage not in self._recall:
+            self._recall[stage] = np.full(self.ds.num_users, np.nan)
+        lo = np.searchsorted(part.user_idx, users, side="left")
+        hi = np.searchsorted(part.user_idx, users, side="right")
+        for row, u in enumerate(users):
+            held_out = part.item_idx[lo[row] : hi[row]]
+            if len(held_out):
+                self._recall[stage][u] = np.isin(held_out, items[row][valid[row]]).mean()
+
+    def recall(self, stage: str) -> float:
+        """The retrieval stage's recall@C at ``stage``: per user, the share of its held-out items among
+        its candidates, averaged over the users scored so far (NaN before any)."""
+        values = self._recall.get(stage)
+        if values is None or np.isnan(values).all():
+            return float("nan")
+        return float(np.nanmean(values))
+
+
+def evaluate_pipeline(
+    scorer: PipelineScorer, ds: Dataset, stage: str = "test", ks: tuple[int, ...] = (10,)
+) -> dict[str, dict[str, float]]:
+    """:func:`~onnxrec.trainer.evaluate.evaluate` of the pipeline, plus ``"retrieval"``: the number of
+    candidates and the retrieval stage's ``recall@C`` of the held-out items."""
+    out = evaluate(scorer, ds, stage, ks=ks)
+    c = scorer.candidates
+    out["retrieval"] = {"candidates": float(c), f"recall@{c}": round(scorer.recall(stage), 6)}
+    return out
+
+
+def open_ranker_run(ranker_run: Any, ds: Dataset) -> tuple[dict[str, Any], Recommender]:
+    """The checkpoint and model of ``ranker_run``, refused unless trained on the retrieval run's ``ds``."""
+    ckpt, ranker_ds = open_run(ranker_run)
+    if ranker_ds.content_hash != ds.content_hash:
+        raise TrainingError(
+            f"{ranker_run}: the ranker was trained on another dataset than the retrieval run "
+            f"({ranker_ds.name}, hash {ranker_ds.content_hash[:12]} against {ds.name}, {ds.content_hash[:12]}); "
+            "train both on the same prepared dataset"
+        )
+    return ckpt, model_from_checkpoint(ckpt)
