@@ -7,10 +7,11 @@ every failure as one :class:`RecommenderError` carrying the gRPC status code and
 from onnxrec.clients.aio import AsyncRecommenderClient
 from onnxrec.clients.client import RecommenderClient
 from onnxrec.clients.errors import RecommenderError
-from onnxrec.clients.results import Item, ModelInfo, ModelMetadata, Recommendation, Scores
+from onnxrec.clients.results import Event, Item, ModelInfo, ModelMetadata, Recommendation, Scores
 
 __all__ = [
     "AsyncRecommenderClient",
+    "Event",
     "Item",
     "ModelInfo",
     "ModelMetadata",

@@ -21,6 +21,7 @@ class AsyncRecommenderClient(ClientBase):
     similar = awaited(rq.similar)
     list_models = awaited(rq.list_models)
     model_metadata = awaited(rq.model_metadata)
+    track = awaited(rq.track)
     health = awaited(rq.health)
 
     def _open_channel(self, settings: ChannelSettings) -> grpc.aio.Channel:

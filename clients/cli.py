@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import sys
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -19,7 +20,7 @@ import click
 
 from onnxrec.clients.client import RecommenderClient
 from onnxrec.clients.errors import RecommenderError
-from onnxrec.clients.results import Recommendation
+from onnxrec.clients.results import Event, Recommendation
 
 
 def _connection(func: Any) -> Any:
@@ -190,6 +191,27 @@ def score_command(user: str, items: str, model: str | None, **kw: Any) -> None:
         click.echo(f"user {user}: {name} version {s.model_version} ({s.source})")
         for item in s.items:
             click.echo(f"{item.item_id}\t{item.score:.6f}")
+
+
+@click.command("track")
+@click.option("--user", required=True, help="Raw user id.")
+@click.option("--items", "items", required=True, help="Item ids the user just had, oldest first, comma-separated.")
+@click.option("--type", "event_type", default="interaction", show_default=True, help="Event type (view, click, ...).")
+@click.option("--model", default=None, help="Model name (default: the server's only model).")
+@_connection
+def track_command(user: str, items: str, event_type: str, model: str | None, **kw: Any) -> None:
+    """Record what a user just did; their next recommendations start from it."""
+    ids = _split(items)
+    if not ids:
+        raise click.UsageError("--items needs at least one item id")
+    with _client(kw) as client:
+        name = _model(client, model, kw["server"])
+        base = int(time.time() * 1000)  # oldest first: one millisecond apart, in the order given
+        n = client.track(name, [Event(user, item, event_type, base + j) for j, item in enumerate(ids)])
+        if kw["as_json"]:
+            click.echo(json.dumps({"accepted": n, "user": user, "model": name}))
+        else:
+            click.echo(f"tracked {n} event(s) of user {user} ({name})")
 
 
 @click.command("models")

@@ -28,6 +28,7 @@ class RecommenderClient(ClientBase):
     similar = blocking(rq.similar)
     list_models = blocking(rq.list_models)
     model_metadata = blocking(rq.model_metadata)
+    track = blocking(rq.track)
     health = blocking(rq.health)
 
     def _open_channel(self, settings: ChannelSettings) -> grpc.Channel:

@@ -13,7 +13,7 @@ from typing import Any
 
 from onnxrec.clients.facade import Call
 from onnxrec.clients.health import HEALTH_CHECK, HealthCheckRequest, HealthCheckResponse
-from onnxrec.clients.results import Item, ModelInfo, ModelMetadata, Recommendation, Scores
+from onnxrec.clients.results import Event, Item, ModelInfo, ModelMetadata, Recommendation, Scores
 from onnxrec.v1 import recommender_pb2 as pb
 
 _SOURCES = {pb.SOURCE_MODEL: "model", pb.SOURCE_HISTORY: "history", pb.SOURCE_POPULARITY: "popularity"}
@@ -110,6 +110,25 @@ def model_metadata(
 ) -> Call[pb.GetModelMetadataRequest, ModelMetadata]:
     """What a model version is."""
     return Call("GetModelMetadata", pb.GetModelMetadataRequest(model=model_ref(model, version)), to_metadata, timeout)
+
+
+def track(
+    model: str,
+    events: Sequence[Event | tuple[str, str]],
+    *,
+    version: int = 0,
+    timeout: float | None = None,
+) -> Call[pb.TrackEventsRequest, int]:
+    """Record users' events (:class:`Event`, or ``(user_id, item_id)`` pairs); their next Recommend starts
+    from these items. Returns how many were stored. Item ids are checked against ``model``'s catalog."""
+    sent = []
+    for e in events:
+        ev = e if isinstance(e, Event) else Event(str(e[0]), str(e[1]))
+        sent.append(
+            pb.UserEvent(user_id=ev.user_id, item_id=ev.item_id, event_type=ev.event_type, timestamp_ms=ev.timestamp_ms)
+        )
+    request = pb.TrackEventsRequest(model=model_ref(model, version), events=sent)
+    return Call("TrackEvents", request, lambda r: int(r.accepted), timeout)
 
 
 def health(*, service: str = "", timeout: float | None = None) -> Call[Any, str]:

@@ -68,3 +68,13 @@ class ModelMetadata:
     execution_provider: str
     stages: tuple[str, ...] = ()  # what answers a Recommend: ("retrieve",) or ("retrieve", "rank")
     candidates: int = 0  # pipeline versions: items retrieval passes to the ranker (0: one stage)
+
+
+@dataclass(frozen=True)
+class Event:
+    """Something a user did with an item, for :meth:`track` (``timestamp_ms`` 0: when the server gets it)."""
+
+    user_id: str
+    item_id: str
+    event_type: str = "interaction"
+    timestamp_ms: int = 0

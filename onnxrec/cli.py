@@ -32,6 +32,7 @@ COMMANDS = {
     "similar": "onnxrec.clients.cli:similar_command",
     "models": "onnxrec.clients.cli:models_command",
     "health": "onnxrec.clients.cli:health_command",
+    "track": "onnxrec.clients.cli:track_command",
     "bench": "onnxrec.clients.cli:bench_command",
     "demo": "onnxrec.demo:demo_command",
 }

@@ -203,7 +203,9 @@ class OnnxrecServer:
         )
         self.budget = AnswerBudget(config.max_unread_bytes_per_connection, config.max_unread_bytes)
         self.gate = ShutdownGate()
-        add_servicer(RecommenderServicer(self.registry, config), self.server, self.metrics, self.budget, self.gate)
+        add_servicer(
+            RecommenderServicer(self.registry, config, self.metrics), self.server, self.metrics, self.budget, self.gate
+        )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server)
         self.port = 0

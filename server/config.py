@@ -75,6 +75,10 @@ class ServerConfig:
     )
     auth_tokens_file: str | None = setting(None, "file of accepted bearer tokens, one per line")
     auth_tokens_env: str | None = setting(None, "name of an environment variable holding comma-separated bearer tokens")
+    state: str = setting("memory", "where users' tracked events live: memory (in this process, bounded) | off")
+    state_max_users: int = setting(100_000, "most users the in-memory event store holds (least recently used evicted)")
+    state_max_events: int = setting(50, "most recent items the event store keeps per user")
+    state_ttl_s: float = setting(86_400.0, "a user's tracked items expire this long after their last event")
     max_id_chars: int = setting(256, "longest user id, item id or user feature a request may carry (characters)")
     max_list_items: int = setting(10_000, "most entries in a request's history, exclude_item_ids or user_features")
 
@@ -102,6 +106,12 @@ class ServerConfig:
             (self.max_unread_bytes >= 0, "max_unread_bytes must be 0 or more"),
             (self.max_unread_bytes_per_connection >= 0, "max_unread_bytes_per_connection must be 0 or more"),
             (self.max_connection_age_s >= 0, "max_connection_age_s must be 0 or more"),
+            (self.state in ("memory", "off"), f"state must be memory or off, not {self.state!r}"),
+            (
+                self.state_max_users >= 1 and self.state_max_events >= 1,
+                "state_max_users and state_max_events must be at least 1",
+            ),
+            (self.state_ttl_s > 0, "state_ttl_s must be above 0"),
         ]
         for ok, message in checks:
             if not ok:

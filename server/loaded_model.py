@@ -72,7 +72,8 @@ class LoadedModel:
         # the ``k`` input of every k a request may ask for, built once (index k; 0 stands for k_max)
         self._k_inputs = [np.array([k or self.graph_k_max], dtype=np.int64) for k in range(self.graph_k_max + 1)]
         items = pq.read_table(self.path / "items.parquet")
-        self._load_ids(items, pq.read_table(self.path / "users.parquet"))
+        self._users_table = pq.read_table(self.path / "users.parquet")
+        self._load_ids(items, self._users_table)
         self._load_metadata(items)
         self._load_seen()
         self.popular = np.load(self.path / "popular.npy", allow_pickle=False).astype(np.int64)
@@ -81,6 +82,7 @@ class LoadedModel:
         self.user_features = _feature_inputs(m, "recommend_from_history")  # what each graph reads, in order
         self.rank_features = _feature_inputs(m, "rank_from_history") if self.pipeline else []
         self._vocab = {f["name"]: {v: i + 1 for i, v in enumerate(f["vocabulary"])} for f in spec.get("user", [])}
+        self._feature_codes: dict[str, np.ndarray] = {}  # feature -> encoded value per user index (lazily)
         log.info(
             "loaded %s version %d (%s, %d users, %d items) on %s",
             self.name,
@@ -154,6 +156,22 @@ class LoadedModel:
         :attr:`user_features`); unknown names or values encode as 0."""
         order = self.user_features if names is None else names
         return [self._vocab.get(name, {}).get(features.get(name, ""), 0) for name in order]
+
+    def user_feature_codes(self, user: int, names: Sequence[str] | None = None) -> list[int]:
+        """A known user's encoded side features (from the version's users table) in the order of
+        ``names`` (default :attr:`user_features`): what the history graphs take for them."""
+        out = []
+        for name in self.user_features if names is None else names:
+            codes = self._feature_codes.get(name)
+            if codes is None:
+                vocab = self._vocab.get(name, {})
+                column = self._users_table[name].to_pylist() if name in self._users_table.column_names else []
+                codes = np.array([vocab.get(_as_text(v), 0) if v is not None else 0 for v in column], dtype=np.int64)
+                if len(codes) != self.num_users:
+                    codes = np.zeros(self.num_users, dtype=np.int64)
+                self._feature_codes[name] = codes
+            out.append(int(codes[user]))
+        return out
 
     # -- batched graph runs (blocking; called from the batcher's thread) ----------------------------
     @staticmethod

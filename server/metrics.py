@@ -38,6 +38,23 @@ class ServerMetrics:
             registry=self.registry,
         )
         self._batch_children: dict[tuple[str, str], tuple[Histogram, Histogram]] = {}
+        self._evictions_seen = 0
+        self.events = Counter("onnxrec_events", "user events received by TrackEvents", registry=self.registry)
+        self.store_users = Gauge("onnxrec_event_store_users", "users the event store holds", registry=self.registry)
+        self.store_evictions = Counter(
+            "onnxrec_event_store_evictions",
+            "users evicted from the event store (its user limit)",
+            registry=self.registry,
+        )
+        self.store_errors = Counter(
+            "onnxrec_event_store_errors", "event store calls that failed (Recommend fell back)", registry=self.registry
+        )
+        self.store_seconds = Histogram(
+            "onnxrec_event_store_seconds",
+            "event store lookup latency",
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
         self.loaded = Gauge(
             "onnxrec_model_loaded", "1 for each loaded model version", ["model", "version"], registry=self.registry
         )
@@ -52,6 +69,13 @@ class ServerMetrics:
             )
         children[0].observe(size)
         children[1].observe(queued_s)
+
+    def store_changed(self, users: int, evictions: int) -> None:
+        """The event store now holds ``users`` and has evicted ``evictions`` users since it started."""
+        self.store_users.set(users)
+        if evictions > self._evictions_seen:
+            self.store_evictions.inc(evictions - self._evictions_seen)
+            self._evictions_seen = evictions
 
     def set_loaded(self, versions: dict[str, list[int]]) -> None:
         """Replace the loaded-versions gauge."""

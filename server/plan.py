@@ -32,7 +32,9 @@ class RecommendQuery:
     comes from (``source``) and that graph's row, then the answer (``top``) once a stage has it."""
 
     __slots__ = (
+        "events",
         "exclude",
+        "exclude_seen",
         "features",
         "fetch",
         "history",
@@ -43,11 +45,15 @@ class RecommendQuery:
         "source",
         "top",
         "user",
+        "user_id",
     )
 
     def __init__(self, served: ServedModel, k: int, include_metadata: bool) -> None:
         self.served = served
         self.k = k
+        self.user_id = ""  # the raw user id (what the event store is keyed by)
+        self.exclude_seen = True
+        self.events = 0  # tracked items the answer starts from (events.py)
         self.fetch = k  # items retrieval returns: k, or a pipeline's candidates for its ranker
         self.include_metadata = include_metadata
         self.source: pb.Source = pb.SOURCE_POPULARITY
@@ -129,6 +135,7 @@ class Planner:
         history = items_to_indices(model, history_ids, "history")
         user = model.user_index.get(user_id)
         query = RecommendQuery(served, request.k, request.include_metadata)
+        query.user_id, query.exclude_seen = user_id, exclude_seen
         if user is not None:
             query.source, query.user = pb.SOURCE_MODEL, user
             if not exclude_seen:
@@ -145,6 +152,10 @@ class Planner:
                 query.rank_features = model.encode_user_features(features, model.rank_features)
         else:
             query.exclude = excluded
+            if request.user_features:  # (for the event store: tracked items make this a history query)
+                query.features = model.encode_user_features(dict(request.user_features))
+                if model.pipeline:
+                    query.rank_features = model.encode_user_features(dict(request.user_features), model.rank_features)
         if model.pipeline:
             query.fetch = self.candidates(request.candidates, request.k, model)
         return query

@@ -41,6 +41,8 @@ def _respond_into(response: pb.RecommendResponse, query: RecommendQuery) -> None
     response.model_name, response.model_version, response.source = model.name, model.version, query.source
     if query.source != pb.SOURCE_POPULARITY:
         response.retrieval = model.retrieval
+        if query.events:
+            response.stages.append("events")
         response.stages.extend(model.stages)
     else:
         response.stages.append("popularity")

@@ -19,8 +19,10 @@ import grpc
 import numpy as np
 
 from onnxrec.server.config import ServerConfig
+from onnxrec.server.events import EventStore, RecentEvents, make_store, track
 from onnxrec.server.limits import RequestLimits, invalid, shown
-from onnxrec.server.pipeline import ModelRetrieval, PopularityRetrieval, RecommendPipeline
+from onnxrec.server.metrics import ServerMetrics
+from onnxrec.server.pipeline import ModelRetrieval, PopularityRetrieval, RecommendPipeline, Stage
 from onnxrec.server.plan import Planner, items_to_indices, not_found
 from onnxrec.server.ranking import Ranking
 from onnxrec.server.registry import ModelRegistry
@@ -36,15 +38,25 @@ Handler = Callable[[Any, float | None], Awaitable[Any]]
 class RecommenderServicer:
     """Implements ``onnxrec.v1.RecommenderService`` on a :class:`ModelRegistry`."""
 
-    def __init__(self, registry: ModelRegistry, config: ServerConfig) -> None:
+    def __init__(
+        self,
+        registry: ModelRegistry,
+        config: ServerConfig,
+        metrics: ServerMetrics | None = None,
+        events: EventStore | None = None,
+    ) -> None:
         self.registry = registry
         self.config = config
+        self.metrics = metrics
         self.limits = RequestLimits(config.max_id_chars, config.max_list_items, config.max_message_bytes)
         self.planner = Planner(registry, self.limits)
         chunk = config.max_batch_size
-        self.pipeline = RecommendPipeline(
-            self.planner, self.limits, chunk, [ModelRetrieval(chunk), Ranking(chunk), PopularityRetrieval()]
+        self.events = events or make_store(
+            config.state, config.state_max_users, config.state_max_events, config.state_ttl_s
         )
+        stages: list[Stage] = [] if self.events is None else [RecentEvents(self.events, metrics)]
+        stages += [ModelRetrieval(chunk), Ranking(chunk), PopularityRetrieval()]
+        self.pipeline = RecommendPipeline(self.planner, self.limits, chunk, stages)
         self._handlers: dict[type, Handler] = {
             pb.RecommendRequest: self._recommend,
             pb.RecommendBatchRequest: self._recommend_batch,
@@ -52,6 +64,7 @@ class RecommenderServicer:
             pb.SimilarItemsRequest: self._similar,
             pb.ListModelsRequest: self._list_models,
             pb.GetModelMetadataRequest: self._metadata,
+            pb.TrackEventsRequest: self._track,
         }
 
     async def answer(self, request: Any, deadline: float | None = None) -> Any:
@@ -116,6 +129,17 @@ class RecommenderServicer:
         response = pb.SimilarItemsResponse(model_name=model.name, model_version=model.version)
         fill_items(response.items, model, top, request.k, request.include_metadata)
         return response
+
+    # -- events ------------------------------------------------------------------------------------------
+    async def _track(self, request: pb.TrackEventsRequest, deadline: float | None) -> pb.TrackEventsResponse:
+        model = self.planner.served(request.model).model
+
+        def items_known(ids: Any) -> None:
+            items_to_indices(model, ids, "events.item_id")
+
+        return await track(
+            self.events, request, items_known, self.limits.check_ids, self.metrics, self.config.max_request_items
+        )
 
     # -- models ------------------------------------------------------------------------------------------
     async def _list_models(self, request: pb.ListModelsRequest, deadline: float | None) -> pb.ListModelsResponse:

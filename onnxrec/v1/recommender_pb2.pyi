@@ -208,3 +208,31 @@ class GetModelMetadataResponse(_message.Message):
     stages: _containers.RepeatedScalarFieldContainer[str]
     candidates: int
     def __init__(self, name: _Optional[str] = ..., version: _Optional[int] = ..., model_type: _Optional[str] = ..., num_users: _Optional[int] = ..., num_items: _Optional[int] = ..., k_max: _Optional[int] = ..., history_len: _Optional[int] = ..., user_features: _Optional[_Iterable[str]] = ..., graphs: _Optional[_Iterable[str]] = ..., metrics: _Optional[_Mapping[str, float]] = ..., execution_provider: _Optional[str] = ..., stages: _Optional[_Iterable[str]] = ..., candidates: _Optional[int] = ...) -> None: ...
+
+class UserEvent(_message.Message):
+    __slots__ = ("user_id", "item_id", "event_type", "timestamp_ms")
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    ITEM_ID_FIELD_NUMBER: _ClassVar[int]
+    EVENT_TYPE_FIELD_NUMBER: _ClassVar[int]
+    TIMESTAMP_MS_FIELD_NUMBER: _ClassVar[int]
+    user_id: str
+    item_id: str
+    event_type: str
+    timestamp_ms: int
+    def __init__(self, user_id: _Optional[str] = ..., item_id: _Optional[str] = ..., event_type: _Optional[str] = ..., timestamp_ms: _Optional[int] = ...) -> None: ...
+
+class TrackEventsRequest(_message.Message):
+    __slots__ = ("model", "events")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    EVENTS_FIELD_NUMBER: _ClassVar[int]
+    model: ModelRef
+    events: _containers.RepeatedCompositeFieldContainer[UserEvent]
+    def __init__(self, model: _Optional[_Union[ModelRef, _Mapping]] = ..., events: _Optional[_Iterable[_Union[UserEvent, _Mapping]]] = ...) -> None: ...
+
+class TrackEventsResponse(_message.Message):
+    __slots__ = ("accepted", "users")
+    ACCEPTED_FIELD_NUMBER: _ClassVar[int]
+    USERS_FIELD_NUMBER: _ClassVar[int]
+    accepted: int
+    users: int
+    def __init__(self, accepted: _Optional[int] = ..., users: _Optional[int] = ...) -> None: ...

@@ -65,6 +65,11 @@ class RecommenderServiceStub:
                 request_serializer=onnxrec_dot_v1_dot_recommender__pb2.GetModelMetadataRequest.SerializeToString,
                 response_deserializer=onnxrec_dot_v1_dot_recommender__pb2.GetModelMetadataResponse.FromString,
                 _registered_method=True)
+        self.TrackEvents = channel.unary_unary(
+                '/onnxrec.v1.RecommenderService/TrackEvents',
+                request_serializer=onnxrec_dot_v1_dot_recommender__pb2.TrackEventsRequest.SerializeToString,
+                response_deserializer=onnxrec_dot_v1_dot_recommender__pb2.TrackEventsResponse.FromString,
+                _registered_method=True)
 
 
 class RecommenderServiceServicer:
@@ -113,6 +118,13 @@ class RecommenderServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def TrackEvents(self, request, context):
+        """Record what users just did; their next Recommend starts from these items (no retraining).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RecommenderServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -145,6 +157,11 @@ def add_RecommenderServiceServicer_to_server(servicer, server):
                     servicer.GetModelMetadata,
                     request_deserializer=onnxrec_dot_v1_dot_recommender__pb2.GetModelMetadataRequest.FromString,
                     response_serializer=onnxrec_dot_v1_dot_recommender__pb2.GetModelMetadataResponse.SerializeToString,
+            ),
+            'TrackEvents': grpc.unary_unary_rpc_method_handler(
+                    servicer.TrackEvents,
+                    request_deserializer=onnxrec_dot_v1_dot_recommender__pb2.TrackEventsRequest.FromString,
+                    response_serializer=onnxrec_dot_v1_dot_recommender__pb2.TrackEventsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -310,6 +327,33 @@ class RecommenderService:
             '/onnxrec.v1.RecommenderService/GetModelMetadata',
             onnxrec_dot_v1_dot_recommender__pb2.GetModelMetadataRequest.SerializeToString,
             onnxrec_dot_v1_dot_recommender__pb2.GetModelMetadataResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def TrackEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/onnxrec.v1.RecommenderService/TrackEvents',
+            onnxrec_dot_v1_dot_recommender__pb2.TrackEventsRequest.SerializeToString,
+            onnxrec_dot_v1_dot_recommender__pb2.TrackEventsResponse.FromString,
             options,
             channel_credentials,
             insecure,
