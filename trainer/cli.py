@@ -154,9 +154,12 @@ def train_command(config_file: Path | None, **options: Any) -> None:
         return  # under torchrun, rank 0 reports
     summary = json.loads((run / "eval.json").read_text())
     t = summary["test"]
+    negatives = summary.get("negatives", {})
+    pipeline = f"{negatives.get('run')} top-{negatives.get('candidates')} -> {summary['model_type']}"
+    scored = f" (pipeline {pipeline})" if summary.get("evaluated_as") == "pipeline" else ""
     click.echo(
         f"wrote {run} ({summary['model_type']}, best epoch {summary['best_epoch']}, "
-        f"{summary['train_seconds']:.1f} s); test sampled HR@10 {t['sampled'].get('hr@10', 0):.4f} "
+        f"{summary['train_seconds']:.1f} s); test{scored} sampled HR@10 {t['sampled'].get('hr@10', 0):.4f} "
         f"NDCG@10 {t['sampled'].get('ndcg@10', 0):.4f}; full HR@10 {t['full'].get('hr@10', 0):.4f} "
         f"NDCG@10 {t['full'].get('ndcg@10', 0):.4f}"
     )

@@ -42,6 +42,15 @@ class TrainConfig:
     weight_decay: float = setting(0.0, "weight decay (L2) of the optimizer")
     optimizer: str = setting("adamw", "adam | adamw")
     num_negatives: int = setting(4, "sampled negatives per positive (bce, bpr, sampled softmax)")
+    candidates_from: str | None = setting(
+        None,
+        "a retrieval run on the same data: negatives also come from its top --candidates items per user that the "
+        "user did not train on (hard negatives), and each epoch validates the pipeline retrieval -> this model",
+    )
+    candidates: int = setting(200, "with --candidates-from: how many of the retrieval run's best items per user")
+    hard_negatives: float = setting(
+        0.5, "with --candidates-from: the share of negatives drawn from the candidates (the rest from the catalog)"
+    )
     max_softmax_items: int = setting(200_000, "full softmax up to this many items, sampled softmax above")
     temperature: float = setting(1.0, "softmax temperature")
     seed: int = setting(0, "random seed of initialisation, sampling and data order")

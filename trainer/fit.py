@@ -26,9 +26,10 @@ from onnxrec.errors import TrainingError
 from onnxrec.trainer.config import TrainConfig
 from onnxrec.trainer.data.dataset import Dataset
 from onnxrec.trainer.determinism import epoch_seeds
-from onnxrec.trainer.evaluate import evaluate
+from onnxrec.trainer.evaluate import Scorer, evaluate
 from onnxrec.trainer.history import UserSequences, known_sequences, training_histories
 from onnxrec.trainer.models.base import Recommender
+from onnxrec.trainer.negatives import NegativeSampler
 from onnxrec.trainer.plan import choose_softmax, long_epoch_warning
 from onnxrec.trainer.progress import Progress
 
@@ -183,11 +184,15 @@ def fit(
     start_epoch: int = 0,
     optimizer_state: dict[str, Any] | None = None,
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
+    negatives: NegativeSampler | None = None,
+    scorer: Scorer | None = None,
 ) -> tuple[FitResult, torch.optim.Optimizer]:
     """Train ``model`` on ``ds``'s training split; keep the weights with the best validation score.
 
     Each epoch's data order, negatives and dropout come from ``(cfg.seed, epoch)`` (see
-    :mod:`onnxrec.trainer.determinism`)."""
+    :mod:`onnxrec.trainer.determinism`). ``negatives`` draws the sampled losses' negatives (default:
+    uniformly over the catalog; with hard ones, a softmax loss is the sampled one over them);
+    ``scorer`` is what each epoch validates (default: the model alone)."""
     distributed = dist.is_available() and dist.is_initialized()
     rank = dist.get_rank() if distributed else 0
     world = dist.get_world_size() if distributed else 1
@@ -196,10 +201,13 @@ def fit(
     # each rank takes an equal share of the global batch, so N processes take the same steps as one
     batch = max(1, -(-cfg.batch_size // world))
     plan = choose_softmax(model.num_items, batch, cfg.max_softmax_items)
+    negatives = negatives or NegativeSampler(ds.num_items)
+    full = plan.full and negatives.pool is None
     if loss == "softmax" and rank == 0:
         pairs = "sampled softmax (the model scores pairs, not a catalog)"
-        log.info("loss: %s", plan.reason if model.factorized else pairs)
-    step: nn.Module = TrainingStep(model, loss, cfg.temperature, plan.full)
+        hard = "sampled softmax over the positive and its negatives (hard negatives from retrieval candidates)"
+        log.info("loss: %s", hard if negatives.pool is not None else plan.reason if model.factorized else pairs)
+    step: nn.Module = TrainingStep(model, loss, cfg.temperature, full)
     if distributed:
         step = nn.parallel.DistributedDataParallel(step, find_unused_parameters=True)
     opt = _optimizer(cfg, step.parameters())
@@ -208,8 +216,9 @@ def fit(
     seq = UserSequences.from_parts([ds.splits.train], ds.num_users)
     if len(seq.items) == 0:
         raise TrainingError("the training split is empty")
-    epoch_data = _EpochData(seq, np.repeat(np.arange(ds.num_users), np.diff(seq.indptr)), batch, rank, world)
-    scorer = ModelScorer(model, ds, device)
+    owners = np.repeat(np.arange(ds.num_users), np.diff(seq.indptr))
+    epoch_data = _EpochData(seq, owners, batch, rank, world, negatives)
+    scorer = scorer or ModelScorer(model, ds, device)
     result = FitResult(best_state={}, best_epoch=-1, best_score=-math.inf)
     bad_epochs = 0
     for epoch in range(start_epoch, cfg.epochs):
@@ -247,13 +256,15 @@ def fit(
 
 @dataclass(frozen=True)
 class _EpochData:
-    """What every epoch reads: the training sequences, each position's user, the per-rank batch."""
+    """What every epoch reads: the training sequences, each position's user, the per-rank batch and the
+    negatives' sampler."""
 
     seq: UserSequences
     owners: np.ndarray
     batch: int
     rank: int
     world: int
+    negatives: NegativeSampler
 
 
 def _train_epoch(
@@ -284,7 +295,7 @@ def _train_epoch(
             hist = training_histories(seq, history_len, pos) if history_len else None
             users = torch.from_numpy(users_np).to(device)
             items = torch.from_numpy(seq.items[pos]).to(device)
-            negs = torch.from_numpy(gen.integers(0, ds.num_items, size=(len(pos), cfg.num_negatives))).to(device)
+            negs = torch.from_numpy(data.negatives.draw(gen, users_np, cfg.num_negatives)).to(device)
             inputs = user_inputs(model, ds, users_np, hist, device)
             loss_value = step(users, items, negs, inputs)
             if not torch.isfinite(loss_value):

@@ -28,6 +28,8 @@ def validate_options(cfg: TrainConfig) -> None:
         (cfg.dim >= 1, "dim must be at least 1"),
         (0 < cfg.lr <= 10, "lr must be in (0, 10]"),
         (cfg.num_negatives >= 1, "num_negatives must be at least 1"),
+        (cfg.candidates >= 1, "candidates must be at least 1"),
+        (0 <= cfg.hard_negatives <= 1, "hard_negatives must be in [0, 1]"),
         (cfg.eval_negatives >= 1, "eval_negatives must be at least 1"),
         (cfg.patience >= 1, "patience must be at least 1"),
         (cfg.history_len >= 0, "history_len must be 0 or more"),
@@ -47,12 +49,14 @@ def validate_options(cfg: TrainConfig) -> None:
 
 def preflight(cfg: TrainConfig) -> None:
     """Every check of ``cfg`` that needs neither torch nor reading the data: option values, that
-    ``--out`` is free, that ``--resume`` and ``--data`` exist, and that column options are only
-    given for a CSV/TSV/Parquet log."""
+    ``--out`` is free, that ``--resume``, ``--candidates-from`` and ``--data`` exist, and that column
+    options are only given for a CSV/TSV/Parquet log."""
     validate_options(cfg)
     out = Path(cfg.out)
     if out.exists() and not cfg.overwrite:
         raise TrainingError(f"{out} already exists (use --overwrite or another --out)")
     if cfg.resume and not Path(cfg.resume).is_dir():
         raise TrainingError(f"--resume {cfg.resume}: no such run directory")
+    if cfg.candidates_from and not Path(cfg.candidates_from).is_dir():
+        raise TrainingError(f"--candidates-from {cfg.candidates_from}: no such run directory")
     check_source(cfg.data, columns_given=columns_given(cfg))

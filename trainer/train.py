@@ -2,9 +2,10 @@
 
 A run directory holds ``checkpoint.pt`` (see :mod:`onnxrec.trainer.checkpoint`), ``config.toml``
 (every option as used), ``metrics.jsonl`` (one line per epoch), ``eval.json`` (validation and
-test metrics in both views) and, when the data was not a prepared dataset, ``dataset/`` (the
-prepared dataset, so the run is self-contained for the exporter). It is written under a temporary
-name and renamed when complete.
+test metrics in both views: the pipeline's for a model trained on a retrieval run's candidates, see
+:func:`final_metrics`; and ``negatives``, where its training negatives came from) and, when the data
+was not a prepared dataset, ``dataset/`` (the prepared dataset, so the run is self-contained for the
+exporter). It is written under a temporary name and renamed when complete.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import torch.distributed as dist
 from onnxrec import __version__
 from onnxrec.atomic import atomic_dir
 from onnxrec.errors import TrainingError
+from onnxrec.trainer.candidates import load_pool
 from onnxrec.trainer.checkpoint import CHECKPOINT_FILE, FORMAT, load_checkpoint, save_checkpoint
 from onnxrec.trainer.config import TrainConfig
 from onnxrec.trainer.data.columns import ColumnMapping
@@ -34,7 +36,10 @@ from onnxrec.trainer.determinism import reproducible
 from onnxrec.trainer.evaluate import evaluate
 from onnxrec.trainer.factory import model_config, resolve_model
 from onnxrec.trainer.fit import FitResult, ModelScorer, fit
+from onnxrec.trainer.models.base import Recommender
 from onnxrec.trainer.models.registry import build_model, config_to_dict
+from onnxrec.trainer.negatives import NegativeSampler
+from onnxrec.trainer.pipeline_eval import PipelineScorer, evaluate_pipeline
 from onnxrec.trainer.plan import check_model_memory
 from onnxrec.trainer.preflight import preflight
 
@@ -99,6 +104,16 @@ def _train(cfg: TrainConfig, out: Path, threads: int) -> Path:
     model.set_item_features({k: torch.from_numpy(v) for k, v in ds.item_features.items()})
     if resume is not None:
         model.load_state_dict(resume["state_dict"])
+    pool = load_pool(Path(cfg.candidates_from), ds, cfg.candidates, cfg.device) if cfg.candidates_from else None
+    negatives = NegativeSampler(ds.num_items, pool, cfg.hard_negatives)
+    if pool is not None and rank == 0:
+        log.info(
+            "negatives: %.0f%% from %s's top %d per user, the rest uniform",
+            100 * cfg.hard_negatives,
+            cfg.candidates_from,
+            cfg.candidates,
+        )
+    pipeline = PipelineScorer(pool.retrieval, model, ds, cfg.candidates, cfg.device) if pool else None
     epochs_log: list[dict[str, Any]] = []
 
     def on_epoch(record: dict[str, Any]) -> None:
@@ -124,19 +139,30 @@ def _train(cfg: TrainConfig, out: Path, threads: int) -> Path:
         start_epoch=int(resume["epoch"]) if resume else 0,
         optimizer_state=resume.get("optimizer") if resume else None,
         on_epoch=on_epoch,
+        negatives=negatives,
+        scorer=pipeline,
     )
     wall = time.perf_counter() - t0
     if rank != 0:
         return Path(cfg.out)
     if not result.best_state:
         raise TrainingError("no epoch was trained (is --epochs above the resumed checkpoint's epoch?)")
-    scorer = ModelScorer(model, ds, cfg.device)
-    metrics: dict[str, Any] = {
-        "valid": evaluate(scorer, ds, "valid", ks=cfg.eval_ks),
-        "test": evaluate(scorer, ds, "test", ks=cfg.eval_ks),
-    }
+    metrics = final_metrics(model, ds, cfg, pipeline)
+    metrics["negatives"] = negatives.describe()
     metrics["threads"] = threads
     return _write_run(cfg, ds, data_dir, model_type, mcfg_dict, loss, model.state_dict(), opt, result, metrics, wall)
+
+
+def final_metrics(model: Recommender, ds: Dataset, cfg: TrainConfig, pipeline: PipelineScorer | None) -> dict[str, Any]:
+    """The trained model's validation and test metrics; for a model trained on a retrieval run's
+    candidates, those of the pipeline (with the retrieval stage's recall), and the model's own under
+    ``standalone``. ``evaluated_as`` says which."""
+    scorer = ModelScorer(model, ds, cfg.device)
+    own = {stage: evaluate(scorer, ds, stage, ks=cfg.eval_ks) for stage in ("valid", "test")}
+    if pipeline is None:
+        return {**own, "evaluated_as": "model"}
+    piped = {stage: evaluate_pipeline(pipeline, ds, stage, ks=cfg.eval_ks) for stage in ("valid", "test")}
+    return {**piped, "evaluated_as": "pipeline", "standalone": own}
 
 
 def _write_run(
