@@ -67,13 +67,15 @@ class Recommender(nn.Module):
 
     @property
     def user_feature_names(self) -> tuple[str, ...]:
-        """The user side features the model reads, each as ``inputs["user_<name>"]`` [B] (encoded)."""
-        return ()
+        """The user side features the model reads, each as ``inputs["user_<name>"]`` [B] (encoded): those
+        of its config's ``user_features`` (:class:`~onnxrec.trainer.models.config.FeatureInput`), if any."""
+        return tuple(f.name for f in getattr(self.cfg, "user_features", ()))
 
     @property
     def item_feature_names(self) -> tuple[str, ...]:
-        """The item side features the model carries (see :meth:`set_item_features`)."""
-        return ()
+        """The item side features the model carries (see :meth:`set_item_features`): those of its config's
+        ``item_features``, if any."""
+        return tuple(f.name for f in getattr(self.cfg, "item_features", ()))
 
     def set_item_features(self, features: Mapping[str, torch.Tensor]) -> None:
         """Give the model the encoded item features it reads (row = item index; features it does not

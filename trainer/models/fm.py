@@ -84,14 +84,6 @@ class FM(FactorizedRecommender):
         super().__init__(cfg)
         self.fields = _Fields(cfg)
 
-    @property
-    def user_feature_names(self) -> tuple[str, ...]:
-        return tuple(f.name for f in self.cfg.user_features)
-
-    @property
-    def item_feature_names(self) -> tuple[str, ...]:
-        return tuple(f.name for f in self.cfg.item_features)
-
     def _item_terms(self, items: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         if items is None:
             items = torch.arange(self.cfg.num_items, device=self.fields.bias.device)
@@ -180,14 +172,6 @@ class DeepFM(Recommender):
         self.deep = nn.Sequential(
             *mlp_stack([width, *cfg.layers], cfg.dropout), nn.Linear(cfg.layers[-1] if cfg.layers else width, 1)
         )
-
-    @property
-    def user_feature_names(self) -> tuple[str, ...]:
-        return tuple(f.name for f in self.cfg.user_features)
-
-    @property
-    def item_feature_names(self) -> tuple[str, ...]:
-        return tuple(f.name for f in self.cfg.item_features)
 
     def user_tables(self) -> list[nn.Embedding]:
         return self.fields.user.tables()

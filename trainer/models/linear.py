@@ -46,14 +46,6 @@ class Linear(FactorizedRecommender):
         self.item = FieldSide(cfg.num_items, cfg.item_features, 0)
         self.bias = nn.Parameter(torch.zeros(1))
 
-    @property
-    def user_feature_names(self) -> tuple[str, ...]:
-        return tuple(f.name for f in self.cfg.user_features)
-
-    @property
-    def item_feature_names(self) -> tuple[str, ...]:
-        return tuple(f.name for f in self.cfg.item_features)
-
     def _all(self, items: torch.Tensor | None) -> torch.Tensor:
         return torch.arange(self.cfg.num_items, device=self.bias.device) if items is None else items
 

@@ -118,14 +118,6 @@ class TwoTower(FactorizedRecommender):
     def history_len(self) -> int:
         return self.cfg.history_len
 
-    @property
-    def user_feature_names(self) -> tuple[str, ...]:
-        return tuple(f.name for f in self.cfg.user_features)
-
-    @property
-    def item_feature_names(self) -> tuple[str, ...]:
-        return tuple(f.name for f in self.cfg.item_features)
-
     def _ids(self, idx: torch.Tensor, n: int) -> torch.Tensor:
         """Index + 1, with 0 for out-of-range (unknown) ids and, in training, for dropped ids."""
         ids = torch.where((idx >= 0) & (idx < n), idx + 1, torch.zeros_like(idx))
