@@ -27,7 +27,7 @@ class ModelRef(_message.Message):
     def __init__(self, name: _Optional[str] = ..., version: _Optional[int] = ...) -> None: ...
 
 class ScoredItem(_message.Message):
-    __slots__ = ("item_id", "score", "metadata")
+    __slots__ = ("item_id", "score", "metadata", "reasons")
     class MetadataEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -38,13 +38,23 @@ class ScoredItem(_message.Message):
     ITEM_ID_FIELD_NUMBER: _ClassVar[int]
     SCORE_FIELD_NUMBER: _ClassVar[int]
     METADATA_FIELD_NUMBER: _ClassVar[int]
+    REASONS_FIELD_NUMBER: _ClassVar[int]
     item_id: str
     score: float
     metadata: _containers.ScalarMap[str, str]
-    def __init__(self, item_id: _Optional[str] = ..., score: _Optional[float] = ..., metadata: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    reasons: _containers.RepeatedCompositeFieldContainer[Reason]
+    def __init__(self, item_id: _Optional[str] = ..., score: _Optional[float] = ..., metadata: _Optional[_Mapping[str, str]] = ..., reasons: _Optional[_Iterable[_Union[Reason, _Mapping]]] = ...) -> None: ...
+
+class Reason(_message.Message):
+    __slots__ = ("item_id", "contribution")
+    ITEM_ID_FIELD_NUMBER: _ClassVar[int]
+    CONTRIBUTION_FIELD_NUMBER: _ClassVar[int]
+    item_id: str
+    contribution: float
+    def __init__(self, item_id: _Optional[str] = ..., contribution: _Optional[float] = ...) -> None: ...
 
 class RecommendRequest(_message.Message):
-    __slots__ = ("model", "user_id", "k", "history", "exclude_item_ids", "exclude_seen", "include_metadata", "user_features", "candidates")
+    __slots__ = ("model", "user_id", "k", "history", "exclude_item_ids", "exclude_seen", "include_metadata", "user_features", "candidates", "explain")
     class UserFeaturesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -61,6 +71,7 @@ class RecommendRequest(_message.Message):
     INCLUDE_METADATA_FIELD_NUMBER: _ClassVar[int]
     USER_FEATURES_FIELD_NUMBER: _ClassVar[int]
     CANDIDATES_FIELD_NUMBER: _ClassVar[int]
+    EXPLAIN_FIELD_NUMBER: _ClassVar[int]
     model: ModelRef
     user_id: str
     k: int
@@ -70,7 +81,8 @@ class RecommendRequest(_message.Message):
     include_metadata: bool
     user_features: _containers.ScalarMap[str, str]
     candidates: int
-    def __init__(self, model: _Optional[_Union[ModelRef, _Mapping]] = ..., user_id: _Optional[str] = ..., k: _Optional[int] = ..., history: _Optional[_Iterable[str]] = ..., exclude_item_ids: _Optional[_Iterable[str]] = ..., exclude_seen: _Optional[bool] = ..., include_metadata: _Optional[bool] = ..., user_features: _Optional[_Mapping[str, str]] = ..., candidates: _Optional[int] = ...) -> None: ...
+    explain: bool
+    def __init__(self, model: _Optional[_Union[ModelRef, _Mapping]] = ..., user_id: _Optional[str] = ..., k: _Optional[int] = ..., history: _Optional[_Iterable[str]] = ..., exclude_item_ids: _Optional[_Iterable[str]] = ..., exclude_seen: _Optional[bool] = ..., include_metadata: _Optional[bool] = ..., user_features: _Optional[_Mapping[str, str]] = ..., candidates: _Optional[int] = ..., explain: _Optional[bool] = ...) -> None: ...
 
 class RecommendResponse(_message.Message):
     __slots__ = ("items", "model_name", "model_version", "source", "retrieval", "stages")
@@ -236,3 +248,19 @@ class TrackEventsResponse(_message.Message):
     accepted: int
     users: int
     def __init__(self, accepted: _Optional[int] = ..., users: _Optional[int] = ...) -> None: ...
+
+class ForgetUserRequest(_message.Message):
+    __slots__ = ("model", "user_id")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    user_id: str
+    def __init__(self, model: _Optional[str] = ..., user_id: _Optional[str] = ...) -> None: ...
+
+class ForgetUserResponse(_message.Message):
+    __slots__ = ("version", "events_removed")
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    EVENTS_REMOVED_FIELD_NUMBER: _ClassVar[int]
+    version: int
+    events_removed: bool
+    def __init__(self, version: _Optional[int] = ..., events_removed: _Optional[bool] = ...) -> None: ...

@@ -70,6 +70,11 @@ class RecommenderServiceStub:
                 request_serializer=onnxrec_dot_v1_dot_recommender__pb2.TrackEventsRequest.SerializeToString,
                 response_deserializer=onnxrec_dot_v1_dot_recommender__pb2.TrackEventsResponse.FromString,
                 _registered_method=True)
+        self.ForgetUser = channel.unary_unary(
+                '/onnxrec.v1.RecommenderService/ForgetUser',
+                request_serializer=onnxrec_dot_v1_dot_recommender__pb2.ForgetUserRequest.SerializeToString,
+                response_deserializer=onnxrec_dot_v1_dot_recommender__pb2.ForgetUserResponse.FromString,
+                _registered_method=True)
 
 
 class RecommenderServiceServicer:
@@ -125,6 +130,14 @@ class RecommenderServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ForgetUser(self, request, context):
+        """Erase a user (admin; needs a token when the server has tokens): a new model version without them,
+        and their events dropped.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RecommenderServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -162,6 +175,11 @@ def add_RecommenderServiceServicer_to_server(servicer, server):
                     servicer.TrackEvents,
                     request_deserializer=onnxrec_dot_v1_dot_recommender__pb2.TrackEventsRequest.FromString,
                     response_serializer=onnxrec_dot_v1_dot_recommender__pb2.TrackEventsResponse.SerializeToString,
+            ),
+            'ForgetUser': grpc.unary_unary_rpc_method_handler(
+                    servicer.ForgetUser,
+                    request_deserializer=onnxrec_dot_v1_dot_recommender__pb2.ForgetUserRequest.FromString,
+                    response_serializer=onnxrec_dot_v1_dot_recommender__pb2.ForgetUserResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -354,6 +372,33 @@ class RecommenderService:
             '/onnxrec.v1.RecommenderService/TrackEvents',
             onnxrec_dot_v1_dot_recommender__pb2.TrackEventsRequest.SerializeToString,
             onnxrec_dot_v1_dot_recommender__pb2.TrackEventsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ForgetUser(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/onnxrec.v1.RecommenderService/ForgetUser',
+            onnxrec_dot_v1_dot_recommender__pb2.ForgetUserRequest.SerializeToString,
+            onnxrec_dot_v1_dot_recommender__pb2.ForgetUserResponse.FromString,
             options,
             channel_credentials,
             insecure,
