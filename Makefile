@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 TORCH_VERSION ?= 2.13.0
 DEMO_DIR ?= demo-out
 
-.PHONY: setup demo test test-quick lint typecheck unit clean proto proto-check proto-lint clients
+.PHONY: setup demo test test-quick lint typecheck unit clean proto proto-check proto-lint clients redis
 
 $(BIN)/onnxrec: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -37,6 +37,10 @@ clients: proto
 	clients/java/build.sh
 	clients/go/build.sh
 
+# redis-server (Debian's package) for the Redis event-store tests, which start their own on a free port.
+redis:
+	scripts/ci/install_redis.sh
+
 # The client-only distribution onnxrec-client (grpcio + protobuf, no torch): wheel and sdist into dist/
 # (packaging/onnxrec-client). Install it or onnxrec, never both: onnxrec already contains the client.
 .PHONY: client-dist
@@ -58,7 +62,7 @@ typecheck: setup
 # machine: 10 minutes against 18 for one worker, with another job running.
 PYTEST := $(BIN)/python -m pytest -n auto --dist loadfile --durations=15
 
-unit: setup clients
+unit: setup clients redis
 	$(PYTEST)
 
 # Everything: lint, types, the other languages' toolchains and examples, every test (what CI runs).
