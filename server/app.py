@@ -203,9 +203,8 @@ class OnnxrecServer:
         )
         self.budget = AnswerBudget(config.max_unread_bytes_per_connection, config.max_unread_bytes)
         self.gate = ShutdownGate()
-        add_servicer(
-            RecommenderServicer(self.registry, config, self.metrics), self.server, self.metrics, self.budget, self.gate
-        )
+        self.servicer = RecommenderServicer(self.registry, config, self.metrics)
+        add_servicer(self.servicer, self.server, self.metrics, self.budget, self.gate)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server)
         self.port = 0
@@ -308,6 +307,9 @@ class OnnxrecServer:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await self.registry.close()
+        close_store = getattr(self.servicer.events, "aclose", None)  # a store with connections (Redis)
+        if close_store is not None:
+            await close_store()
 
     async def wait_for_termination(self) -> None:
         """Until the server stops."""

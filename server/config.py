@@ -75,8 +75,14 @@ class ServerConfig:
     )
     auth_tokens_file: str | None = setting(None, "file of accepted bearer tokens, one per line")
     auth_tokens_env: str | None = setting(None, "name of an environment variable holding comma-separated bearer tokens")
-    state: str = setting("memory", "where users' tracked events live: memory (in this process, bounded) | off")
-    state_max_users: int = setting(100_000, "most users the in-memory event store holds (least recently used evicted)")
+    state: str = setting(
+        "memory",
+        "where users' tracked events live: memory (in this process, bounded) | off | redis://HOST:PORT/DB "
+        "(shared by replicas; Redis bounds its memory, the TTL applies)",
+    )
+    state_max_users: int = setting(
+        100_000, "most users the in-memory event store holds (least recently used evicted; not Redis)"
+    )
     state_max_events: int = setting(50, "most recent items the event store keeps per user")
     state_ttl_s: float = setting(86_400.0, "a user's tracked items expire this long after their last event")
     max_id_chars: int = setting(256, "longest user id, item id or user feature a request may carry (characters)")
@@ -106,7 +112,10 @@ class ServerConfig:
             (self.max_unread_bytes >= 0, "max_unread_bytes must be 0 or more"),
             (self.max_unread_bytes_per_connection >= 0, "max_unread_bytes_per_connection must be 0 or more"),
             (self.max_connection_age_s >= 0, "max_connection_age_s must be 0 or more"),
-            (self.state in ("memory", "off"), f"state must be memory or off, not {self.state!r}"),
+            (
+                self.state in ("memory", "off") or self.state.startswith("redis://"),
+                f"state must be memory, off or redis://HOST:PORT/DB, not {self.state!r}",
+            ),
             (
                 self.state_max_users >= 1 and self.state_max_events >= 1,
                 "state_max_users and state_max_events must be at least 1",
@@ -116,6 +125,13 @@ class ServerConfig:
         for ok, message in checks:
             if not ok:
                 raise ConfigError(message)
+        if self.state.startswith("redis://"):
+            from onnxrec.server.events_redis import parse_redis_url
+
+            try:
+                parse_redis_url(self.state)
+            except ValueError as exc:
+                raise ConfigError(str(exc)) from None
         for path in (self.tls_cert, self.tls_key, self.tls_client_ca, self.auth_tokens_file):
             if path is not None and not Path(path).is_file():
                 raise ConfigError(f"{path}: no such file")

@@ -165,9 +165,14 @@ def _start_from(q: RecommendQuery, recent: list[str]) -> None:
 
 
 def make_store(state: str, max_users: int, max_events: int, ttl_s: float) -> EventStore | None:
-    """The store ``--state`` names (None: ``off``)."""
+    """The store ``--state`` names (None: ``off``; ``redis://HOST:PORT/DB``: shared by replicas, no user
+    limit: :mod:`onnxrec.server.events_redis`)."""
     if state == "off":
         return None
+    if state.startswith("redis://"):
+        from onnxrec.server.events_redis import RedisEventStore  # imports redis only when it is used
+
+        return RedisEventStore(state, max_events, ttl_s)
     return MemoryEventStore(max_users, max_events, ttl_s)
 
 
