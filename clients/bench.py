@@ -54,7 +54,7 @@ def load_user_ids(path: Path) -> tuple[str, ...]:
     if path.suffix == ".parquet":
         import pyarrow.parquet as pq
 
-        ids = tuple(str(u) for u in pq.read_table(path, columns=["user_id"])["user_id"].to_pylist())
+        ids = tuple(str(u) for u in pq.read_table(path, columns=["user_id"])["user_id"].to_pylist() if u is not None)
     else:
         ids = tuple(line.strip() for line in path.read_text().splitlines() if line.strip())
     if not ids:

@@ -169,3 +169,22 @@ def inspect_command(version_dir: Path, as_json: bool) -> None:
 
     manifest = inspect_version(version_dir)
     click.echo(json.dumps(manifest, indent=2) if as_json else format_manifest(manifest))
+
+
+@click.command("forget")
+@click.option("--repository", required=True, type=click.Path(path_type=Path), help="Model repository directory.")
+@click.option("--name", required=True, help="Model name in the repository.")
+@click.option("--user", "user_id", required=True, help="Raw user id to erase.")
+def forget_command(repository: Path, name: str, user_id: str) -> None:
+    """Erase a user: a new version of NAME without them, and a line in the repository's deletion ledger
+    that data prepare and train honour."""
+    from onnxrec.exporter.forget import LEDGER, forget
+
+    done = forget(repository, name, user_id)
+    if done.version_dir is None:
+        click.echo(f"the latest version of {name} does not know user {user_id}; recorded in {repository / LEDGER}")
+    else:
+        click.echo(
+            f"wrote {done.version_dir} without user {user_id} ({done.rows_zeroed} graph tables cleared); "
+            f"recorded in {repository / LEDGER}"
+        )

@@ -26,6 +26,7 @@ COMMANDS = {
     "evaluate": "onnxrec.trainer.cli:evaluate_command",
     "export": "onnxrec.exporter.cli:export_command",
     "inspect": "onnxrec.exporter.cli:inspect_command",
+    "forget": "onnxrec.exporter.cli:forget_command",
     "serve": "onnxrec.server.cli:serve_command",
     "recommend": "onnxrec.clients.cli:recommend_command",
     "score": "onnxrec.clients.cli:score_command",

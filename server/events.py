@@ -34,6 +34,7 @@ from onnxrec.v1 import recommender_pb2 as pb
 __all__ = ["EventStore", "MemoryEventStore", "RecentEvents", "StoreStats", "make_store", "track"]
 
 log = logging.getLogger("onnxrec.server")
+LOG_EVERY_S = 10.0  # a failing store is logged at most once per this many seconds
 
 
 @dataclass
@@ -126,6 +127,21 @@ class RecentEvents:
     def __init__(self, store: EventStore, metrics: ServerMetrics | None = None) -> None:
         self.store = store
         self.metrics = metrics
+        self._logged_at = float("-inf")  # the last failure logged (at most one line per LOG_EVERY_S)
+        self._unlogged = 0
+
+    def _failed(self, exc: Exception) -> None:
+        """Count a failed lookup; log one line per :data:`LOG_EVERY_S` at most (a store that is down
+        fails every Recommend, and a line each would flood the log)."""
+        if self.metrics is not None:
+            self.metrics.store_errors.inc()
+        now = time.monotonic()
+        if now - self._logged_at < LOG_EVERY_S:
+            self._unlogged += 1
+            return
+        more = f" ({self._unlogged} more since the last line)" if self._unlogged else ""
+        log.warning("event store lookup failed (%s); answering from the exported state%s", exc, more)
+        self._logged_at, self._unlogged = now, 0
 
     async def __call__(self, queries: list[RecommendQuery], deadline: float | None) -> None:
         for q in queries:
@@ -133,9 +149,7 @@ class RecentEvents:
             try:
                 recent = await self.store.recent(q.user_id)
             except Exception as exc:  # a remote store that is down: answer from the exported state
-                log.warning("event store lookup failed (%s); answering from the exported state", exc)
-                if self.metrics is not None:
-                    self.metrics.store_errors.inc()
+                self._failed(exc)
                 continue
             if self.metrics is not None:
                 self.metrics.store_seconds.observe(time.perf_counter() - t0)

@@ -99,7 +99,7 @@ class LoadedModel:
         self.user_ids = np.asarray(users["user_id"].to_pylist(), dtype=object)
         self.item_id_text: list[str] = [str(v) for v in self.item_ids]  # what responses carry
         self.item_index = {text: i for i, text in enumerate(self.item_id_text)}
-        self.user_index = {str(v): i for i, v in enumerate(self.user_ids)}
+        self.user_index = {str(v): i for i, v in enumerate(self.user_ids) if v is not None}  # (None: forgotten)
 
     def _load_metadata(self, items: pa.Table) -> None:
         """Item metadata as strings, and the mean encoded size of an answered item without and with it

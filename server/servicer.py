@@ -20,6 +20,7 @@ import numpy as np
 
 from onnxrec.server.config import ServerConfig
 from onnxrec.server.events import EventStore, RecentEvents, make_store, track
+from onnxrec.server.forget import Eraser
 from onnxrec.server.limits import RequestLimits, invalid, shown
 from onnxrec.server.metrics import ServerMetrics
 from onnxrec.server.pipeline import ModelRetrieval, PopularityRetrieval, RecommendPipeline, Stage
@@ -65,6 +66,7 @@ class RecommenderServicer:
             pb.ListModelsRequest: self._list_models,
             pb.GetModelMetadataRequest: self._metadata,
             pb.TrackEventsRequest: self._track,
+            pb.ForgetUserRequest: Eraser(registry, config, self.limits, self.events),
         }
 
     async def answer(self, request: Any, deadline: float | None = None) -> Any:

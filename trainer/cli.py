@@ -57,6 +57,12 @@ def _column_option(name: str, found_as: str, what: str | None = None) -> Callabl
     "--sep", default=None, help="Generic CSV logs: the separator, one character or 'tab' (default: detected)."
 )
 @click.option("--overwrite", is_flag=True, help="Replace an existing dataset directory.")
+@click.option(
+    "--deletions",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="A deletion ledger (REPOSITORY/deletions.jsonl, written by onnxrec forget): drop those users.",
+)
 def prepare_command(
     source: str,
     out: Path,
@@ -74,8 +80,10 @@ def prepare_command(
     item_features: str | None,
     sep: str | None,
     overwrite: bool,
+    deletions: Path | None,
 ) -> None:
     """Preprocess and split SOURCE (a MovieLens folder, a CSV/Parquet log or 'synthetic')."""
+    from onnxrec.trainer.data.erasure import read_ledger
     from onnxrec.trainer.data.prepare import prepare
     from onnxrec.trainer.data.preprocess import PreprocessSpec
     from onnxrec.trainer.data.readers import ColumnMapping
@@ -92,6 +100,7 @@ def prepare_command(
         columns=columns,
         sep=sep,
         overwrite=overwrite,
+        erasure=read_ledger(deletions),
     )
     c = meta["counts"]
     click.echo(

@@ -42,6 +42,11 @@ class TrainConfig:
     weight_decay: float = setting(0.0, "weight decay (L2) of the optimizer")
     optimizer: str = setting("adamw", "adam | adamw")
     num_negatives: int = setting(4, "sampled negatives per positive (bce, bpr, sampled softmax)")
+    deletions: str | None = setting(
+        None,
+        "a deletion ledger (REPOSITORY/deletions.jsonl, written by onnxrec forget): those users' interactions "
+        "are dropped from training, and the run records it",
+    )
     candidates_from: str | None = setting(
         None,
         "a retrieval run on the same data: negatives also come from its top --candidates items per user that the "

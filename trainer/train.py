@@ -29,6 +29,7 @@ from onnxrec.trainer.checkpoint import CHECKPOINT_FILE, FORMAT, load_checkpoint,
 from onnxrec.trainer.config import TrainConfig
 from onnxrec.trainer.data.columns import ColumnMapping
 from onnxrec.trainer.data.dataset import Dataset, save_dataset
+from onnxrec.trainer.data.erasure import read_ledger
 from onnxrec.trainer.data.preprocess import PreprocessSpec
 from onnxrec.trainer.data.source import resolve_data
 from onnxrec.trainer.data.split import SplitKind, SplitSpec
@@ -57,7 +58,15 @@ def load_for_training(cfg: TrainConfig) -> tuple[Dataset, Path | None]:
     """The dataset ``cfg.data`` names, prepared with ``cfg``'s preprocessing and split options."""
     pre = PreprocessSpec(cfg.positive_threshold, cfg.min_user_interactions, cfg.min_item_interactions)
     split_spec = SplitSpec(kind=cast(SplitKind, cfg.split), num_negatives=cfg.eval_negatives, seed=cfg.seed)
-    return resolve_data(cfg.data, pre, split_spec, columns=column_mapping(cfg), sep=cfg.sep, seed=cfg.seed)
+    return resolve_data(
+        cfg.data,
+        pre,
+        split_spec,
+        columns=column_mapping(cfg),
+        sep=cfg.sep,
+        seed=cfg.seed,
+        erasure=read_ledger(cfg.deletions),
+    )
 
 
 def _init_distributed(cfg: TrainConfig) -> bool:

@@ -7,6 +7,7 @@ from typing import Any
 
 from onnxrec.errors import DataError
 from onnxrec.trainer.data.dataset import check_no_leakage, save_dataset
+from onnxrec.trainer.data.erasure import Erasure
 from onnxrec.trainer.data.preprocess import PreprocessSpec
 from onnxrec.trainer.data.readers import ColumnMapping
 from onnxrec.trainer.data.source import resolve_data
@@ -22,11 +23,15 @@ def prepare(
     columns: ColumnMapping | None = None,
     sep: str | None = None,
     overwrite: bool = False,
+    erasure: Erasure | None = None,
 ) -> dict[str, Any]:
-    """Write the dataset artifact for ``source`` to ``out``; returns its dataset.json content."""
+    """Write the dataset artifact for ``source`` to ``out``; returns its dataset.json content. With
+    ``erasure`` (the deletion ledger) the forgotten users are left out."""
     if Path(out).exists() and not overwrite:
         raise DataError(f"{out} already exists (use --overwrite or another --out)")
-    ds, prepared = resolve_data(source, pre, split_spec, columns=columns, sep=sep, seed=split_spec.seed)
+    ds, prepared = resolve_data(
+        source, pre, split_spec, columns=columns, sep=sep, seed=split_spec.seed, erasure=erasure
+    )
     if prepared is not None:
         raise DataError(f"{source} is already a prepared dataset")
     check_no_leakage(ds)
