@@ -107,6 +107,10 @@ class Planner:
         try:
             return self.registry.get(name, int(ref.version))
         except ModelNotFound as exc:
+            if not self.registry.scanned:  # a replica just started: retryable, not a wrong name
+                raise RequestError(
+                    grpc.StatusCode.UNAVAILABLE, "the server is still loading its models; retry"
+                ) from exc
             raise not_found(str(exc)) from exc
 
     @staticmethod

@@ -68,6 +68,7 @@ class ModelRegistry:
         self.config = config
         self.root = Path(config.repository)
         self.snapshot = Snapshot({})
+        self.scanned = False  # the first refresh has finished (before it, a missing model may be loading)
         self._on_batch = on_batch
         self._on_change = on_change
         self._failed = Rejections()
@@ -200,6 +201,7 @@ class ModelRegistry:
             task = asyncio.create_task(self._retire(name, version, served))
             self._retiring[task] = served
             task.add_done_callback(lambda t: self._retiring.pop(t, None))
+        self.scanned = True
         return bool(dropped or added)
 
     async def _retire(self, name: str, version: int, served: ServedModel) -> None:
