@@ -171,6 +171,10 @@ def _start_from(q: RecommendQuery, recent: list[str]) -> None:
             q.rank_features = model.user_feature_codes(q.user, model.rank_features)
     else:
         before = q.history
+        if len(q.features) != len(model.user_features):  # a user who sent no features: all unknown
+            q.features = model.encode_user_features({})
+        if model.pipeline and len(q.rank_features) != len(model.rank_features):
+            q.rank_features = model.encode_user_features({}, model.rank_features)
     q.history = np.concatenate([events, before])[: model.history_len]
     if q.exclude_seen:
         q.exclude = np.concatenate([events, q.exclude])

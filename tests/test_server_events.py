@@ -200,3 +200,24 @@ def test_the_python_client_and_cli_track(server: ServerProcess, model: LoadedMod
         text=True,
     )
     assert out.returncode == 0 and "tracked 2 event(s) of user cli-2" in out.stdout, out.stderr
+
+
+def test_events_of_a_new_user_on_a_model_with_user_features(synthetic, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """A two-tower model reads user side features: a new user who sent none still gets an answer from
+    their events (the features count as unknown), not an error."""
+    from onnxrec.exporter.export import ExportOptions, export
+    from tests.small_runs import train_small_runs
+
+    run = train_small_runs(synthetic, tmp_path / "runs", ("twotower",))["twotower"]
+    export(run, tmp_path / "repo", "demo", options=ExportOptions(k_max=20, max_batch=8, parity_users=32))
+    model = LoadedModel(tmp_path / "repo" / "demo" / "1")
+    assert model.user_features  # the case under test
+    srv = start_server(tmp_path / "repo", tmp_path / "server.log")
+    try:
+        with grpc.insecure_channel(srv.address) as channel:
+            stub = pb_grpc.RecommenderServiceStub(channel)
+            _track(stub, "fresh", [model.item_id_text[i] for i in (1, 2)])
+            reply = _recommend(stub, "fresh")
+            assert list(reply.stages) == ["events", "retrieve"] and len(reply.items) == 10
+    finally:
+        srv.stop()
