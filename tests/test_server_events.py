@@ -202,6 +202,7 @@ def test_the_python_client_and_cli_track(server: ServerProcess, model: LoadedMod
     assert out.returncode == 0 and "tracked 2 event(s) of user cli-2" in out.stdout, out.stderr
 
 
+@pytest.mark.slow
 def test_events_of_a_new_user_on_a_model_with_user_features(synthetic, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     """A two-tower model reads user side features: a new user who sent none still gets an answer from
     their events (the features count as unknown), not an error."""
