@@ -553,3 +553,20 @@ def test_the_cpu_image_builds_and_runs_where_an_engine_and_its_base_image_are_he
         assert user.stdout.strip() == "10001:10001"
     finally:
         subprocess.run([engine, "rmi", "-f", tag], capture_output=True, check=False)
+
+
+def test_the_readme_section_describes_these_manifests() -> None:
+    text = (REPO / "README.md").read_text()
+    assert "\n## Running a fleet\n" in text
+    section = text.split("\n## Running a fleet\n", 1)[1].split("\n## ", 1)[0]
+    for path in [*MANIFESTS, K8S / "kustomization.yaml"]:
+        assert f"`{path.name}`" in section, f"README 'Running a fleet' does not mention {path.name}"
+    hpa = _one("HorizontalPodAutoscaler", "onnxrec")["spec"]
+    target = hpa["metrics"][0]["resource"]["target"]["averageUtilization"]
+    assert f"{hpa['minReplicas']} to {hpa['maxReplicas']} replicas at {target} %" in section
+    serve = tomllib.loads(_one("ConfigMap", "onnxrec-serve")["data"]["serve.toml"])["serve"]
+    pod = _one("Deployment", "onnxrec")["spec"]["template"]["spec"]
+    assert f"`drain_s` ({serve['drain_s']:g} s)" in section and f"`grace_s` ({serve['grace_s']:g} s)" in section
+    assert f"{pod['terminationGracePeriodSeconds']} s termination grace period" in section
+    assert " ".join(_server_container()["startupProbe"]["exec"]["command"][:6]) in section
+    assert DOCKERFILE.relative_to(REPO).as_posix() in section
