@@ -112,7 +112,7 @@ def _small_model(name: str) -> tuple[Recommender, dict[str, torch.Tensor]]:
 READ_FEATURES = ("twotower", "linear", "fm", "deepfm")
 
 
-@pytest.mark.parametrize("name", ["mf", "mlp", "neumf", "twotower", "linear", "fm", "deepfm", "cml"])
+@pytest.mark.parametrize("name", ["mf", "mlp", "neumf", "twotower", "linear", "fm", "deepfm", "sasrec", "cml"])
 def test_every_model_states_what_it_exports_and_its_methods_agree(name: str, cml_registered: None) -> None:
     model, inputs = _small_model(name)
     users = torch.arange(7)
@@ -137,7 +137,7 @@ def test_every_model_states_what_it_exports_and_its_methods_agree(name: str, cml
                 folded = model.fold_in_user_vectors(rows) @ model.item_vectors().T + model.item_bias()
                 shift = no_features - folded
                 assert torch.allclose(shift, shift[:, :1].expand_as(shift), atol=1e-5)
-    assert model.history_len == (SMALL.history_len if name == "twotower" else 0)
+    assert model.history_len == (SMALL.history_len if name in ("twotower", "sasrec") else 0)
     assert model.user_feature_names == (("age",) if name in READ_FEATURES else ())
     assert model.item_feature_names == (("genre",) if name in READ_FEATURES else ())
     assert model.num_users == SMALL.num_users
@@ -162,7 +162,18 @@ EXPORTER_MAY_IMPORT = {
 
 
 def test_the_exporter_asks_the_contract_never_the_type() -> None:
-    model_classes = {"Recommender", "FactorizedRecommender", "MF", "MLP", "NeuMF", "TwoTower", "Linear", "FM", "DeepFM"}
+    model_classes = {
+        "Recommender",
+        "FactorizedRecommender",
+        "MF",
+        "MLP",
+        "NeuMF",
+        "TwoTower",
+        "Linear",
+        "FM",
+        "DeepFM",
+        "SasRec",
+    }
     for path in sorted((REPO / "exporter").glob("*.py")):
         for node in ast.walk(ast.parse(path.read_text())):
             where = f"{path.name}:{getattr(node, 'lineno', '?')}"

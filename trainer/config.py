@@ -23,7 +23,8 @@ class TrainConfig:
     )
     out: str = setting("runs/default", "the run directory to write")
     model: str = setting(
-        "auto", "auto | mf | mlp | neumf | twotower | linear | fm | deepfm (auto: the history-aware two-tower)"
+        "auto",
+        "auto | mf | mlp | neumf | twotower | linear | fm | deepfm | sasrec (auto: the history-aware two-tower)",
     )
     loss: str = setting("auto", "auto | softmax | bce | bpr (auto: the model's default)")
     dim: int = setting(64, "embedding size of users and items")

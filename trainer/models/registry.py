@@ -19,6 +19,7 @@ from onnxrec.trainer.models.fm import FM, DeepFM, DeepFMConfig, FMConfig
 from onnxrec.trainer.models.linear import Linear, LinearConfig
 from onnxrec.trainer.models.mf import MF, MFConfig
 from onnxrec.trainer.models.mlp import MLP, MLPConfig, NeuMF, NeuMFConfig
+from onnxrec.trainer.models.sasrec import SasRec, SasRecConfig
 from onnxrec.trainer.models.two_tower import TwoTower, TwoTowerConfig
 
 
@@ -40,6 +41,7 @@ MODEL_TYPES: dict[str, ModelType] = {
     "linear": ModelType(Linear, LinearConfig, default_loss="bce"),
     "fm": ModelType(FM, FMConfig, default_loss="bce"),
     "deepfm": ModelType(DeepFM, DeepFMConfig, default_loss="bce"),
+    "sasrec": ModelType(SasRec, SasRecConfig, default_loss="softmax"),
 }
 
 
