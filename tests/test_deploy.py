@@ -16,6 +16,7 @@ The image itself is built only where a container engine and the base image are a
 from __future__ import annotations
 
 import copy
+import functools
 import importlib.util
 import json
 import re
@@ -64,7 +65,9 @@ def _docs(path: Path) -> list[dict[str, Any]]:
     return [d for d in yaml.safe_load_all(path.read_text()) if d is not None]
 
 
+@functools.cache
 def _all_docs() -> list[dict[str, Any]]:
+    """Every manifest, parsed once (tests that change one change a deep copy)."""
     return [d for path in MANIFESTS for d in _docs(path)]
 
 
