@@ -201,7 +201,7 @@ def fit(
     # each rank takes an equal share of the global batch, so N processes take the same steps as one
     batch = max(1, -(-cfg.batch_size // world))
     plan = choose_softmax(model.num_items, batch, cfg.max_softmax_items)
-    negatives = negatives or NegativeSampler(ds.num_items)
+    negatives = NegativeSampler(ds.num_items) if negatives is None else negatives
     full = plan.full and negatives.pool is None
     if loss == "softmax" and rank == 0:
         pairs = "sampled softmax (the model scores pairs, not a catalog)"
@@ -218,7 +218,7 @@ def fit(
         raise TrainingError("the training split is empty")
     owners = np.repeat(np.arange(ds.num_users), np.diff(seq.indptr))
     epoch_data = _EpochData(seq, owners, batch, rank, world, negatives)
-    scorer = scorer or ModelScorer(model, ds, device)
+    scorer = ModelScorer(model, ds, device) if scorer is None else scorer
     result = FitResult(best_state={}, best_epoch=-1, best_score=-math.inf)
     bad_epochs = 0
     for epoch in range(start_epoch, cfg.epochs):
