@@ -28,6 +28,7 @@ import torch
 from onnxrec import __version__
 from onnxrec.atomic import atomic_dir
 from onnxrec.errors import ExportError
+from onnxrec.exporter.explain_jobs import explain_jobs
 from onnxrec.exporter.graph_jobs import GraphJob, JobSizes, fold_in_history_len, graph_jobs, vector_jobs
 from onnxrec.exporter.graphs import ServingTables, fold_in_centroids
 from onnxrec.exporter.index import (
@@ -185,9 +186,10 @@ def _write_graphs(
         optimize_offline(raw / g.spec.file, out / g.spec.file)
         session = cpu_session(out / g.spec.file)
         check_signature(session, g.spec)
-        report: GraphParity = check_values(
-            session, g.module, g.spec, g.batches, tolerance=tol, min_topk_agreement=opts.min_topk_agreement, ids=ids
-        )
+        with np.errstate(invalid="ignore"):  # -inf in both outputs (explain's padding) subtracts to NaN, masked
+            report: GraphParity = check_values(
+                session, g.module, g.spec, g.batches, tolerance=tol, min_topk_agreement=opts.min_topk_agreement, ids=ids
+            )
         parity[g.spec.name] = report.to_dict()
         for precision in opts.precisions:
             dst = out / f"{g.spec.name}.{precision}.onnx"
@@ -313,6 +315,8 @@ def export(
     graph_k = max(opts.k_max, opts.candidates) if ranker is not None else opts.k_max  # retrieval returns C
     sizes = JobSizes(graph_k, opts.max_batch, opts.parity_users, opts.seed)
     jobs = graph_jobs(model, ds, tables, sizes)
+    explain, explained = explain_jobs(model, ckpt["model_type"], ds, tables, sizes)
+    jobs += explain
     proven = None
     if kind != "exact":
         jobs += vector_jobs(model, tables, jobs)
@@ -334,6 +338,7 @@ def export(
             "parity": _parity_entry(opts, parity),
             "variants": variants,
             "index": index,
+            "explain": explained.entry(),
             "dataset": ckpt["dataset"] | {"path": None},
             "source_run": str(Path(run).resolve()),
             "files": file_hashes(tmp),

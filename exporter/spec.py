@@ -198,3 +198,40 @@ def rank_history_spec(user_features: tuple[str, ...] = ()) -> GraphSpec:
         (TensorSpec("scores", "float32", (BATCH, "num_candidates"), "one score per candidate"),),
         "the ranker's scores of candidate items for users unknown to it (folded in from their history)",
     )
+
+
+def _explain_inputs() -> tuple[TensorSpec, ...]:
+    return (
+        TensorSpec("history", "int64", (BATCH, "history_len"), "the user's item indices, newest first; -1 pads"),
+        TensorSpec("recommended", "int64", (BATCH, "num_recommended"), "the recommended items' indices"),
+    )
+
+
+_CONTRIBUTIONS = TensorSpec(
+    "contributions",
+    "float32",
+    (BATCH, "num_recommended", "history_len"),
+    "how much each history position supports each recommended item (higher: more); -inf at padding and at "
+    "positions repeating a newer position's item",
+)
+
+
+def explain_spec() -> GraphSpec:
+    """Known users: why each recommended item, from the user's history (exporter/explain.py)."""
+    return GraphSpec(
+        "explain",
+        (TensorSpec("user_idx", "int64", (BATCH,), "user indices"), *_explain_inputs()),
+        (_CONTRIBUTIONS,),
+        "each history item's support of each recommended item, for known users",
+    )
+
+
+def explain_history_spec(user_features: tuple[str, ...] = ()) -> GraphSpec:
+    """Users the model does not know: why each recommended item, from their history (and features)."""
+    history = history_spec(1, user_features)
+    return GraphSpec(
+        "explain_from_history",
+        (*_explain_inputs(), *(t for t in history.inputs if t.name.startswith("user_"))),
+        (_CONTRIBUTIONS,),
+        "each history item's support of each recommended item, for users unknown to the model",
+    )

@@ -60,7 +60,8 @@ def test_every_model_exports_with_parity(model: str, repo: Path, runs: dict[str,
     version = repo / model / "1"
     manifest = inspect_version(version)  # also verifies every file's hash
     assert manifest["model_type"] == model and manifest["opset"] >= 17
-    assert set(manifest["graphs"]) == {"recommend", "recommend_from_history", "score", "similar_items"}
+    explain = {"explain", "explain_from_history"} if model in ("mf", "twotower") else set()  # exporter/explain.py
+    assert set(manifest["graphs"]) == {"recommend", "recommend_from_history", "score", "similar_items"} | explain
     for name, g in manifest["graphs"].items():
         onnx.checker.check_model(str(version / g["file"]))
         p = manifest["parity"]["graphs"][name]
@@ -141,10 +142,11 @@ def test_real_ml100k_model_exports(ml100k: Dataset, tmp_path: Path) -> None:
     out = export(run, tmp_path / "repo", "ml100k", options=ExportOptions(precisions=("fp16", "int8")))
     m = inspect_version(out)
     assert m["num_items"] == 1682 and m["k_max"] == 100
-    assert m["index"] is None and set(m["graphs"]) == {"recommend", "recommend_from_history", "score", "similar_items"}
+    exact = {"recommend", "recommend_from_history", "score", "similar_items"}
+    assert m["index"] is None and set(m["graphs"]) == exact | {"explain", "explain_from_history"}
     for precision in ("fp16", "int8"):
         v = m["variants"][precision]
-        assert len(v["files"]) == 4
+        assert len(v["files"]) == 6
         # reduced precision changes validation quality only a little on this model
         assert abs(v["quality"]["sampled/hr@10_change"]) < 0.05
         _session(out / f"recommend.{precision}.onnx")

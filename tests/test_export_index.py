@@ -37,6 +37,7 @@ faiss = pytest.importorskip("faiss")
 
 EXACT_GRAPHS = {"recommend", "recommend_from_history", "score", "similar_items"}
 VECTOR_GRAPHS = {"user_vector", "user_vector_from_history"}
+EXPLAIN_GRAPHS = {"explain", "explain_from_history"}  # MF and two-tower versions explain (exporter/explain.py)
 TOL = Tolerance()
 
 
@@ -127,8 +128,8 @@ def test_index_round_trip(model: str, indexed: dict[str, Path]) -> None:
     assert entry["recall"]["users"] == min(1000, manifest["num_users"]) and entry["recall"]["min_recall_at10"] == 0.95
     assert entry["recall"]["at10"] >= 0.95 and 0 < entry["recall"]["at100"] <= 1
     assert manifest["files"]["items.faiss"] == sha256_file(version / "items.faiss")
-    assert set(manifest["graphs"]) == EXACT_GRAPHS | VECTOR_GRAPHS
-    assert set(manifest["parity"]["graphs"]) == EXACT_GRAPHS | VECTOR_GRAPHS
+    assert set(manifest["graphs"]) == EXACT_GRAPHS | VECTOR_GRAPHS | EXPLAIN_GRAPHS
+    assert set(manifest["parity"]["graphs"]) == EXACT_GRAPHS | VECTOR_GRAPHS | EXPLAIN_GRAPHS
     for name in VECTOR_GRAPHS:
         assert manifest["graphs"][name]["file"] == f"{name}.onnx" and f"{name}.onnx" in manifest["files"]
     history_inputs = [t["name"] for t in manifest["graphs"]["recommend_from_history"]["inputs"]]
@@ -234,7 +235,7 @@ def test_auto_keeps_a_small_catalog_exact(runs: dict[str, Path], tmp_path: Path)
     version = export(runs["mf"], tmp_path / "repo", "mf", options=ExportOptions(k_max=20, max_batch=32))
     manifest = inspect_version(version)
     assert manifest["index"] is None and not (version / "items.faiss").exists()
-    assert set(manifest["graphs"]) == EXACT_GRAPHS
+    assert set(manifest["graphs"]) == EXACT_GRAPHS | EXPLAIN_GRAPHS
     assert "retrieval: exact" in format_manifest(manifest)
 
 
