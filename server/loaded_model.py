@@ -19,9 +19,9 @@ from onnxrec.errors import OnnxrecError
 from onnxrec.exporter.repository import read_manifest, verify_files
 from onnxrec.server.index_search import IndexSearch
 from onnxrec.server.limits import scored_item_bytes
-from onnxrec.server.sessions import ModelLoadError, cuda_status, is_pipeline, open_sessions, resolve_device
+from onnxrec.server.sessions import ModelLoadError, cuda_status, explains, is_pipeline, open_sessions, resolve_device
 
-__all__ = ["LoadedModel", "ModelLoadError", "TopK", "cuda_status", "resolve_device"]
+__all__ = ["LoadedModel", "ModelLoadError", "Reasons", "TopK", "cuda_status", "resolve_device"]
 from onnxrec.v1 import recommender_pb2 as pb
 
 log = logging.getLogger("onnxrec.server")
@@ -33,6 +33,14 @@ class TopK(NamedTuple):
 
     items: np.ndarray
     scores: np.ndarray
+
+
+class Reasons(NamedTuple):
+    """Why each answered item (server/explain.py): per item, up to R history items (item indices [K, R],
+    -1 where there are fewer) and their contributions [K, R], the strongest first."""
+
+    items: np.ndarray
+    contributions: np.ndarray
 
 
 class LoadedModel:
@@ -83,6 +91,8 @@ class LoadedModel:
         self.rank_features = _feature_inputs(m, "rank_from_history") if self.pipeline else []
         self._vocab = {f["name"]: {v: i + 1 for i, v in enumerate(f["vocabulary"])} for f in spec.get("user", [])}
         self._feature_codes: dict[str, np.ndarray] = {}  # feature -> encoded value per user index (lazily)
+        self.explain_refusal = _explain_refusal(m)  # None: explain requests are answered
+        self.explain_history_len = int((m.get("explain") or {}).get("history_len", 0))
         log.info(
             "loaded %s version %d (%s, %d users, %d items) on %s",
             self.name,
@@ -255,6 +265,27 @@ class LoadedModel:
         (scores,) = self._run("rank_from_history", feed)
         return [scores[j, : len(c)] for j, c in enumerate(candidates)]
 
+    def explain(self, users: np.ndarray, history: list[np.ndarray], recommended: list[np.ndarray]) -> list[np.ndarray]:
+        """Known users: each history position's support of each recommended item ([K, H] per row, -inf
+        at repeats), from the ``explain`` graph."""
+        feed = {"user_idx": users.astype(np.int64), "history": self._pad(history)}
+        (c,) = self._run("explain", feed | {"recommended": _pad_items(recommended)})
+        return [c[j, : len(r), : len(h)] for j, (h, r) in enumerate(zip(history, recommended, strict=True))]
+
+    def explain_from_history(
+        self, history: list[np.ndarray], recommended: list[np.ndarray], features: Sequence[Sequence[int]]
+    ) -> list[np.ndarray]:
+        """:meth:`explain` for users the model does not know (their history and features)."""
+        feed = {"history": self._pad(history), "recommended": _pad_items(recommended)}
+        for j, name in enumerate(self.user_features):
+            feed[f"user_{name}"] = np.array([f[j] for f in features], dtype=np.int64)
+        (c,) = self._run("explain_from_history", feed)
+        return [c[j, : len(r), : len(h)] for j, (h, r) in enumerate(zip(history, recommended, strict=True))]
+
+    def explain_history(self, user: int) -> np.ndarray:
+        """A known user's items the ``explain`` graph is given: the newest ``explain_history_len``."""
+        return self.seen(user)[::-1][: self.explain_history_len]
+
     def similar(self, items: np.ndarray, k: int | None = None) -> list[TopK]:
         """The k (default k_max) most similar items of each item."""
         feed = {"item_idx": np.asarray(items, dtype=np.int64)}
@@ -278,6 +309,9 @@ class LoadedModel:
             self.similar(np.arange(b) % self.num_items)
             if self.pipeline:
                 self.rank_from_history([np.array([0])] * b, [np.array([0])] * b, [[0] * len(self.rank_features)] * b)
+            if self.explain_refusal is None:
+                self.explain(users, [np.array([0])] * b, [np.array([0])] * b)
+                self.explain_from_history([np.array([0])] * b, [np.array([0])] * b, [[0] * len(self.user_features)] * b)
 
 
 def _split(scores: np.ndarray, items: np.ndarray) -> list[TopK]:
@@ -315,6 +349,16 @@ def _feature_inputs(manifest: dict[str, Any], graph: str) -> list[str]:
     """The user features ``graph`` reads (its ``user_<name>`` inputs), in input order."""
     inputs = manifest["graphs"][graph]["inputs"]
     return [t["name"][len("user_") :] for t in inputs if t["name"].startswith("user_") and t["name"] != "user_idx"]
+
+
+def _explain_refusal(manifest: dict[str, Any]) -> str | None:
+    """Why the version answers no explain request (None: it does)."""
+    if explains(manifest):
+        return None
+    named = f"model {manifest['name']} version {manifest['version']}"
+    if "explain" not in manifest:
+        return f"{named} was exported before explanations; export its run again (onnxrec export) to explain"
+    return f"{named} cannot explain its recommendations: {manifest['explain'].get('why', '')}"
 
 
 def _as_text(value: Any) -> str:

@@ -16,7 +16,7 @@ import grpc
 import numpy as np
 
 from onnxrec.server.limits import MAX_NAME_CHARS, RequestError, RequestLimits, invalid, shown
-from onnxrec.server.loaded_model import LoadedModel, TopK
+from onnxrec.server.loaded_model import LoadedModel, Reasons, TopK
 from onnxrec.server.registry import ModelNotFound, ModelRegistry
 from onnxrec.server.served import ServedModel
 from onnxrec.v1 import recommender_pb2 as pb
@@ -35,12 +35,14 @@ class RecommendQuery:
         "events",
         "exclude",
         "exclude_seen",
+        "explain",
         "features",
         "fetch",
         "history",
         "include_metadata",
         "k",
         "rank_features",
+        "reasons",
         "served",
         "source",
         "top",
@@ -63,6 +65,8 @@ class RecommendQuery:
         self.features: Sequence[int] = ()  # encoded user features (SOURCE_HISTORY)
         self.rank_features: Sequence[int] = ()  # the same, in the ranker's order (pipelines, SOURCE_HISTORY)
         self.top: TopK | None = None
+        self.explain = False  # fill each item's reasons (server/explain.py)
+        self.reasons: Reasons | None = None  # the reasons of top's first k items, once explained
 
     @property
     def model(self) -> LoadedModel:
@@ -140,6 +144,10 @@ class Planner:
         user = model.user_index.get(user_id)
         query = RecommendQuery(served, request.k, request.include_metadata)
         query.user_id, query.exclude_seen = user_id, exclude_seen
+        if request.explain:
+            if model.explain_refusal is not None:
+                raise RequestError(grpc.StatusCode.FAILED_PRECONDITION, model.explain_refusal)
+            query.explain = True
         if user is not None:
             query.source, query.user = pb.SOURCE_MODEL, user
             if not exclude_seen:

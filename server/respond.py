@@ -11,7 +11,7 @@ import asyncio
 from typing import Any
 
 from onnxrec.server.limits import RESPONSE_OVERHEAD_BYTES, RequestLimits
-from onnxrec.server.loaded_model import LoadedModel, TopK
+from onnxrec.server.loaded_model import LoadedModel, Reasons, TopK
 from onnxrec.server.plan import RecommendQuery
 from onnxrec.v1 import recommender_pb2 as pb
 
@@ -34,6 +34,16 @@ def fill_items(out: Any, model: LoadedModel, top: TopK, k: int, metadata: bool) 
             add(item_id=ids[i], score=s)
 
 
+def fill_reasons(items: Any, model: LoadedModel, reasons: Reasons) -> None:
+    """Add each answered item's reasons (the history items that support it, strongest first)."""
+    ids = model.item_id_text
+    for out, row, values in zip(items, reasons.items.tolist(), reasons.contributions.tolist(), strict=False):
+        add = out.reasons.add
+        for i, c in zip(row, values, strict=True):
+            if i >= 0:
+                add(item_id=ids[i], contribution=c)
+
+
 def _respond_into(response: pb.RecommendResponse, query: RecommendQuery) -> None:
     model = query.served.model
     if query.top is None:
@@ -47,6 +57,9 @@ def _respond_into(response: pb.RecommendResponse, query: RecommendQuery) -> None
     else:
         response.stages.append("popularity")
     fill_items(response.items, model, query.top, query.k, query.include_metadata)
+    if query.reasons is not None:
+        response.stages.append("explain")
+        fill_reasons(response.items, model, query.reasons)
 
 
 def respond(query: RecommendQuery) -> pb.RecommendResponse:
@@ -78,7 +91,8 @@ def _estimate(queries: list[RecommendQuery]) -> float:
     total = 0.0
     for q in queries:
         model = q.served.model
-        total += RESPONSE_OVERHEAD_BYTES + min(q.k, model.num_items) * model.item_bytes[q.include_metadata]
+        item = model.item_bytes[q.include_metadata] + (3 * (model.item_bytes[False] + 2) if q.explain else 0.0)
+        total += RESPONSE_OVERHEAD_BYTES + min(q.k, model.num_items) * item
     return total
 
 

@@ -18,7 +18,7 @@ from onnxrec.server.batch_policy import AdaptivePolicy, BatchPolicy
 from onnxrec.server.batcher import BatcherConfig, DynamicBatcher
 from onnxrec.server.loaded_model import LoadedModel, TopK
 
-__all__ = ["HistoryRows", "RankRows", "RecommendRows", "ScoreRow", "ServedModel", "SimilarRow"]
+__all__ = ["ExplainRows", "HistoryRows", "RankRows", "RecommendRows", "ScoreRow", "ServedModel", "SimilarRow"]
 
 
 @dataclass(slots=True)
@@ -59,6 +59,20 @@ class RankRows:
 
     def __len__(self) -> int:
         return len(self.candidates)
+
+
+@dataclass(slots=True)
+class ExplainRows:
+    """Rows of the explain graphs: each user's history (newest first) and recommended items, and who the
+    user is: an index (``explain``) or encoded features (``explain_from_history``)."""
+
+    users: list[int]
+    history: list[np.ndarray]
+    recommended: list[np.ndarray]
+    features: list[Sequence[int]]
+
+    def __len__(self) -> int:
+        return len(self.history)
 
 
 @dataclass(slots=True)
@@ -104,6 +118,12 @@ class ServedModel:
                 self._run_rank_history, "rank_from_history"
             )
             self._batchers += [self.rank, self.rank_history]
+        if model.explain_refusal is None:  # the explanation stage (server/explain.py)
+            self.explain: DynamicBatcher[ExplainRows, list[np.ndarray]] = batcher(self._run_explain, "explain")
+            self.explain_history: DynamicBatcher[ExplainRows, list[np.ndarray]] = batcher(
+                self._run_explain_history, "explain_from_history"
+            )
+            self._batchers += [self.explain, self.explain_history]
 
     def _run_recommend(self, items: list[RecommendRows]) -> list[list[TopK]]:
         if len(items) == 1:  # one caller: its own lists, no regrouping
@@ -137,13 +157,27 @@ class ServedModel:
         scores = self.model.rank_from_history(history, [c for it in items for c in it.candidates], features)
         return _per_item(scores, items)
 
+    def _run_explain(self, items: list[ExplainRows]) -> list[list[np.ndarray]]:
+        users = np.array([u for it in items for u in it.users], dtype=np.int64)
+        history = [h for it in items for h in it.history]
+        out = self.model.explain(users, history, [r for it in items for r in it.recommended])
+        return _per_item(out, items)
+
+    def _run_explain_history(self, items: list[ExplainRows]) -> list[list[np.ndarray]]:
+        history = [h for it in items for h in it.history]
+        features = [f for it in items for f in it.features]
+        out = self.model.explain_from_history(history, [r for it in items for r in it.recommended], features)
+        return _per_item(out, items)
+
     async def close(self) -> None:
         """Finish what is queued, then stop the batchers."""
         for b in self._batchers:
             await b.close(drain=True)
 
 
-def _per_item(results: list[Any], items: Sequence[RecommendRows | HistoryRows | RankRows]) -> list[list[Any]]:
+def _per_item(
+    results: list[Any], items: Sequence[RecommendRows | HistoryRows | RankRows | ExplainRows]
+) -> list[list[Any]]:
     """Split a batch's rows back into its items (each item's rows are consecutive)."""
     out, start = [], 0
     for item in items:

@@ -20,6 +20,7 @@ import numpy as np
 
 from onnxrec.server.config import ServerConfig
 from onnxrec.server.events import EventStore, RecentEvents, make_store, track
+from onnxrec.server.explain import Explanation
 from onnxrec.server.forget import Eraser
 from onnxrec.server.limits import RequestLimits, invalid, shown
 from onnxrec.server.metrics import ServerMetrics
@@ -56,7 +57,7 @@ class RecommenderServicer:
             config.state, config.state_max_users, config.state_max_events, config.state_ttl_s
         )
         stages: list[Stage] = [] if self.events is None else [RecentEvents(self.events, metrics)]
-        stages += [ModelRetrieval(chunk), Ranking(chunk), PopularityRetrieval()]
+        stages += [ModelRetrieval(chunk), Ranking(chunk), Explanation(chunk), PopularityRetrieval()]
         self.pipeline = RecommendPipeline(self.planner, self.limits, chunk, stages)
         self._handlers: dict[type, Handler] = {
             pb.RecommendRequest: self._recommend,

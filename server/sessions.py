@@ -21,6 +21,7 @@ log = logging.getLogger("onnxrec.server")
 GRAPHS = ("recommend", "recommend_from_history", "score", "similar_items")
 INDEX_GRAPHS = ("user_vector", "user_vector_from_history")  # versions with a nearest-neighbour index
 RANK_GRAPHS = ("rank", "rank_from_history")  # pipeline versions (retrieve, then rank)
+EXPLAIN_GRAPHS = ("explain", "explain_from_history")  # versions that explain (exporter/explain.py)
 SMALL_CATALOG = 100_000  # below this many items, intra_op_threads=0 means one onnxruntime thread on the CPU
 
 
@@ -114,6 +115,7 @@ def open_sessions(
     opts.log_severity_level = 3
     sessions: dict[str, ort.InferenceSession] = {}
     graphs = GRAPHS + (INDEX_GRAPHS if manifest.get("index") else ()) + (RANK_GRAPHS if is_pipeline(manifest) else ())
+    graphs += EXPLAIN_GRAPHS if explains(manifest) else ()
     for graph in graphs:
         file = manifest["graphs"][graph]["file"]
         if precision != "fp32":
@@ -128,6 +130,11 @@ def open_sessions(
             raise ModelLoadError(f"{path / file}: CUDA was asked for but {session.get_providers()[0]} runs")
         sessions[graph] = session
     return sessions
+
+
+def explains(manifest: dict[str, Any]) -> bool:
+    """Whether the version has the explain graphs (its manifest names how it explains)."""
+    return bool((manifest.get("explain") or {}).get("methods"))
 
 
 def is_pipeline(manifest: dict[str, Any]) -> bool:
