@@ -111,9 +111,13 @@ def _print(result: Recommendation, as_json: bool, title: Callable[[], str]) -> N
         return
     click.echo(title())
     width = max([7, *(len(i.item_id) for i in result.items)])
+    titles = {i.item_id: i.metadata["title"] for i in result.items if "title" in i.metadata}
     for rank, item in enumerate(result.items, 1):
         extra = item.metadata.get("title", "")
         click.echo(f"{rank:>3}  {item.item_id:<{width}}  {item.score:>10.4f}  {extra}".rstrip())
+        if item.reasons:  # titles where the answer carries them (an answered item's metadata), else ids
+            named = ", ".join(titles.get(r.item_id, r.item_id) for r in item.reasons)
+            click.echo(f"     because you watched {named}")
 
 
 @click.command("recommend")
@@ -124,6 +128,7 @@ def _print(result: Recommendation, as_json: bool, title: Callable[[], str]) -> N
 @click.option("--exclude", default=None, help="Item ids never to return, comma-separated.")
 @click.option("--include-seen", is_flag=True, help="Do not leave out items the user already has.")
 @click.option("--metadata/--no-metadata", default=True, show_default=True, help="Ask for item metadata.")
+@click.option("--explain", is_flag=True, help="Show the history items that most support each item.")
 @click.option(
     "--candidates",
     type=click.IntRange(min=0),
@@ -139,6 +144,7 @@ def recommend_command(
     exclude: str | None,
     include_seen: bool,
     metadata: bool,
+    explain: bool,
     candidates: int,
     **kw: Any,
 ) -> None:
@@ -154,6 +160,7 @@ def recommend_command(
             exclude_seen=False if include_seen else None,
             include_metadata=metadata,
             candidates=candidates,
+            explain=explain,
         )
         how = f"{r.source}: {' -> '.join(r.stages)}" if len(r.stages) > 1 else r.source
         _print(r, kw["as_json"], lambda: f"user {user}: {name} version {r.model_version} ({how})")

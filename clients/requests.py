@@ -13,7 +13,7 @@ from typing import Any
 
 from onnxrec.clients.facade import Call
 from onnxrec.clients.health import HEALTH_CHECK, HealthCheckRequest, HealthCheckResponse
-from onnxrec.clients.results import Event, Item, ModelInfo, ModelMetadata, Recommendation, Scores
+from onnxrec.clients.results import Event, Item, ModelInfo, ModelMetadata, Reason, Recommendation, Scores
 from onnxrec.v1 import recommender_pb2 as pb
 
 _SOURCES = {pb.SOURCE_MODEL: "model", pb.SOURCE_HISTORY: "history", pb.SOURCE_POPULARITY: "popularity"}
@@ -36,10 +36,12 @@ def recommend(
     include_metadata: bool = False,
     user_features: Mapping[str, str] | None = None,
     candidates: int = 0,
+    explain: bool = False,
     timeout: float | None = None,
 ) -> Call[pb.RecommendRequest, Recommendation]:
     """Top-k items for one user (``history``: recent item ids, newest last, for unknown users;
-    ``candidates``: items a pipeline version retrieves for its ranker, 0 = the version's)."""
+    ``candidates``: items a pipeline version retrieves for its ranker, 0 = the version's; ``explain``: fill
+    each item's ``reasons``, the history items that most support it)."""
     request = pb.RecommendRequest(
         model=model_ref(model, version),
         user_id=str(user_id),
@@ -49,6 +51,7 @@ def recommend(
         include_metadata=include_metadata,
         user_features=dict(user_features or {}),
         candidates=candidates,
+        explain=explain,
     )
     if exclude_seen is not None:
         request.exclude_seen = exclude_seen
@@ -67,10 +70,12 @@ def recommend_batch(
     *,
     version: int = 0,
     include_metadata: bool = False,
+    explain: bool = False,
     timeout: float | None = None,
 ) -> Call[pb.RecommendBatchRequest, list[Recommendation]]:
     """Top-k items for many users in one call; each answered as :meth:`recommend` would."""
-    requests = [recommend_request(model, u, k, version=version, include_metadata=include_metadata) for u in user_ids]
+    options = {"version": version, "include_metadata": include_metadata, "explain": explain}
+    requests = [recommend_request(model, u, k, **options) for u in user_ids]
     return Call("RecommendBatch", pb.RecommendBatchRequest(requests=requests), to_recommendations, timeout)
 
 
@@ -137,7 +142,10 @@ def health(*, service: str = "", timeout: float | None = None) -> Call[Any, str]
 
 
 def _items(items: Sequence[pb.ScoredItem]) -> list[Item]:
-    return [Item(i.item_id, float(i.score), dict(i.metadata)) for i in items]
+    return [
+        Item(i.item_id, float(i.score), dict(i.metadata), [Reason(r.item_id, float(r.contribution)) for r in i.reasons])
+        for i in items
+    ]
 
 
 def to_recommendation(r: pb.RecommendResponse) -> Recommendation:

@@ -6,12 +6,23 @@ from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True)
+class Reason:
+    """An item of the user's history that supports a recommended item, and how much (its contribution
+    to the item's score; higher: more)."""
+
+    item_id: str
+    contribution: float
+
+
+@dataclass(frozen=True)
 class Item:
-    """One recommended or scored item."""
+    """One recommended or scored item (``reasons``: when the request asked to explain, up to 3 history
+    items that most support it, the strongest first)."""
 
     item_id: str
     score: float
     metadata: dict[str, str] = field(default_factory=dict)
+    reasons: list[Reason] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
