@@ -66,6 +66,8 @@ def repo(runs: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Pat
     opts = ExportOptions(k_max=10, max_batch=16, parity_users=64)
     export(runs["twotower"], root, "tt", options=opts)
     export(runs["mf"], root, "mf", options=opts)
+    piped = ExportOptions(k_max=10, max_batch=16, parity_users=64, ranker=runs["mf"], candidates=30)
+    export(runs["twotower"], root, "pipe", options=piped)  # two-tower retrieval, MF ranking
     _strip_explain(root / "tt" / "1", root / "old" / "1", "old", None)
     why = {"methods": None, "why": "model type mlp does not factor into user and item vectors"}
     _strip_explain(root / "tt" / "1", root / "deep" / "1", "deep", why)
@@ -126,6 +128,17 @@ def test_reasons_name_only_the_users_history(stub, loaded: dict[str, LoadedModel
     assert not any(i.reasons for i in plain.items) and "explain" not in plain.stages
     nobody = stub.Recommend(pb.RecommendRequest(model=ref, user_id="nobody", k=10, explain=True))
     assert nobody.source == pb.SOURCE_POPULARITY and not any(i.reasons for i in nobody.items)
+
+
+@slow
+def test_a_pipeline_version_explains_the_ranked_items_by_its_retrieval_model(stub, loaded) -> None:  # type: ignore[no-untyped-def]
+    model, ref = loaded["tt"], pb.ModelRef(name="pipe")
+    user = str(model.user_ids[12])
+    reply = stub.Recommend(pb.RecommendRequest(model=ref, user_id=user, k=10, explain=True), timeout=30)
+    assert list(reply.stages) == ["retrieve", "rank", "explain"]
+    _check_shape(reply, {model.item_id_text[i] for i in model.explain_history(12)})
+    plain = stub.Recommend(pb.RecommendRequest(model=ref, user_id=user, k=10), timeout=30)
+    assert [i.item_id for i in reply.items] == [i.item_id for i in plain.items]  # explaining changes no answer
 
 
 @slow
