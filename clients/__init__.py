@@ -7,7 +7,7 @@ every failure as one :class:`RecommenderError` carrying the gRPC status code and
 from onnxrec.clients.aio import AsyncRecommenderClient
 from onnxrec.clients.client import RecommenderClient
 from onnxrec.clients.errors import RecommenderError
-from onnxrec.clients.results import Event, Item, ModelInfo, ModelMetadata, Recommendation, Scores
+from onnxrec.clients.results import Event, Item, ModelInfo, ModelMetadata, Reason, Recommendation, Scores
 
 __all__ = [
     "AsyncRecommenderClient",
@@ -15,6 +15,7 @@ __all__ = [
     "Item",
     "ModelInfo",
     "ModelMetadata",
+    "Reason",
     "Recommendation",
     "RecommenderClient",
     "RecommenderError",

@@ -213,7 +213,8 @@ def test_cli_forget(repo: Path) -> None:
     import subprocess
     import sys
 
-    user, _ = _victim(repo, "mlp")
+    latest = LoadedModel(sorted((repo / "mlp").iterdir(), key=lambda p: int(p.name))[-1])
+    user = next(str(u) for u in latest.user_ids[40:] if u is not None)  # one no other test forgot
     cmd = [sys.executable, "-m", "onnxrec", "forget", "--repository", str(repo)]
     ok = subprocess.run([*cmd, "--name", "mlp", "--user", user], check=False, capture_output=True, text=True)
     assert ok.returncode == 0 and "without user" in ok.stdout, ok.stderr
