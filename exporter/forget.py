@@ -26,14 +26,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from onnx import numpy_helper
 
-from onnxrec.atomic import atomic_dir, atomic_write_text
+from onnxrec.atomic import atomic_dir
 from onnxrec.errors import ExportError
 from onnxrec.exporter.repository import MANIFEST, file_hashes, list_versions, read_manifest, verify_files
-from onnxrec.trainer.data.erasure import read_ledger
+from onnxrec.ledger import LEDGER, append_user, ledger_users
 
 __all__ = ["LEDGER", "Forgotten", "forget", "forgotten_users"]
 
-LEDGER = "deletions.jsonl"  # in the repository: one JSON object per forgotten user
 _PASS_THROUGH = ("Reshape", "Cast", "Unsqueeze", "Squeeze", "Identity", "Flatten")
 
 
@@ -48,8 +47,7 @@ class Forgotten:
 
 def forgotten_users(ledger: Path) -> set[str]:
     """The raw user ids of a deletion ledger (empty when there is none)."""
-    erasure = read_ledger(ledger) if Path(ledger).is_file() else None
-    return set(erasure.users) if erasure is not None else set()
+    return set(ledger_users(ledger)) if Path(ledger).is_file() else set()
 
 
 def forget(repository: Path, name: str, user_id: str) -> Forgotten:
@@ -65,7 +63,7 @@ def forget(repository: Path, name: str, user_id: str) -> Forgotten:
     verify_files(latest, manifest)
     users = pq.read_table(latest / "users.parquet")
     ids = users["user_id"].to_pylist()
-    _record(Path(repository), name, user_id)
+    append_user(Path(repository), name, user_id)
     if user_id not in ids:
         return Forgotten(None, 0)
     row = ids.index(user_id)
@@ -88,14 +86,6 @@ def forget(repository: Path, name: str, user_id: str) -> Forgotten:
         }
         (tmp / MANIFEST).write_text(json.dumps(out, indent=2) + "\n")
     return Forgotten(final, zeroed)
-
-
-def _record(repository: Path, name: str, user_id: str) -> None:
-    """Append the user to the repository's deletion ledger (rewritten whole, atomically)."""
-    ledger = repository / LEDGER
-    old = ledger.read_text() if ledger.is_file() else ""
-    entry = {"user_id": user_id, "model": name, "forgotten_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    atomic_write_text(ledger, old + json.dumps(entry) + "\n")
 
 
 def _without_row(users: pa.Table, row: int) -> pa.Table:

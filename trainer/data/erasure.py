@@ -5,7 +5,6 @@ forgotten user is refused (prepare it again)."""
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,6 +12,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from onnxrec.errors import DataError
+from onnxrec.ledger import ledger_users
 from onnxrec.trainer.data.log import InteractionLog
 
 __all__ = ["Erasure", "check_prepared", "erase", "read_ledger"]
@@ -42,14 +42,11 @@ def read_ledger(path: str | Path | None) -> Erasure | None:
     ledger = Path(path)
     if not ledger.is_file():
         raise DataError(f"--deletions {ledger}: no such file (onnxrec forget writes REPOSITORY/deletions.jsonl)")
-    users = set()
-    for n, line in enumerate(ledger.read_text().splitlines(), 1):
-        if line.strip():
-            try:
-                users.add(str(json.loads(line)["user_id"]))
-            except (json.JSONDecodeError, KeyError, TypeError) as exc:
-                raise DataError(f"--deletions {ledger}:{n}: not a deletion record ({exc})") from exc
-    return Erasure(str(ledger.resolve()), frozenset(users))
+    try:
+        users = ledger_users(ledger)
+    except DataError as exc:
+        raise DataError(f"--deletions {exc}") from exc
+    return Erasure(str(ledger.resolve()), users)
 
 
 def erase(log: InteractionLog, erasure: Erasure) -> tuple[InteractionLog, dict[str, object]]:
