@@ -78,7 +78,7 @@ def test_padding_is_never_attended(heads: int) -> None:
 
 def test_config_from_training_options() -> None:
     cfg = SasRecConfig.from_options(ModelOptions(num_users=3, num_items=4, dim=16, history_len=0))
-    assert (cfg.history_len, cfg.dropout, cfg.blocks, cfg.heads, cfg.dim) == (50, 0.2, 2, 2, 16)
+    assert (cfg.history_len, cfg.dropout, cfg.blocks, cfg.heads, cfg.dim) == (50, 0.2, 1, 2, 16)
     cfg = SasRecConfig.from_options(ModelOptions(num_users=3, num_items=4, dim=15, history_len=20, dropout=0.5))
     assert (cfg.history_len, cfg.dropout, cfg.heads) == (20, 0.5, 1)
     with pytest.raises(ConfigError, match="divisible"):
