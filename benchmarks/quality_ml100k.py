@@ -11,9 +11,9 @@ every rating is an implicit positive) and every figure comes from :func:`onnxrec
 Models:
 
 * Popularity and ItemKNN (onnxrec's baselines, no training settings);
-* MF, MLP, NeuMF, TwoTower and the rankers Linear, FM and DeepFM through
+* MF, MLP, NeuMF, TwoTower, SASRec and the rankers Linear, FM and DeepFM through
   :func:`onnxrec.trainer.train.train` with the default command settings
-  (``TrainConfig(data=..., out=..., progress=False)``, only ``model`` changed); MF, MLP, NeuMF and FM
+  (``TrainConfig(data=..., out=..., progress=False)``, only ``model`` changed); MF, MLP, NeuMF, FM and SASRec
   are also tried with a few other settings;
 * the peers ``implicit`` ALS and BPR (CPU), trained on the training split's user x item matrix and
   tuned over a small grid.
@@ -25,7 +25,7 @@ cores shared with other work, where two torch threads were several times slower 
 
 Run from the repository root::
 
-    python benchmarks/quality_ml100k.py            # ~7-9 minutes on a 2-core CPU
+    python benchmarks/quality_ml100k.py            # ~15-20 minutes on a 2-core CPU (SASRec about half)
     python benchmarks/quality_ml100k.py --quick    # smoke run, about a minute
     python benchmarks/quality_ml100k.py --models fm,linear --out /tmp/fm.json   # some rows only
 """
@@ -77,6 +77,8 @@ ONNXREC_GRIDS: dict[str, list[dict[str, Any]]] = {
         {"dim": 32, "epochs": 20},
     ],
     "deepfm": [{}],
+    # 4 epochs: what fits the issue's 120 s of training on one thread (#19)
+    "sasrec": [{}, {"epochs": 4}, {"epochs": 4, "dropout": 0.1}],
 }
 
 #: implicit's own defaults first, then a small grid.
@@ -113,6 +115,7 @@ DISPLAY = {
     "linear": "Linear",
     "fm": "FM",
     "deepfm": "DeepFM",
+    "sasrec": "SASRec",
     "implicit_als": "implicit ALS",
     "implicit_als_foldin": "implicit ALS + fold-in",
     "implicit_bpr": "implicit BPR",
