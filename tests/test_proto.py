@@ -32,6 +32,8 @@ def test_service_has_every_rpc() -> None:
         "SimilarItems",
         "ListModels",
         "GetModelMetadata",
+        "TrackEvents",
+        "ForgetUser",
     ]
     for m in service.methods:  # one request and one response message per RPC
         assert m.input_type.name == f"{m.name}Request"
