@@ -38,6 +38,8 @@ from tests.serverproc import ServerProcess, start_server, wait_until
 
 MODEL = pb.ModelRef(name="demo")
 
+pytestmark = pytest.mark.slow  # real redis-servers and onnxrec servers: the full lane (make test)
+
 
 # -- a real redis-server ------------------------------------------------------------------------------------
 def _free_port() -> int:
