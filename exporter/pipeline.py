@@ -28,7 +28,7 @@ from onnxrec.trainer.checkpoint import model_from_checkpoint
 from onnxrec.trainer.data.dataset import Dataset
 from onnxrec.trainer.history import known_sequences
 from onnxrec.trainer.models.base import Recommender
-from onnxrec.trainer.runs import open_run
+from onnxrec.trainer.runs import open_run_trained_on
 
 RANK_GRAPHS = ("rank", "rank_from_history")
 
@@ -44,13 +44,7 @@ class Ranker:
 
 def open_ranker(run: Path, ds: Dataset) -> Ranker:
     """The ranker run at ``run``, refused unless it was trained on the retrieval run's dataset ``ds``."""
-    ckpt, ranker_ds = open_run(Path(run))
-    if ranker_ds.content_hash != ds.content_hash:
-        raise ExportError(
-            f"{run}: the ranker was trained on another dataset than the retrieval run "
-            f"({ranker_ds.name}, hash {ranker_ds.content_hash[:12]} against {ds.name}, {ds.content_hash[:12]}); "
-            "train both on the same prepared dataset"
-        )
+    ckpt = open_run_trained_on(Path(run), ds, f"{run}: the ranker", "the retrieval run", ExportError)
     return Ranker(Path(run), ckpt, model_from_checkpoint(ckpt))
 
 

@@ -27,7 +27,7 @@ from onnxrec.trainer.history import known_sequences
 from onnxrec.trainer.models.base import Recommender
 from onnxrec.trainer.negatives import CandidatePool
 from onnxrec.trainer.pipeline_eval import top_candidates
-from onnxrec.trainer.runs import open_run
+from onnxrec.trainer.runs import open_run_trained_on
 
 
 def user_candidates(
@@ -55,13 +55,7 @@ def user_candidates(
 def load_pool(run: Path, ds: Dataset, n: int, device: torch.device | str = "cpu") -> CandidatePool:
     """The candidates of the retrieval run at ``run`` for training on ``ds``; refused unless the run was
     trained on ``ds`` (the same content hash)."""
-    ckpt, run_ds = open_run(Path(run))
-    if run_ds.content_hash != ds.content_hash:
-        raise TrainingError(
-            f"--candidates-from {run}: the retrieval run was trained on another dataset than --data "
-            f"({run_ds.name}, hash {run_ds.content_hash[:12]} against {ds.name}, {ds.content_hash[:12]}); "
-            "train both on the same prepared dataset"
-        )
+    ckpt = open_run_trained_on(Path(run), ds, f"--candidates-from {run}: the retrieval run", "--data")
     if n > ds.num_items:
         raise TrainingError(f"--candidates {n} is more than the catalog's {ds.num_items} items")
     model = model_from_checkpoint(ckpt).to(device)
@@ -69,7 +63,7 @@ def load_pool(run: Path, ds: Dataset, n: int, device: torch.device | str = "cpu"
     source = {
         "run": str(Path(run).resolve()),
         "model_type": ckpt["model_type"],
-        "content_hash": run_ds.content_hash,
+        "content_hash": ds.content_hash,
         "candidates": n,
         "mean_candidates_per_user": round(float(len(items)) / max(ds.num_users, 1), 3),
     }

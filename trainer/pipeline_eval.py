@@ -21,19 +21,20 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from onnxrec.errors import ConfigError, TrainingError
+from onnxrec.errors import ConfigError
 from onnxrec.trainer.checkpoint import model_from_checkpoint
 from onnxrec.trainer.data.dataset import Dataset
 from onnxrec.trainer.evaluate import evaluate
 from onnxrec.trainer.fit import ModelScorer, user_inputs
 from onnxrec.trainer.history import UserSequences, known_sequences
 from onnxrec.trainer.models.base import Recommender
-from onnxrec.trainer.runs import open_run
+from onnxrec.trainer.runs import open_run_trained_on
 
 #: Candidates per user when ``--ranker`` is given without ``--candidates``.
 DEFAULT_CANDIDATES = 200
@@ -172,11 +173,5 @@ def evaluate_pipeline(
 
 def open_ranker_run(ranker_run: Any, ds: Dataset) -> tuple[dict[str, Any], Recommender]:
     """The checkpoint and model of ``ranker_run``, refused unless trained on the retrieval run's ``ds``."""
-    ckpt, ranker_ds = open_run(ranker_run)
-    if ranker_ds.content_hash != ds.content_hash:
-        raise TrainingError(
-            f"{ranker_run}: the ranker was trained on another dataset than the retrieval run "
-            f"({ranker_ds.name}, hash {ranker_ds.content_hash[:12]} against {ds.name}, {ds.content_hash[:12]}); "
-            "train both on the same prepared dataset"
-        )
+    ckpt = open_run_trained_on(Path(ranker_run), ds, f"{ranker_run}: the ranker", "the retrieval run")
     return ckpt, model_from_checkpoint(ckpt)

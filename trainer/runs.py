@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from onnxrec.errors import DataError, TrainingError
+from onnxrec.errors import DataError, OnnxrecError, TrainingError
 from onnxrec.trainer.checkpoint import CHECKPOINT_FILE, load_checkpoint
 from onnxrec.trainer.data.dataset import Dataset, load_dataset
 
@@ -41,3 +41,19 @@ def open_run(run: Path) -> tuple[dict[str, Any], Dataset]:
     run = check_run_dir(run)
     ckpt = load_checkpoint(run / CHECKPOINT_FILE)
     return ckpt, run_dataset(run, ckpt)
+
+
+def open_run_trained_on(
+    run: Path, ds: Dataset, subject: str, other: str, error: type[OnnxrecError] = TrainingError
+) -> dict[str, Any]:
+    """The checkpoint of the run at ``run``, refused with ``error`` ("SUBJECT was trained on another
+    dataset than OTHER ...") unless it was trained on ``ds`` (the same content hash): a second run whose
+    user and item indices must mean what ``ds``'s do (a ranker, a retrieval run's candidates)."""
+    ckpt, run_ds = open_run(Path(run))
+    if run_ds.content_hash != ds.content_hash:
+        raise error(
+            f"{subject} was trained on another dataset than {other} "
+            f"({run_ds.name}, hash {run_ds.content_hash[:12]} against {ds.name}, {ds.content_hash[:12]}); "
+            "train both on the same prepared dataset"
+        )
+    return ckpt
