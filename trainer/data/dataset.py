@@ -10,6 +10,9 @@ Layout of a dataset directory::
     test_negatives.npy
     users.parquet         user_idx, user_id (raw), side-feature columns
     items.parquet         item_idx, item_id (raw), metadata and side-feature columns
+    item_text.parquet     item_idx, vector (float32 [384]): the item's text embedded (only when asked:
+                          ``data prepare --item-text``; dataset.json ``item_text`` says the model,
+                          the columns and the vectors' sha256)
 
 The directory is written under a temporary name and renamed when complete.
 """
@@ -54,6 +57,7 @@ class Dataset:
     item_table: pa.Table  # item_idx, item_id, metadata and raw features
     user_table: pa.Table
     meta: dict[str, Any] = field(default_factory=dict)
+    item_text: np.ndarray | None = None  # float32 [num_items, text dim], row = item index
 
     @property
     def content_hash(self) -> str:
@@ -173,8 +177,41 @@ def save_dataset(ds: Dataset, out: Path, *, overwrite: bool = False) -> Path:
         np.save(tmp / "test_negatives.npy", ds.splits.test_negatives, allow_pickle=False)
         pq.write_table(ds.user_table, tmp / "users.parquet")
         pq.write_table(ds.item_table, tmp / "items.parquet")
+        if ds.item_text is not None:
+            pq.write_table(item_text_table(ds.item_text), tmp / "item_text.parquet")
         (tmp / "dataset.json").write_text(json.dumps(ds.meta, indent=2) + "\n")
     return Path(out)
+
+
+def vectors_sha256(vectors: np.ndarray) -> str:
+    """The hash dataset.json records for the item text vectors."""
+    return hashlib.sha256(np.ascontiguousarray(vectors, dtype=np.float32).tobytes()).hexdigest()
+
+
+def item_text_table(vectors: np.ndarray) -> pa.Table:
+    """``item_text.parquet``'s table: item_idx and a fixed-size float32 list per item."""
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    flat = pa.array(vectors.reshape(-1), pa.float32())
+    return pa.table(
+        {
+            "item_idx": pa.array(np.arange(len(vectors), dtype=np.int32)),
+            "vector": pa.FixedSizeListArray.from_arrays(flat, vectors.shape[1]),
+        }
+    )
+
+
+def _read_item_text(path: Path, meta: dict[str, Any], num_items: int) -> np.ndarray | None:
+    info = meta.get("item_text")
+    if not info:
+        return None
+    t = pq.read_table(path / "item_text.parquet")
+    dim = int(info["dim"])
+    vectors = t["vector"].combine_chunks().flatten().to_numpy().astype(np.float32).reshape(-1, dim)
+    if len(vectors) != num_items or not np.array_equal(t["item_idx"].to_numpy(), np.arange(num_items)):
+        raise DataError(f"{path}/item_text.parquet: not one vector per item in index order")
+    if vectors_sha256(vectors) != info.get("sha256"):
+        raise DataError(f"{path}/item_text.parquet: sha256 does not match dataset.json (changed or damaged)")
+    return vectors
 
 
 def is_dataset_dir(path: Path) -> bool:
@@ -204,7 +241,8 @@ def load_dataset(path: Path) -> Dataset:
         )
         users = pq.read_table(path / "users.parquet")
         items = pq.read_table(path / "items.parquet")
-    except (OSError, pa.ArrowInvalid, ValueError) as exc:
+        item_text = _read_item_text(path, meta, items.num_rows)
+    except (OSError, pa.ArrowInvalid, ValueError, KeyError) as exc:
         raise DataError(f"{path}: incomplete or damaged dataset ({str(exc).splitlines()[0]})") from exc
     user_ids = np.asarray(users["user_id"].to_pylist(), dtype=object)
     item_ids = np.asarray(items["item_id"].to_pylist(), dtype=object)
@@ -224,6 +262,7 @@ def load_dataset(path: Path) -> Dataset:
         item_table=items,
         user_table=users,
         meta=meta,
+        item_text=item_text,
     )
 
 

@@ -24,9 +24,12 @@ def prepare(
     sep: str | None = None,
     overwrite: bool = False,
     erasure: Erasure | None = None,
+    item_text: tuple[str, ...] | None = None,
 ) -> dict[str, Any]:
     """Write the dataset artifact for ``source`` to ``out``; returns its dataset.json content. With
-    ``erasure`` (the deletion ledger) the forgotten users are left out."""
+    ``erasure`` (the deletion ledger) the forgotten users are left out. With ``item_text`` (columns of
+    the item table; () = MovieLens' title and genres) each item's text is embedded into a vector
+    (:mod:`onnxrec.trainer.data.text`) stored in the artifact."""
     if Path(out).exists() and not overwrite:
         raise DataError(f"{out} already exists (use --overwrite or another --out)")
     ds, prepared = resolve_data(
@@ -35,5 +38,9 @@ def prepare(
     if prepared is not None:
         raise DataError(f"{source} is already a prepared dataset")
     check_no_leakage(ds)
+    if item_text is not None:
+        from onnxrec.trainer.data.text import with_item_text
+
+        ds = with_item_text(ds, item_text)
     save_dataset(ds, Path(out), overwrite=overwrite)
     return ds.meta

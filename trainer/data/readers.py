@@ -267,7 +267,10 @@ def _require_columns(path: Path, table: pa.Table, wanted: list[str | None]) -> N
             raise DataError(f"{path}: no column {col!r} (columns are: {', '.join(have)})")
 
 
-def _feature_table(table: pa.Table, key: str, columns: tuple[str, ...], out_key: str) -> pa.Table | None:
+def _feature_table(
+    table: pa.Table, key: str, columns: tuple[str, ...], out_key: str, text: tuple[str, ...] = ()
+) -> pa.Table | None:
+    columns = (*columns, *(c for c in text if c not in columns))
     if not columns:
         return None
     ids = pc.cast(table[key], pa.string()).to_numpy(zero_copy_only=False)
@@ -277,7 +280,7 @@ def _feature_table(table: pa.Table, key: str, columns: tuple[str, ...], out_key:
     for col in columns:
         values = pc.cast(table[col], pa.string()).take(pa.array(first))
         values = pc.fill_null(values, "")
-        if any("|" in v for v in values.to_pylist()):
+        if col not in text and any("|" in v for v in values.to_pylist()):
             data[col] = pc.split_pattern(values, "|")
         else:
             data[col] = values
@@ -342,7 +345,7 @@ def read_log(path: Path, columns: ColumnMapping | None = None, *, sep: str | Non
         interactions=interactions,
         source=f"log:{path.name}",
         user_table=_feature_table(table, cols.user, columns.user_features, "user_id"),
-        item_table=_feature_table(table, cols.item, columns.item_features, "item_id"),
+        item_table=_feature_table(table, cols.item, columns.item_features, "item_id", columns.item_text),
         user_feature_columns=columns.user_features,
         item_feature_columns=columns.item_features,
         columns=cols.describe(),
