@@ -3,8 +3,11 @@
 A new version is derived from the latest one, without the user: their raw id and side features leave
 ``users.parquet`` (the row stays, empty, so every other user keeps their index), their items leave
 ``seen.npz``, and their row of every per-user table in every graph (what a ``Gather`` indexed by the
-graph's ``user_idx`` input reads: user vectors, id embeddings, encoded side features) becomes zeros;
-parity reports that name the user are scrubbed. The version is written beside the others and renamed
+graph's ``user_idx`` input reads: user vectors, id embeddings, encoded side features) becomes zeros, and
+so does their row of an id-embedding table that a graph for users the model does not know carries whole
+but reads only at its "unknown" row 0 (the two-tower's ``recommend_from_history`` holds ``user_id.weight``,
+[num_users + 1, d], user u at row u + 1: see :func:`_zero_user_rows`); parity reports that name the user
+are scrubbed. The version is written beside the others and renamed
 into place (running servers hot-reload it), and the user id is appended to the repository's deletion
 ledger (:data:`LEDGER`), which ``onnxrec data prepare`` and ``onnxrec train`` honour: the user's
 interactions are dropped from the next training. What only the next training erases: the item vectors,
@@ -109,12 +112,19 @@ def _drop_seen(path: Path, row: int) -> None:
 
 
 def _zero_user_rows(path: Path, row: int, num_users: int) -> int:
-    """Zero row ``row`` of every initializer a Gather indexes by the graph's ``user_idx``; returns how
-    many (0 for graphs without ``user_idx``)."""
+    """Zero the user's row of every per-user table of a graph; returns how many tables.
+
+    Two kinds: a table of ``num_users`` rows a Gather indexes by the graph's ``user_idx`` input (row
+    ``row``), and an id-embedding table of ``num_users + 1`` rows (row 0: the unknown user, user u at
+    u + 1) a Gather reads at an index no request value reaches (computed from constants and tensor
+    shapes only: the fixed "unknown" id of a graph for users the model does not know), row ``row + 1``.
+    That graph never reads the user's row, so zeroing it changes no answer; it is still their trained
+    embedding, so it goes. An item table of the same length is never read that way (items are indexed
+    by request values), so it is never touched."""
     graph_model = onnx.load(str(path))
     graph = graph_model.graph
-    if "user_idx" not in {i.name for i in graph.input}:
-        return 0
+    inputs = {i.name for i in graph.input}
+    initializers = {t.name for t in graph.initializer}
     produced = {o: n for n in graph.node for o in n.output}
 
     def from_user_idx(tensor: str) -> bool:
@@ -125,15 +135,53 @@ def _zero_user_rows(path: Path, row: int, num_users: int) -> int:
             tensor = node.input[0]
         return True
 
-    tables = {n.input[0] for n in graph.node if n.op_type == "Gather" and from_user_idx(n.input[1])}
+    fixed: dict[str, bool] = {}
+
+    def request_independent(tensor: str) -> bool:
+        """Whether ``tensor``'s value depends on no graph input's values (only constants and shapes)."""
+        if tensor in fixed:
+            return fixed[tensor]
+        fixed[tensor] = False  # a cycle (none in a valid graph) counts as dependent
+        node = produced.get(tensor)
+        if tensor in initializers and tensor not in inputs:
+            result = True
+        elif node is None:
+            result = False  # a graph input
+        elif node.op_type in ("Shape", "Size"):
+            result = True
+        elif any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute):
+            result = False  # a subgraph (If, Loop, Scan): not followed
+        else:
+            result = all(request_independent(t) for t in node.input if t)
+        fixed[tensor] = result
+        return result
+
+    def table(tensor: str) -> str:
+        """The initializer ``tensor`` is (through pass-through ops such as a Cast), else ''."""
+        while tensor not in initializers:
+            node = produced.get(tensor)
+            if node is None or node.op_type not in _PASS_THROUGH:
+                return ""
+            tensor = node.input[0]
+        return tensor
+
+    rows: dict[str, tuple[int, int]] = {}  # table -> (its length, the user's row)
+    for n in graph.node:
+        if n.op_type != "Gather" or not table(n.input[0]):
+            continue
+        if "user_idx" in inputs and from_user_idx(n.input[1]):
+            rows[table(n.input[0])] = (num_users, row)
+        elif request_independent(n.input[1]):
+            rows.setdefault(table(n.input[0]), (num_users + 1, row + 1))
     zeroed = 0
     for init in graph.initializer:
-        if init.name in tables and init.dims and init.dims[0] == num_users:
+        if init.name in rows and init.dims and init.dims[0] == rows[init.name][0]:
             values = numpy_helper.to_array(init).copy()
-            values[row] = 0
+            values[rows[init.name][1]] = 0
             init.CopyFrom(numpy_helper.from_array(values, init.name))
             zeroed += 1
-    onnx.save(graph_model, str(path))
+    if zeroed:
+        onnx.save(graph_model, str(path))
     return zeroed
 
 

@@ -62,7 +62,7 @@ def repo(log: InteractionLog, tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("forget")
     ds = build_dataset(log, PreprocessSpec(), SplitSpec(num_negatives=20), "people")
     data = save_dataset(ds, root / "data")
-    for model, index in (("mf", "flat"), ("mlp", "exact")):
+    for model, index in (("mf", "flat"), ("mlp", "exact"), ("twotower", "exact")):
         run = train(
             TrainConfig(
                 data=str(data), out=str(root / model), model=model, epochs=1, progress=False, dim=8, layers=(16,)
@@ -103,6 +103,62 @@ def test_forget_writes_a_version_without_the_user(repo: Path, name: str) -> None
         ]
         assert tables and all(not np.any(t[row]) for t in tables)
     assert user in forgotten_users(repo / LEDGER)
+
+
+def _holders(version: Path, vector: np.ndarray) -> list[str]:
+    """graph file: initializer of every 2-D float table of ``version``'s graphs with a row equal to ``vector``."""
+    found = []
+    for path in sorted(version.glob("*.onnx")):
+        for t in onnx.load(str(path)).graph.initializer:
+            values = numpy_helper.to_array(t)
+            if values.ndim != 2 or values.shape[1] != len(vector) or values.dtype.kind != "f":
+                continue
+            if np.any(np.all(np.abs(values.astype(np.float32) - vector) <= 1e-6, axis=1)):
+                found.append(f"{path.name}: {t.name}")
+    return found
+
+
+def test_forget_zeroes_the_two_towers_id_embedding_in_its_history_graph(repo: Path) -> None:
+    """The two-tower's recommend_from_history carries the whole user-id embedding table ([num_users + 1,
+    d], user u at row u + 1) though it reads only row 0 (the unknown user): before the fix, forget left
+    the forgotten user's trained embedding there. Now no graph of the new version holds it, and every
+    answer (known users, history requests) is the same as before."""
+    import torch
+
+    name = "twotower"
+    user, row = _victim(repo, name)
+    before = LoadedModel(repo / name / "1")
+    weights = torch.load(repo.parent / name / "checkpoint.pt", weights_only=True)["state_dict"]["user_id.weight"]
+    assert weights.shape[0] == before.num_users + 1
+    embedding = weights[row + 1].numpy()
+    assert "recommend_from_history.onnx: model.user_id.weight" in _holders(before.path, embedding)
+    done = forget(repo, name, user)
+    assert done.version_dir is not None
+    after = LoadedModel(done.version_dir)  # loads: every hash in the manifest verified
+    assert _holders(done.version_dir, embedding) == []
+    (old,) = [
+        numpy_helper.to_array(t)
+        for t in onnx.load(str(before.path / "recommend_from_history.onnx")).graph.initializer
+        if t.name == "model.user_id.weight"
+    ]
+    (new,) = [
+        numpy_helper.to_array(t)
+        for t in onnx.load(str(done.version_dir / "recommend_from_history.onnx")).graph.initializer
+        if t.name == "model.user_id.weight"
+    ]
+    assert not np.any(new[row + 1]) and np.array_equal(np.delete(old, row + 1, 0), np.delete(new, row + 1, 0))
+    others = np.array([u for u in range(before.num_users) if u != row][:40])
+    rows = [np.array([-1])] * len(others)
+    for a, b in zip(before.recommend(others, rows, 10), after.recommend(others, rows, 10), strict=True):
+        assert a.items.tolist() == b.items.tolist() and np.array_equal(a.scores, b.scores)
+    histories = [before.seen(int(u))[::-1][:20] for u in others]  # newest first
+    features = [before.user_feature_codes(int(u)) for u in others]
+    for a, b in zip(
+        before.recommend_from_history(histories, rows, features, 10),
+        after.recommend_from_history(histories, rows, features, 10),
+        strict=True,
+    ):
+        assert a.items.tolist() == b.items.tolist() and np.array_equal(a.scores, b.scores)
 
 
 def test_the_next_training_drops_forgotten_users(repo: Path, log: InteractionLog, tmp_path: Path) -> None:
