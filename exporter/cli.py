@@ -115,6 +115,13 @@ class NonNegativeNumber(click.ParamType):
     show_default=True,
     help="With --ranker: items retrieved per user for the ranker (requests may ask for fewer).",
 )
+@click.option(
+    "--new-items",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="A CSV/Parquet of items added after training (item_id and the dataset's text columns): served from their "
+    "text alone (a two-tower run trained with --item-text).",
+)
 def export_command(
     run: Path,
     repository: Path,
@@ -134,6 +141,7 @@ def export_command(
     min_recall: float,
     ranker: Path | None,
     candidates: int,
+    new_items: Path | None,
 ) -> None:
     """Export a training run to ONNX into REPOSITORY/NAME/VERSION, with parity (and an index's recall) checked."""
     from onnxrec.exporter.export import ExportOptions, export
@@ -154,6 +162,7 @@ def export_command(
         min_recall=min_recall,
         ranker=ranker,
         candidates=candidates,
+        new_items=new_items,
     )
     out = export(run, repository, name, version, opts)
     click.echo(format_manifest(inspect_version(out)))

@@ -46,6 +46,7 @@ from onnxrec.exporter.index import (
     choose_kind,
     manifest_entry,
 )
+from onnxrec.exporter.new_items import add_new_items, read_new_items
 from onnxrec.exporter.onnx_io import IR_VERSION, OPSET, cpu_session, export_module, optimize_offline
 from onnxrec.exporter.parity import (
     DEFAULT_ATOL,
@@ -104,6 +105,8 @@ class ExportOptions:
     # a pipeline version (exporter/pipeline.py): the ranker run and how many candidates retrieval passes it
     ranker: Path | None = None
     candidates: int = DEFAULT_CANDIDATES
+    # items added after training, known by their text alone (exporter/new_items.py)
+    new_items: Path | None = None
 
     def index_options(self) -> IndexOptions:
         """The index's part of these options."""
@@ -306,6 +309,12 @@ def export(
     final, version = _target(Path(repository), name, version)
     ckpt, ds = open_run(Path(run))
     model = model_from_checkpoint(ckpt)
+    added = None
+    if opts.new_items is not None:
+        if opts.ranker is not None:
+            raise ExportError("--new-items and --ranker together are not supported (the ranker knows no new item)")
+        model, ds, added = add_new_items(model, ckpt["model_type"], ds, read_new_items(opts.new_items))
+        log.info("added %d new items from their text (%s)", len(added.item_ids), opts.new_items)
     ranker = open_ranker(opts.ranker, ds) if opts.ranker is not None else None
     if ranker is not None:
         check_candidates(opts.candidates, opts.k_max, ds.num_items)
@@ -339,6 +348,7 @@ def export(
             "variants": variants,
             "index": index,
             "explain": explained.entry(),
+            **({"new_items": added.entry()} if added is not None else {}),
             "dataset": ckpt["dataset"] | {"path": None},
             "source_run": str(Path(run).resolve()),
             "files": file_hashes(tmp),

@@ -87,6 +87,11 @@ class TrainConfig:
     )
     user_features: tuple[str, ...] = setting((), "CSV/Parquet logs: user side-feature columns, e.g. age,country")
     item_features: tuple[str, ...] = setting((), "CSV/Parquet logs: item side-feature columns, e.g. genres")
+    item_text: bool = setting(
+        False,
+        "two-tower: the item tower also reads each item's text vector (a dataset prepared with data prepare "
+        "--item-text), so items without interactions get vectors from their text",
+    )
     sep: str | None = setting(None, "CSV logs: the separator, one character or 'tab' (none: detected)")
     progress: bool = setting(True, "show a progress bar (plain periodic lines when stderr is not a terminal)")
     resume: str | None = setting(None, "a run directory whose checkpoint (model and optimizer) training continues from")

@@ -37,9 +37,23 @@ def model_options(cfg: TrainConfig, ds: Dataset) -> ModelOptions:
         id_dropout=cfg.id_dropout,
         user_features=tuple(FeatureInput(f.name, f.cardinality, f.width) for f in spec.user),
         item_features=tuple(FeatureInput(f.name, f.cardinality, f.width) for f in spec.item),
+        text_dim=_text_dim(cfg, ds),
     )
+
+
+def _text_dim(cfg: TrainConfig, ds: Dataset) -> int:
+    """The item text vectors' size when ``--item-text`` asks for them (0 otherwise)."""
+    if not cfg.item_text:
+        return 0
+    if ds.item_text is None:
+        raise ConfigError(
+            f"--item-text: dataset {ds.name!r} has no item text (prepare it with data prepare --item-text)"
+        )
+    return int(ds.item_text.shape[1])
 
 
 def model_config(model: str, cfg: TrainConfig, ds: Dataset) -> ModelConfig:
     """The config dataclass of model type ``model`` for ``ds`` with ``cfg``'s sizes."""
+    if cfg.item_text and model != "twotower":
+        raise ConfigError(f"--item-text: only the two-tower model reads item text (not {model})")
     return registered(model).config.from_options(model_options(cfg, ds))

@@ -111,6 +111,8 @@ def _train(cfg: TrainConfig, out: Path, threads: int) -> Path:
     model = build_model(model_type, mcfg_dict)
     check_model_memory(sum(p.numel() for p in model.parameters()), ds.num_users, ds.num_items)
     model.set_item_features({k: torch.from_numpy(v) for k, v in ds.item_features.items()})
+    if getattr(model.cfg, "text_dim", 0) and ds.item_text is not None:
+        model.set_item_text(torch.from_numpy(ds.item_text))
     if resume is not None:
         model.load_state_dict(resume["state_dict"])
     pool = load_pool(Path(cfg.candidates_from), ds, cfg.candidates, cfg.device) if cfg.candidates_from else None

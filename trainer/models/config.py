@@ -33,6 +33,7 @@ class ModelOptions:
     id_dropout: float = 0.0
     user_features: tuple[FeatureInput, ...] = ()
     item_features: tuple[FeatureInput, ...] = ()
+    text_dim: int = 0  # item text vectors' size (0 = the model reads no item text)
 
 
 class ModelConfig:

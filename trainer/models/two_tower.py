@@ -5,6 +5,11 @@ the user's side features and the user's recent history (a learned recency-weight
 history items' tower outputs). Ids pass through index 0 = "unknown", and training drops ids at
 random (``id_dropout``), so a user or item unseen in training but with features or a history still
 gets a sensible vector.
+
+With ``text_dim`` > 0 the item tower also reads each item's text vector (``data prepare --item-text``,
+a buffer given once by :meth:`TwoTower.set_item_text` and saved with the weights) through a linear
+projection, so an item nobody has interacted with, or one added after training with only its text
+(:meth:`TwoTower.text_item_vectors`), gets a vector from what it is about.
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ class TwoTowerConfig(ModelConfig):
     hidden: tuple[int, ...] = DEFAULT_HIDDEN
     dropout: float = 0.0
     id_dropout: float = 0.0
+    text_dim: int = 0  # 0 = no item text input
 
     @classmethod
     def from_options(cls, opts: ModelOptions) -> TwoTowerConfig:
@@ -51,6 +57,7 @@ class TwoTowerConfig(ModelConfig):
             hidden=opts.layers or DEFAULT_HIDDEN,
             dropout=opts.dropout,
             id_dropout=opts.id_dropout,
+            text_dim=opts.text_dim,
         )
 
     @classmethod
@@ -104,7 +111,10 @@ class TwoTower(FactorizedRecommender):
         self.item_feats = _FeatureEmbeddings(cfg.item_features, cfg.feature_dim)
         self.item_b = nn.Parameter(torch.zeros(cfg.num_items))
         user_in = d + self.user_feats.out_dim + (d if cfg.history_len else 0)
-        item_in = d + self.item_feats.out_dim
+        item_in = d + self.item_feats.out_dim + (d if cfg.text_dim else 0)
+        if cfg.text_dim:
+            self.item_text_proj = nn.Linear(cfg.text_dim, d, bias=False)
+            self.register_buffer("item_text", torch.zeros(cfg.num_items, cfg.text_dim))
         self.user_mlp = nn.Sequential(
             mlp_stack([user_in, *cfg.hidden], cfg.dropout), nn.Linear(cfg.hidden[-1] if cfg.hidden else user_in, d)
         )
@@ -126,10 +136,29 @@ class TwoTower(FactorizedRecommender):
             ids = ids.masked_fill(drop, 0)
         return ids
 
+    def set_item_text(self, vectors: torch.Tensor) -> None:
+        """Give the model every item's text vector ([num_items, text_dim], row = item index)."""
+        if tuple(vectors.shape) != (self.cfg.num_items, self.cfg.text_dim):
+            raise ValueError(
+                f"item text vectors {tuple(vectors.shape)}, expected ({self.num_items}, {self.cfg.text_dim})"
+            )
+        self.item_text.copy_(vectors.to(self.item_text.dtype))
+
     def item_vectors(self, items: torch.Tensor | None = None) -> torch.Tensor:
         if items is None:
             items = torch.arange(self.cfg.num_items, device=self.item_b.device)
         x = [self.item_id(self._ids(items, self.cfg.num_items)), *self.item_feats(self.item_feature_rows(items))]
+        if self.cfg.text_dim:
+            x.append(self.item_text_proj(cast(torch.Tensor, self.item_text)[items]))
+        return self.item_mlp(torch.cat(x, dim=-1))
+
+    def text_item_vectors(self, text: torch.Tensor) -> torch.Tensor:
+        """Vectors [N, D] of items the model does not know, from their text vectors [N, text_dim] alone:
+        the item tower with the id and every side feature unknown (index 0)."""
+        n = text.shape[0]
+        unknown = torch.zeros(n, dtype=torch.long, device=text.device)
+        feats = [unknown if f.width == 1 else unknown.new_zeros(n, f.width) for f in self.cfg.item_features]
+        x = [self.item_id(unknown), *self.item_feats(feats), self.item_text_proj(text)]
         return self.item_mlp(torch.cat(x, dim=-1))
 
     def item_bias(self, items: torch.Tensor | None = None) -> torch.Tensor:
