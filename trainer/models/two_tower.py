@@ -142,7 +142,8 @@ class TwoTower(FactorizedRecommender):
             raise ValueError(
                 f"item text vectors {tuple(vectors.shape)}, expected ({self.num_items}, {self.cfg.text_dim})"
             )
-        self.item_text.copy_(vectors.to(self.item_text.dtype))
+        table = cast(torch.Tensor, self.item_text)
+        table.copy_(vectors.to(table.dtype))
 
     def item_vectors(self, items: torch.Tensor | None = None) -> torch.Tensor:
         if items is None:
