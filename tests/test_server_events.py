@@ -17,6 +17,7 @@ from onnxrec.server.events import MemoryEventStore
 from onnxrec.server.loaded_model import LoadedModel
 from onnxrec.v1 import recommender_pb2 as pb
 from onnxrec.v1 import recommender_pb2_grpc as pb_grpc
+from tests import rpc
 from tests.serverproc import ServerProcess, start_server
 
 MODEL = pb.ModelRef(name="demo")
@@ -95,56 +96,41 @@ def model(served_repo: Path) -> LoadedModel:
     return LoadedModel(served_repo / "demo" / "1")
 
 
-def _track(stub: pb_grpc.RecommenderServiceStub, user: str, items: list[str]) -> pb.TrackEventsResponse:
-    events = [
-        pb.UserEvent(user_id=user, item_id=i, event_type="view", timestamp_ms=1000 + j) for j, i in enumerate(items)
-    ]
-    return stub.TrackEvents(pb.TrackEventsRequest(model=MODEL, events=events), timeout=30)
-
-
-def _recommend(stub: pb_grpc.RecommenderServiceStub, user: str, k: int = 10) -> pb.RecommendResponse:
-    return stub.Recommend(pb.RecommendRequest(model=MODEL, user_id=user, k=k), timeout=30)
-
-
-def _ids(reply: pb.RecommendResponse) -> list[str]:
-    return [i.item_id for i in reply.items]
-
-
 def test_a_new_user_gets_personal_results_after_their_first_events(stub, model: LoadedModel) -> None:  # type: ignore[no-untyped-def]
-    before = _recommend(stub, "newcomer-1")
+    before = rpc.recommend(stub, "newcomer-1")
     assert before.source == pb.SOURCE_POPULARITY and list(before.stages) == ["popularity"]
     tracked = [model.item_id_text[i] for i in (3, 17, 42)]
-    assert _track(stub, "newcomer-1", tracked).accepted == 3
-    after = _recommend(stub, "newcomer-1")
+    assert rpc.track(stub, "newcomer-1", tracked).accepted == 3
+    after = rpc.recommend(stub, "newcomer-1")
     assert after.source == pb.SOURCE_HISTORY and list(after.stages) == ["events", "retrieve"]
-    assert _ids(after) != _ids(before) and not set(_ids(after)) & set(tracked)
+    assert rpc.ids(after) != rpc.ids(before) and not set(rpc.ids(after)) & set(tracked)
     # the same as a history request carrying those items (newest last): the events are that history
     asked = stub.Recommend(pb.RecommendRequest(model=MODEL, user_id="someone-else", k=10, history=tracked), timeout=30)
-    assert _ids(after) == _ids(asked)
+    assert rpc.ids(after) == rpc.ids(asked)
 
 
 def test_a_known_users_answer_starts_from_their_events(stub, model: LoadedModel) -> None:  # type: ignore[no-untyped-def]
     user = str(model.user_ids[5])
-    before = _recommend(stub, user)
+    before = rpc.recommend(stub, user)
     assert before.source == pb.SOURCE_MODEL
     seen = set(model.seen(5).tolist())
     fresh = [model.item_id_text[i] for i in range(model.num_items) if i not in seen][:3]
-    _track(stub, user, fresh)
-    after = _recommend(stub, user)
+    rpc.track(stub, user, fresh)
+    after = rpc.recommend(stub, user)
     assert after.source == pb.SOURCE_HISTORY and list(after.stages) == ["events", "retrieve"]
-    assert _ids(after) != _ids(before)
-    assert not set(_ids(after)) & (set(fresh) | {model.item_id_text[i] for i in seen})
+    assert rpc.ids(after) != rpc.ids(before)
+    assert not set(rpc.ids(after)) & (set(fresh) | {model.item_id_text[i] for i in seen})
     batch = stub.RecommendBatch(
         pb.RecommendBatchRequest(requests=[pb.RecommendRequest(model=MODEL, user_id=user, k=10)] * 3), timeout=30
     )
-    assert all(_ids(r) == _ids(after) for r in batch.responses)
+    assert all(rpc.ids(r) == rpc.ids(after) for r in batch.responses)
 
 
 def test_unknown_items_are_refused_and_nothing_is_stored(stub, model: LoadedModel) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(grpc.RpcError) as err:
-        _track(stub, "newcomer-2", [model.item_id_text[1], "no-such-item"])
+        rpc.track(stub, "newcomer-2", [model.item_id_text[1], "no-such-item"])
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "no-such-item" in err.value.details()
-    assert _recommend(stub, "newcomer-2").source == pb.SOURCE_POPULARITY
+    assert rpc.recommend(stub, "newcomer-2").source == pb.SOURCE_POPULARITY
     with pytest.raises(grpc.RpcError) as err:
         stub.TrackEvents(pb.TrackEventsRequest(model=MODEL), timeout=30)
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
@@ -154,9 +140,9 @@ def test_the_store_limit_evicts_the_least_recently_used_user(stub, model: Loaded
     """The server was started with --state-max-users 3: a fourth user's events evict the first's."""
     item = model.item_id_text[7]
     for j in range(4):
-        _track(stub, f"lru-{j}", [item])
-    assert _recommend(stub, "lru-0").source == pb.SOURCE_POPULARITY  # evicted
-    assert _recommend(stub, "lru-3").source == pb.SOURCE_HISTORY
+        rpc.track(stub, f"lru-{j}", [item])
+    assert rpc.recommend(stub, "lru-0").source == pb.SOURCE_POPULARITY  # evicted
+    assert rpc.recommend(stub, "lru-3").source == pb.SOURCE_HISTORY
 
 
 def test_a_server_without_a_store_says_so(served_repo: Path, tmp_path: Path, model: LoadedModel) -> None:
@@ -165,9 +151,9 @@ def test_a_server_without_a_store_says_so(served_repo: Path, tmp_path: Path, mod
         with grpc.insecure_channel(srv.address) as channel:
             stub = pb_grpc.RecommenderServiceStub(channel)
             with pytest.raises(grpc.RpcError) as err:
-                _track(stub, "u", [model.item_id_text[0]])
+                rpc.track(stub, "u", [model.item_id_text[0]])
             assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION and "--state off" in err.value.details()
-            assert _recommend(stub, str(model.user_ids[0])).source == pb.SOURCE_MODEL
+            assert rpc.recommend(stub, str(model.user_ids[0])).source == pb.SOURCE_MODEL
     finally:
         srv.stop()
 
@@ -217,8 +203,8 @@ def test_events_of_a_new_user_on_a_model_with_user_features(synthetic, tmp_path:
     try:
         with grpc.insecure_channel(srv.address) as channel:
             stub = pb_grpc.RecommenderServiceStub(channel)
-            _track(stub, "fresh", [model.item_id_text[i] for i in (1, 2)])
-            reply = _recommend(stub, "fresh")
+            rpc.track(stub, "fresh", [model.item_id_text[i] for i in (1, 2)])
+            reply = rpc.recommend(stub, "fresh")
             assert list(reply.stages) == ["events", "retrieve"] and len(reply.items) == 10
     finally:
         srv.stop()

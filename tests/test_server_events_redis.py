@@ -32,10 +32,8 @@ from onnxrec.server.events_redis import (
 )
 from onnxrec.server.loaded_model import LoadedModel
 from onnxrec.v1 import recommender_pb2 as pb
-from onnxrec.v1 import recommender_pb2_grpc as pb_grpc
+from tests import rpc
 from tests.serverproc import ServerProcess, start_server, wait_until
-
-MODEL = pb.ModelRef(name="demo")
 
 pytestmark = pytest.mark.slow  # real redis-servers and onnxrec servers: the full lane (make test)
 
@@ -261,25 +259,6 @@ def model(served_repo: Path) -> LoadedModel:
     return LoadedModel(served_repo / "demo" / "1")
 
 
-def _track(address: str, user: str, items: list[str]) -> pb.TrackEventsResponse:
-    events = [
-        pb.UserEvent(user_id=user, item_id=i, event_type="view", timestamp_ms=1000 + j) for j, i in enumerate(items)
-    ]
-    with grpc.insecure_channel(address) as channel:
-        stub = pb_grpc.RecommenderServiceStub(channel)
-        return stub.TrackEvents(pb.TrackEventsRequest(model=MODEL, events=events), timeout=30)
-
-
-def _recommend(address: str, user: str, k: int = 10) -> pb.RecommendResponse:
-    with grpc.insecure_channel(address) as channel:
-        stub = pb_grpc.RecommenderServiceStub(channel)
-        return stub.Recommend(pb.RecommendRequest(model=MODEL, user_id=user, k=k), timeout=30)
-
-
-def _ids(reply: pb.RecommendResponse) -> list[str]:
-    return [i.item_id for i in reply.items]
-
-
 def _metric(server: ServerProcess, name: str) -> float:
     url = re.findall(r"metrics on (http://\S+)", server.log.read_text())[0]
     text = urllib.request.urlopen(url, timeout=10).read().decode()
@@ -296,19 +275,19 @@ def test_two_servers_share_one_redis(
         b = start_server(served_repo, tmp_path / "b.log", "--state", url)
         try:
             tracked = [model.item_id_text[i] for i in (3, 17, 42)]
-            before = _recommend(b.address, "shared-newcomer")
+            before = rpc.recommend(b.address, "shared-newcomer")
             assert before.source == pb.SOURCE_POPULARITY
-            assert _track(a.address, "shared-newcomer", tracked).accepted == 3
-            after = _recommend(b.address, "shared-newcomer")
+            assert rpc.track(a.address, "shared-newcomer", tracked).accepted == 3
+            after = rpc.recommend(b.address, "shared-newcomer")
             assert after.source == pb.SOURCE_HISTORY and list(after.stages) == ["events", "retrieve"]
-            assert _ids(after) != _ids(before) and not set(_ids(after)) & set(tracked)
-            assert _ids(after) == _ids(_recommend(a.address, "shared-newcomer"))
+            assert rpc.ids(after) != rpc.ids(before) and not set(rpc.ids(after)) & set(tracked)
+            assert rpc.ids(after) == rpc.ids(rpc.recommend(a.address, "shared-newcomer"))
             # a known user's events tracked on B reach A
             user = str(model.user_ids[5])
             seen = set(model.seen(5).tolist())
             fresh = [model.item_id_text[i] for i in range(model.num_items) if i not in seen][:3]
-            _track(b.address, user, fresh)
-            assert list(_recommend(a.address, user).stages) == ["events", "retrieve"]
+            rpc.track(b.address, user, fresh)
+            assert list(rpc.recommend(a.address, user).stages) == ["events", "retrieve"]
         finally:
             assert b.stop() == 0
     finally:
@@ -329,22 +308,22 @@ def test_a_redis_going_away_never_fails_a_recommend(
     try:
         user = str(model.user_ids[9])
         item = model.item_id_text[int(next(i for i in range(model.num_items) if i not in set(model.seen(9))))]
-        _track(srv.address, user, [item])
-        assert list(_recommend(srv.address, user).stages) == ["events", "retrieve"]
+        rpc.track(srv.address, user, [item])
+        assert list(rpc.recommend(srv.address, user).stages) == ["events", "retrieve"]
         assert _metric(srv, "onnxrec_event_store_errors_total") == 0
         own.stop()
         for _ in range(3):
-            reply = _recommend(srv.address, user)
+            reply = rpc.recommend(srv.address, user)
             assert reply.source == pb.SOURCE_MODEL and list(reply.stages) == ["retrieve"]
         assert _metric(srv, "onnxrec_event_store_errors_total") == 3
         with pytest.raises(grpc.RpcError) as err:
-            _track(srv.address, user, [item])
+            rpc.track(srv.address, user, [item])
         assert err.value.code() == grpc.StatusCode.UNAVAILABLE
         assert f"event store {own.url()} unreachable" in err.value.details()
         assert "retry later" in err.value.details()
         own.start()  # same port, no data kept
         wait_until(lambda: _try_track(srv.address, user, [item]), 30, "TrackEvents after Redis came back")
-        assert list(_recommend(srv.address, user).stages) == ["events", "retrieve"]
+        assert list(rpc.recommend(srv.address, user).stages) == ["events", "retrieve"]
     finally:
         assert srv.stop() == 0
         own.stop()
@@ -353,7 +332,7 @@ def test_a_redis_going_away_never_fails_a_recommend(
 
 def _try_track(address: str, user: str, items: list[str]) -> bool:
     try:
-        _track(address, user, items)
+        rpc.track(address, user, items)
     except grpc.RpcError as err:
         assert err.code() == grpc.StatusCode.UNAVAILABLE, err
         return False

@@ -32,6 +32,7 @@ from onnxrec.trainer.models.registry import build_model
 from onnxrec.trainer.runs import open_run
 from onnxrec.v1 import recommender_pb2 as pb
 from onnxrec.v1 import recommender_pb2_grpc as pb_grpc
+from tests import rpc
 from tests.serverproc import ServerProcess, start_server
 from tests.small_runs import train_small_runs
 
@@ -145,11 +146,8 @@ def test_a_pipeline_version_explains_the_ranked_items_by_its_retrieval_model(stu
 def test_tracked_events_are_explained_from(stub, loaded: dict[str, LoadedModel]) -> None:  # type: ignore[no-untyped-def]
     model, user = loaded["tt"], 9
     tracked = [model.item_id_text[i] for i in range(model.num_items) if i not in set(model.seen(user).tolist())][:3]
-    events = [
-        pb.UserEvent(user_id=str(model.user_ids[user]), item_id=i, timestamp_ms=1000 + j) for j, i in enumerate(tracked)
-    ]
-    stub.TrackEvents(pb.TrackEventsRequest(model=TT, events=events), timeout=30)
-    reply = stub.Recommend(pb.RecommendRequest(model=TT, user_id=str(model.user_ids[user]), k=10, explain=True))
+    rpc.track(stub, str(model.user_ids[user]), tracked, model="tt")
+    reply = rpc.recommend(stub, str(model.user_ids[user]), model="tt", explain=True)
     assert list(reply.stages) == ["events", "retrieve", "explain"]
     history = tracked[::-1] + [model.item_id_text[i] for i in model.seen(user)[::-1]]
     _check_shape(reply, set(history[: model.history_len]))
