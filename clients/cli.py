@@ -111,12 +111,11 @@ def _print(result: Recommendation, as_json: bool, title: Callable[[], str]) -> N
         return
     click.echo(title())
     width = max([7, *(len(i.item_id) for i in result.items)])
-    titles = {i.item_id: i.metadata["title"] for i in result.items if "title" in i.metadata}
     for rank, item in enumerate(result.items, 1):
         extra = item.metadata.get("title", "")
         click.echo(f"{rank:>3}  {item.item_id:<{width}}  {item.score:>10.4f}  {extra}".rstrip())
-        if item.reasons:  # titles where the answer carries them (an answered item's metadata), else ids
-            named = ", ".join(titles.get(r.item_id, r.item_id) for r in item.reasons)
+        if item.reasons:  # the history items' titles where the version has them (asked with metadata), else ids
+            named = ", ".join(r.metadata.get("title") or r.item_id for r in item.reasons)
             click.echo(f"     because you watched {named}")
 
 

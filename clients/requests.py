@@ -143,7 +143,12 @@ def health(*, service: str = "", timeout: float | None = None) -> Call[Any, str]
 
 def _items(items: Sequence[pb.ScoredItem]) -> list[Item]:
     return [
-        Item(i.item_id, float(i.score), dict(i.metadata), [Reason(r.item_id, float(r.contribution)) for r in i.reasons])
+        Item(
+            i.item_id,
+            float(i.score),
+            dict(i.metadata),
+            [Reason(r.item_id, float(r.contribution), dict(r.metadata)) for r in i.reasons],
+        )
         for i in items
     ]
 

@@ -8,10 +8,12 @@ from dataclasses import dataclass, field
 @dataclass(frozen=True)
 class Reason:
     """An item of the user's history that supports a recommended item, and how much (its contribution
-    to the item's score; higher: more)."""
+    to the item's score; higher: more); ``metadata``: the history item's (title, ...) when the request
+    asked for metadata."""
 
     item_id: str
     contribution: float
+    metadata: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -34,14 +34,19 @@ def fill_items(out: Any, model: LoadedModel, top: TopK, k: int, metadata: bool) 
             add(item_id=ids[i], score=s)
 
 
-def fill_reasons(items: Any, model: LoadedModel, reasons: Reasons) -> None:
-    """Add each answered item's reasons (the history items that support it, strongest first)."""
+def fill_reasons(items: Any, model: LoadedModel, reasons: Reasons, metadata: bool) -> None:
+    """Add each answered item's reasons (the history items that support it, strongest first), with the
+    history item's metadata when asked: Reason.metadata has ScoredItem.metadata's field number and type,
+    so the item's cached ScoredItem metadata bytes merge into a Reason as they are."""
     ids = model.item_id_text
+    wire = model.metadata_wire
     for out, row, values in zip(items, reasons.items.tolist(), reasons.contributions.tolist(), strict=False):
         add = out.reasons.add
         for i, c in zip(row, values, strict=True):
             if i >= 0:
-                add(item_id=ids[i], contribution=c)
+                reason = add(item_id=ids[i], contribution=c)
+                if metadata:
+                    reason.MergeFromString(wire(i))
 
 
 def _respond_into(response: pb.RecommendResponse, query: RecommendQuery) -> None:
@@ -59,7 +64,7 @@ def _respond_into(response: pb.RecommendResponse, query: RecommendQuery) -> None
     fill_items(response.items, model, query.top, query.k, query.include_metadata)
     if query.reasons is not None:
         response.stages.append("explain")
-        fill_reasons(response.items, model, query.reasons)
+        fill_reasons(response.items, model, query.reasons, query.include_metadata)
 
 
 def respond(query: RecommendQuery) -> pb.RecommendResponse:
@@ -91,7 +96,8 @@ def _estimate(queries: list[RecommendQuery]) -> float:
     total = 0.0
     for q in queries:
         model = q.served.model
-        item = model.item_bytes[q.include_metadata] + (3 * (model.item_bytes[False] + 2) if q.explain else 0.0)
+        reason = model.item_bytes[q.include_metadata] + 2  # a reason: an item's id, a float (and its metadata)
+        item = model.item_bytes[q.include_metadata] + (3 * reason if q.explain else 0.0)
         total += RESPONSE_OVERHEAD_BYTES + min(q.k, model.num_items) * item
     return total
 

@@ -313,18 +313,31 @@ def test_the_python_client_and_cli_explain(server: ServerProcess, loaded: dict[s
     from onnxrec.clients import RecommenderClient
     from onnxrec.clients.results import Reason
 
-    user = str(loaded["tt"].user_ids[4])
+    model = loaded["tt"]
+    user = str(model.user_ids[4])
+    index = {text: i for i, text in enumerate(model.item_id_text)}
     with RecommenderClient(server.address) as client:
         r = client.recommend("tt", user, 5, explain=True, include_metadata=True)
         assert r.stages[-1] == "explain" and all(isinstance(x, Reason) for i in r.items for x in i.reasons)
         assert any(i.reasons for i in r.items) and not any(i.reasons for i in client.recommend("tt", user, 5).items)
-        (b,) = client.recommend_batch("tt", [user], 5, explain=True)
-        assert [[x.item_id for x in i.reasons] for i in b.items] == [[x.item_id for x in i.reasons] for i in r.items]
+        # each reason carries its history item's metadata from the version (items.parquet) when asked, else none
+        assert all(x.metadata == model.metadata(index[x.item_id]) for i in r.items for x in i.reasons)
+        bare = client.recommend("tt", user, 5, explain=True)
+        assert [[(x.item_id, x.metadata) for x in i.reasons] for i in bare.items] == [
+            [(x.item_id, {}) for x in i.reasons] for i in r.items
+        ]
+        (b,) = client.recommend_batch("tt", [user], 5, explain=True, include_metadata=True)
+        assert [i.reasons for i in b.items] == [i.reasons for i in r.items]
     command = [sys.executable, "-m", "onnxrec", "recommend", "--server", server.address, "--model", "tt"]
-    out = subprocess.run(
-        [*command, "--user", user, "-k", "5", "--explain"], check=False, capture_output=True, text=True
-    )
-    assert out.returncode == 0, out.stderr
-    titles = {i.item_id: i.metadata.get("title", i.item_id) for i in r.items}  # titles of answered items, else ids
-    shown = [line.split("because you watched ", 1)[1] for line in out.stdout.splitlines() if "because" in line]
-    assert shown == [", ".join(titles.get(x.item_id, x.item_id) for x in i.reasons) for i in r.items if i.reasons]
+
+    def shown(*options: str) -> list[str]:
+        out = subprocess.run(
+            [*command, "--user", user, "-k", "5", "--explain", *options], check=False, capture_output=True, text=True
+        )
+        assert out.returncode == 0, out.stderr
+        return [line.split("because you watched ", 1)[1] for line in out.stdout.splitlines() if "because" in line]
+
+    # the history items' titles from the version's item metadata (the synthetic catalog's "Item N"), not ids
+    titled = [", ".join(model.metadata(index[x.item_id])["title"] for x in i.reasons) for i in r.items if i.reasons]
+    assert shown() == titled and all(t.startswith("Item ") for t in titled)
+    assert shown("--no-metadata") == [", ".join(x.item_id for x in i.reasons) for i in r.items if i.reasons]

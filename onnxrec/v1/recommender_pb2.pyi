@@ -46,12 +46,21 @@ class ScoredItem(_message.Message):
     def __init__(self, item_id: _Optional[str] = ..., score: _Optional[float] = ..., metadata: _Optional[_Mapping[str, str]] = ..., reasons: _Optional[_Iterable[_Union[Reason, _Mapping]]] = ...) -> None: ...
 
 class Reason(_message.Message):
-    __slots__ = ("item_id", "contribution")
+    __slots__ = ("item_id", "contribution", "metadata")
+    class MetadataEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     ITEM_ID_FIELD_NUMBER: _ClassVar[int]
     CONTRIBUTION_FIELD_NUMBER: _ClassVar[int]
+    METADATA_FIELD_NUMBER: _ClassVar[int]
     item_id: str
     contribution: float
-    def __init__(self, item_id: _Optional[str] = ..., contribution: _Optional[float] = ...) -> None: ...
+    metadata: _containers.ScalarMap[str, str]
+    def __init__(self, item_id: _Optional[str] = ..., contribution: _Optional[float] = ..., metadata: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class RecommendRequest(_message.Message):
     __slots__ = ("model", "user_id", "k", "history", "exclude_item_ids", "exclude_seen", "include_metadata", "user_features", "candidates", "explain")
