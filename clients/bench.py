@@ -39,6 +39,7 @@ class BenchConfig:
     warmup_s: float = 2.0
     processes: int = 1
     batch_users: int = 0  # > 0: RecommendBatch with this many users a call
+    explain: bool = False  # ask for each item's reasons (Recommend.explain)
     timeout_s: float = 5.0
     token: str | None = None
     seed: int = 0
@@ -81,13 +82,15 @@ async def _worker(cfg: BenchConfig, index: int, t_start: float, t_end: float) ->
                 if cfg.batch_users > 0:
                     users = [rng.choice(cfg.users) for _ in range(cfg.batch_users)]
                     await stub.RecommendBatch(
-                        pb.RecommendBatchRequest(requests=[recommend_request(cfg.model, u, cfg.k) for u in users]),
+                        pb.RecommendBatchRequest(
+                            requests=[recommend_request(cfg.model, u, cfg.k, explain=cfg.explain) for u in users]
+                        ),
                         timeout=cfg.timeout_s,
                         metadata=metadata,
                     )
                 else:
                     await stub.Recommend(
-                        recommend_request(cfg.model, rng.choice(cfg.users), cfg.k),
+                        recommend_request(cfg.model, rng.choice(cfg.users), cfg.k, explain=cfg.explain),
                         timeout=cfg.timeout_s,
                         metadata=metadata,
                     )

@@ -280,6 +280,7 @@ def health_command(**kw: Any) -> None:
     help="> 0: RecommendBatch with this many users per call.",
 )
 @click.option("-k", "k", type=click.IntRange(min=1), default=10, show_default=True, help="How many items to return.")
+@click.option("--explain", is_flag=True, help="Ask for each item's reasons (explain on every Recommend).")
 @click.option("--metrics-url", default=None, help="The server's /metrics URL, for batch size and queue time.")
 @click.option("--token", envvar="ONNXREC_TOKEN", default=None, help="Bearer token (or $ONNXREC_TOKEN).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
@@ -295,6 +296,7 @@ def bench_command(
     processes: int,
     batch_users: int,
     k: int,
+    explain: bool,
     metrics_url: str | None,
     token: str | None,
     as_json: bool,
@@ -336,6 +338,7 @@ def bench_command(
             warmup_s=warmup,
             processes=processes,
             batch_users=batch_users,
+            explain=explain,
             token=token,
         )
         r = run_bench(cfg, metrics_url)

@@ -341,3 +341,25 @@ def test_the_python_client_and_cli_explain(server: ServerProcess, loaded: dict[s
     titled = [", ".join(model.metadata(index[x.item_id])["title"] for x in i.reasons) for i in r.items if i.reasons]
     assert shown() == titled and all(t.startswith("Item ") for t in titled)
     assert shown("--no-metadata") == [", ".join(x.item_id for x in i.reasons) for i in r.items if i.reasons]
+
+
+@slow
+def test_bench_explain_asks_every_call_to_explain(server: ServerProcess, repo: Path) -> None:
+    """``onnxrec bench --explain`` sets explain on every Recommend (and RecommendBatch entry): a version
+    that explains answers them all; one exported before explanations refuses each (FAILED_PRECONDITION),
+    and none without --explain."""
+
+    def bench(model: str, *options: str) -> dict:  # type: ignore[type-arg]
+        command = [sys.executable, "-m", "onnxrec", "bench", "--server", server.address, "--model", model]
+        command += ["--users-from", str(repo / model / "1"), "--concurrency", "2", "--duration", "2", "--warmup", "0"]
+        out = subprocess.run([*command, "--json", *options], check=False, capture_output=True, text=True, timeout=300)
+        assert out.returncode == 0, out.stderr
+        (result,) = json.loads(out.stdout)
+        assert result["requests"] > 0
+        return dict(result)
+
+    assert bench("tt", "--explain")["errors"] == {}
+    refused = bench("old", "--explain")
+    assert set(refused["errors"]) == {"FAILED_PRECONDITION"} and refused["qps"] == 0
+    assert set(bench("old", "--explain", "--batch-users", "4")["errors"]) == {"FAILED_PRECONDITION"}
+    assert bench("old")["errors"] == {}
