@@ -37,6 +37,12 @@ class TrainConfig:
         0.1, "probability of dropping a user or item id in training (so unknown ids still get vectors)"
     )
     dropout: float = setting(0.0, "dropout between hidden layers")
+    blocks: int = setting(0, "sasrec: transformer blocks (0: the model's default, 2)")
+    sequence_objective: str = setting(
+        "all_positions",
+        "sasrec: all_positions (every position of each history window predicts its next item) | last_position "
+        "(one example per training item, its history scored at the newest position)",
+    )
     epochs: int = setting(10, "most epochs to train (early stopping may end sooner)")
     batch_size: int = setting(1024, "training examples per step")
     lr: float = setting(0.005, "learning rate")

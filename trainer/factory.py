@@ -34,6 +34,7 @@ def model_options(cfg: TrainConfig, ds: Dataset) -> ModelOptions:
         layers=tuple(cfg.layers),
         history_len=cfg.history_len,
         dropout=cfg.dropout,
+        blocks=cfg.blocks,
         id_dropout=cfg.id_dropout,
         user_features=tuple(FeatureInput(f.name, f.cardinality, f.width) for f in spec.user),
         item_features=tuple(FeatureInput(f.name, f.cardinality, f.width) for f in spec.item),

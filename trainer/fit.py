@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -32,6 +32,9 @@ from onnxrec.trainer.models.base import Recommender
 from onnxrec.trainer.negatives import NegativeSampler
 from onnxrec.trainer.plan import choose_softmax, long_epoch_warning
 from onnxrec.trainer.progress import Progress
+
+if TYPE_CHECKING:
+    from onnxrec.trainer.sequence_fit import SequenceEpochData
 
 log = logging.getLogger("onnxrec.train")
 #: Batches timed before an epoch's length is estimated (and warned about when long).
@@ -118,16 +121,21 @@ class TrainingStep(nn.Module):
         cands = torch.cat([items.unsqueeze(1), negatives], dim=1)
         if m.history_len and m.factorized:
             inputs = compact_history(m, inputs)
-        scores = m.score_candidates(users, cands, inputs)
-        if self.loss == "softmax":
-            return F.cross_entropy(scores / self.temperature, torch.zeros_like(users))
-        if self.loss == "bce":
-            target = torch.zeros_like(scores)
-            target[:, 0] = 1.0
-            return F.binary_cross_entropy_with_logits(scores, target)
-        if self.loss == "bpr":
-            return -F.logsigmoid(scores[:, :1] - scores[:, 1:]).mean()
-        raise TrainingError(f"unknown loss {self.loss!r} (use softmax, bce or bpr)")
+        return candidate_loss(m.score_candidates(users, cands, inputs), self.loss, self.temperature)
+
+
+def candidate_loss(scores: torch.Tensor, loss: str, temperature: float) -> torch.Tensor:
+    """The loss of candidate scores [B, 1 + n] whose first column is the positive and the rest its negatives."""
+    if loss == "softmax":
+        target = torch.zeros(scores.shape[0], dtype=torch.long, device=scores.device)
+        return F.cross_entropy(scores / temperature, target)
+    if loss == "bce":
+        labels = torch.zeros_like(scores)
+        labels[:, 0] = 1.0
+        return F.binary_cross_entropy_with_logits(scores, labels)
+    if loss == "bpr":
+        return -F.logsigmoid(scores[:, :1] - scores[:, 1:]).mean()
+    raise TrainingError(f"unknown loss {loss!r} (use softmax, bce or bpr)")
 
 
 def compact_history(model: Recommender, inputs: dict[str, Any]) -> dict[str, Any]:
@@ -193,6 +201,8 @@ def fit(
     :mod:`onnxrec.trainer.determinism`). ``negatives`` draws the sampled losses' negatives (default:
     uniformly over the catalog; with hard ones, a softmax loss is the sampled one over them);
     ``scorer`` is what each epoch validates (default: the model alone)."""
+    from onnxrec.trainer.sequence_fit import sequence_training, trains_every_position  # it imports this module
+
     distributed = dist.is_available() and dist.is_initialized()
     rank = dist.get_rank() if distributed else 0
     world = dist.get_world_size() if distributed else 1
@@ -200,31 +210,47 @@ def fit(
     model.to(device)
     # each rank takes an equal share of the global batch, so N processes take the same steps as one
     batch = max(1, -(-cfg.batch_size // world))
-    plan = choose_softmax(model.num_items, batch, cfg.max_softmax_items)
+    # the all-positions objective (SASRec): a step is batch // history_len windows of up to history_len
+    # targets each, so --batch-size still counts examples (target positions) per step
+    every_position = trains_every_position(model, cfg.sequence_objective)
+    windows = max(1, batch // max(model.history_len, 1))
+    rows_per_step = windows * model.history_len if every_position else batch
+    plan = choose_softmax(model.num_items, rows_per_step, cfg.max_softmax_items)
     negatives = NegativeSampler(ds.num_items) if negatives is None else negatives
     full = plan.full and negatives.pool is None
     if loss == "softmax" and rank == 0:
         pairs = "sampled softmax (the model scores pairs, not a catalog)"
         hard = "sampled softmax over the positive and its negatives (hard negatives from retrieval candidates)"
         log.info("loss: %s", hard if negatives.pool is not None else plan.reason if model.factorized else pairs)
-    step: nn.Module = TrainingStep(model, loss, cfg.temperature, full)
+    seq = UserSequences.from_parts([ds.splits.train], ds.num_users)
+    if len(seq.items) == 0:
+        raise TrainingError("the training split is empty")
+    epoch_data: _EpochData | SequenceEpochData
+    step: nn.Module
+    if every_position:
+        if rank == 0:
+            log.info(
+                "objective: the next item at every position of %d windows of %d items per step",
+                windows,
+                model.history_len,
+            )
+        step, epoch_data = sequence_training(model, loss, cfg, full, seq, windows, rank, world, negatives)
+    else:
+        step = TrainingStep(model, loss, cfg.temperature, full)
+        owners = np.repeat(np.arange(ds.num_users), np.diff(seq.indptr))
+        epoch_data = _EpochData(model, ds, seq, owners, batch, rank, world, negatives, cfg.num_negatives)
     if distributed:
         step = nn.parallel.DistributedDataParallel(step, find_unused_parameters=True)
     opt = _optimizer(cfg, step.parameters())
     if optimizer_state:
         opt.load_state_dict(optimizer_state)
-    seq = UserSequences.from_parts([ds.splits.train], ds.num_users)
-    if len(seq.items) == 0:
-        raise TrainingError("the training split is empty")
-    owners = np.repeat(np.arange(ds.num_users), np.diff(seq.indptr))
-    epoch_data = _EpochData(seq, owners, batch, rank, world, negatives)
     scorer = ModelScorer(model, ds, device) if scorer is None else scorer
     result = FitResult(best_state={}, best_epoch=-1, best_score=-math.inf)
     bad_epochs = 0
     for epoch in range(start_epoch, cfg.epochs):
         gen, torch_seed = epoch_seeds(cfg.seed, epoch)
         torch.manual_seed(torch_seed)
-        record = _train_epoch(step, opt, model, ds, cfg, epoch_data, gen, epoch, device)
+        record = _train_epoch(step, opt, model, cfg, epoch_data, gen, epoch, device)
         result.train_seconds += record["seconds"]
         stop = False
         if rank == 0:
@@ -256,48 +282,60 @@ def fit(
 
 @dataclass(frozen=True)
 class _EpochData:
-    """What every epoch reads: the training sequences, each position's user, the per-rank batch and the
-    negatives' sampler."""
+    """What every epoch of the per-prefix objective reads: the training sequences, each position's user,
+    the per-rank batch and the negatives' sampler; an example is an item and the items before it."""
 
+    model: Recommender
+    ds: Dataset
     seq: UserSequences
     owners: np.ndarray
     batch: int
     rank: int
     world: int
     negatives: NegativeSampler
+    num_negatives: int
+
+    def batches(
+        self, gen: np.random.Generator, device: torch.device
+    ) -> tuple[int, int, Iterator[tuple[tuple[Any, ...], int]]]:
+        """(examples this epoch, steps, each step's ``TrainingStep`` arguments and its example count)."""
+        seq = self.seq
+        perm = gen.permutation(len(seq.items))[self.rank :: self.world]
+        history_len = self.model.history_len
+
+        def steps() -> Iterator[tuple[tuple[Any, ...], int]]:
+            for start in range(0, len(perm), self.batch):
+                pos = perm[start : start + self.batch]
+                users_np = self.owners[pos]
+                hist = training_histories(seq, history_len, pos) if history_len else None
+                users = torch.from_numpy(users_np).to(device)
+                items = torch.from_numpy(seq.items[pos]).to(device)
+                negs = torch.from_numpy(self.negatives.draw(gen, users_np, self.num_negatives)).to(device)
+                inputs = user_inputs(self.model, self.ds, users_np, hist, device)
+                yield (users, items, negs, inputs), len(pos)
+
+        return len(perm), -(-len(perm) // self.batch), steps()
 
 
 def _train_epoch(
     step: nn.Module,
     opt: torch.optim.Optimizer,
     model: Recommender,
-    ds: Dataset,
     cfg: TrainConfig,
-    data: _EpochData,
+    data: _EpochData | SequenceEpochData,
     gen: np.random.Generator,
     epoch: int,
     device: torch.device,
 ) -> dict[str, Any]:
     """One pass over this rank's share of the shuffled training examples; the epoch's record."""
     model.train()
-    seq = data.seq
-    perm = gen.permutation(len(seq.items))[data.rank :: data.world]
-    history_len = model.history_len
     t0 = time.perf_counter()
-    total, batches = 0.0, 0
-    progress = Progress(
-        -(-len(perm) // data.batch), f"epoch {epoch + 1}/{cfg.epochs}", enabled=cfg.progress and data.rank == 0
-    )
+    examples, num_batches, steps = data.batches(gen, device)
+    total, batches, done = 0.0, 0, 0
+    progress = Progress(num_batches, f"epoch {epoch + 1}/{cfg.epochs}", enabled=cfg.progress and data.rank == 0)
     try:
-        for start in range(0, len(perm), data.batch):
-            pos = perm[start : start + data.batch]
-            users_np = data.owners[pos]
-            hist = training_histories(seq, history_len, pos) if history_len else None
-            users = torch.from_numpy(users_np).to(device)
-            items = torch.from_numpy(seq.items[pos]).to(device)
-            negs = torch.from_numpy(data.negatives.draw(gen, users_np, cfg.num_negatives)).to(device)
-            inputs = user_inputs(model, ds, users_np, hist, device)
-            loss_value = step(users, items, negs, inputs)
+        for args, count in steps:
+            loss_value = step(*args)
             if not torch.isfinite(loss_value):
                 raise TrainingError(
                     f"the loss became {loss_value.item()} at epoch {epoch + 1}; lower --lr "
@@ -308,10 +346,11 @@ def _train_epoch(
             opt.step()
             total += float(loss_value.detach())
             batches += 1
-            progress.update(batches, start + len(pos), total / batches)
+            done += count
+            progress.update(batches, done, total / batches)
             if batches == _ESTIMATE_AFTER and data.rank == 0:
                 per_batch = (time.perf_counter() - t0) / batches
-                warning = long_epoch_warning(per_batch, -(-len(perm) // data.batch), model.num_items)
+                warning = long_epoch_warning(per_batch, num_batches, model.num_items)
                 if warning:
                     log.warning("%s", warning)
     finally:
@@ -321,6 +360,6 @@ def _train_epoch(
         "epoch": epoch + 1,
         "loss": total / max(batches, 1),
         "seconds": round(dt, 3),
-        "examples": len(perm),
-        "examples_per_second": round(len(perm) * data.world / dt, 1),
+        "examples": examples,
+        "examples_per_second": round(examples * data.world / dt, 1),
     }

@@ -41,6 +41,11 @@ def validate_options(cfg: TrainConfig) -> None:
         (cfg.split in ("leave_one_out", "temporal"), f"unknown split {cfg.split!r} (use leave_one_out or temporal)"),
         (cfg.optimizer in ("adam", "adamw"), f"unknown optimizer {cfg.optimizer!r} (use adam or adamw)"),
         (cfg.loss in ("auto", "softmax", "bce", "bpr"), f"unknown loss {cfg.loss!r} (use auto, softmax, bce or bpr)"),
+        (cfg.blocks >= 0, "blocks must be 0 (the model's default) or more"),
+        (
+            cfg.sequence_objective in ("all_positions", "last_position"),
+            f"unknown sequence_objective {cfg.sequence_objective!r} (use all_positions or last_position)",
+        ),
     ]
     for ok, message in checks:
         if not ok:

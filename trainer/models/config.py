@@ -30,6 +30,7 @@ class ModelOptions:
     layers: tuple[int, ...] = ()  # () = the model's own default
     history_len: int = 0
     dropout: float = 0.0
+    blocks: int = 0  # 0 = the model's own default
     id_dropout: float = 0.0
     user_features: tuple[FeatureInput, ...] = ()
     item_features: tuple[FeatureInput, ...] = ()
