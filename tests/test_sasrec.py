@@ -18,16 +18,24 @@ from onnxrec.trainer.config import TrainConfig
 from onnxrec.trainer.data.dataset import Dataset, save_dataset
 from onnxrec.trainer.history import known_sequences
 from onnxrec.trainer.models.config import ModelOptions
-from onnxrec.trainer.models.sasrec import SasRec, SasRecConfig
+from onnxrec.trainer.models.sasrec import DEFAULT_BLOCKS, SasRec, SasRecConfig
 from onnxrec.trainer.runs import open_run
 from onnxrec.trainer.train import train
 
 NUM_ITEMS = 30
 
 
-def _model(heads: int = 2, blocks: int = 2, history_len: int = 8) -> SasRec:
+def _model(heads: int = 2, blocks: int = 2, history_len: int = 8, positions: str = "absolute") -> SasRec:
     torch.manual_seed(0)
-    cfg = SasRecConfig(num_users=5, num_items=NUM_ITEMS, dim=8, blocks=blocks, heads=heads, history_len=history_len)
+    cfg = SasRecConfig(
+        num_users=5,
+        num_items=NUM_ITEMS,
+        dim=8,
+        blocks=blocks,
+        heads=heads,
+        history_len=history_len,
+        positions=positions,
+    )
     model = SasRec(cfg)
     with torch.no_grad():  # weights far from their initial scale, so a leak would show
         for p in model.parameters():
@@ -35,11 +43,12 @@ def _model(heads: int = 2, blocks: int = 2, history_len: int = 8) -> SasRec:
     return model.eval()
 
 
+@pytest.mark.parametrize("positions", ["absolute", "relative"])
 @pytest.mark.parametrize(("heads", "blocks"), [(1, 1), (2, 2), (4, 3)])
-def test_no_position_sees_a_newer_one(heads: int, blocks: int) -> None:
+def test_no_position_sees_a_newer_one(heads: int, blocks: int, positions: str) -> None:
     """Position p's output (0 = newest) reads only positions p and older: changing the item at position
     j changes the outputs at j and newer ones, never at older ones."""
-    model = _model(heads, blocks)
+    model = _model(heads, blocks, positions=positions)
     history = torch.tensor([[3, 1, 4, 1, 5, 9, 2, 6], [7, 18, 2, 8, 11, -1, -1, -1]])
     with torch.no_grad():
         base = model.encode(history)  # [B, H, D]
@@ -56,11 +65,12 @@ def test_no_position_sees_a_newer_one(heads: int, blocks: int) -> None:
                 assert moved[1, j] > 1e-3 and moved[1, 0] > 0
 
 
+@pytest.mark.parametrize("positions", ["absolute", "relative"])
 @pytest.mark.parametrize("heads", [1, 2])
-def test_padding_is_never_attended(heads: int) -> None:
+def test_padding_is_never_attended(heads: int, positions: str) -> None:
     """A history padded with -1 gives the vector of the same history without the padding columns, and
     the user id is not read (a user the model does not know gets the same vector)."""
-    model = _model(heads)
+    model = _model(heads, positions=positions)
     history = torch.tensor([[4, 12, 7, -1, -1, -1, -1, -1], [9, -1, -1, -1, -1, -1, -1, -1]])
     with torch.no_grad():
         padded = model.user_vectors(torch.tensor([0, 1]), {"history": history})
@@ -76,11 +86,31 @@ def test_padding_is_never_attended(heads: int) -> None:
         assert bool(torch.isfinite(empty).all())
 
 
+def test_relative_positions_answer_every_position_as_the_newest() -> None:
+    """With distance biases instead of position embeddings, position p's output is the newest position's
+    output for the history that ends at p: what training at every position teaches is what serving asks."""
+    model = _model(2, 2, positions="relative")
+    assert not hasattr(model, "pos_emb")
+    history = torch.tensor([[3, 1, 4, 1, 5, 9, 2, 6], [7, 18, 2, 8, 11, -1, -1, -1]])
+    with torch.no_grad():
+        every = model.encode(history)
+        for p in range(8):
+            torch.testing.assert_close(every[:, p], model.encode(history[:, p:], newest_only=True))
+    absolute = _model(2, 2, positions="absolute")
+    with torch.no_grad():  # SASRec's absolute embeddings give no such equality
+        assert not torch.allclose(absolute.encode(history)[:, 2], absolute.encode(history[:, 2:], newest_only=True))
+
+
 def test_config_from_training_options() -> None:
     cfg = SasRecConfig.from_options(ModelOptions(num_users=3, num_items=4, dim=16, history_len=0))
-    assert (cfg.history_len, cfg.dropout, cfg.blocks, cfg.heads, cfg.dim) == (50, 0.2, 1, 2, 16)
-    cfg = SasRecConfig.from_options(ModelOptions(num_users=3, num_items=4, dim=15, history_len=20, dropout=0.5))
-    assert (cfg.history_len, cfg.dropout, cfg.heads) == (20, 0.5, 1)
+    assert (cfg.history_len, cfg.dropout, cfg.blocks, cfg.heads, cfg.dim) == (50, 0.2, DEFAULT_BLOCKS, 2, 16)
+    cfg = SasRecConfig.from_options(
+        ModelOptions(num_users=3, num_items=4, dim=15, history_len=20, dropout=0.5, blocks=3)
+    )
+    assert (cfg.history_len, cfg.dropout, cfg.heads, cfg.blocks) == (20, 0.5, 1, 3)
+    assert SasRecConfig(num_users=1, num_items=1).positions == "absolute"  # checkpoints written before the field
+    with pytest.raises(ConfigError, match="absolute or relative"):
+        SasRecConfig(num_users=1, num_items=1, positions="rotary")
     with pytest.raises(ConfigError, match="divisible"):
         SasRecConfig(num_users=1, num_items=1, dim=6, heads=4)
 

@@ -9,8 +9,11 @@ embedded with. The user id is not read, so any user with a history gets a vector
 does not know included), and a known user's vector is computed once at export from their history.
 
 The attention is written with plain matrix products and masks (no ``nn.MultiheadAttention``), so the
-masking is explicit and exports to ONNX as ordinary operators. The fit loop trains it on the
-next-item objective as it is: each training example is an item and the items before it.
+masking is explicit and exports to ONNX as ordinary operators. The fit loop trains it on SASRec's own
+next-item objective (:mod:`onnxrec.trainer.sequence_fit`): each window of a user's training sequence
+is encoded once and every position predicts the item after it, which the causal mask keeps out of that
+position's view; ``--sequence-objective last_position`` trains one example per item and its history
+instead, read at the newest position only.
 """
 
 from __future__ import annotations
@@ -28,29 +31,33 @@ from onnxrec.trainer.models.config import ModelConfig, ModelOptions
 
 DEFAULT_HISTORY_LEN = 50
 DEFAULT_DROPOUT = 0.2
+DEFAULT_BLOCKS = 2
+DEFAULT_POSITIONS = "relative"
 INIT_STD = 0.02
 
 
 @dataclass(frozen=True)
 class SasRecConfig(ModelConfig):
-    """Sizes of a :class:`SasRec` model. From the training options: ``dim``, ``history_len`` (0: 50) and
-    ``dropout`` (0: 0.2; on the embeddings and each block's two residual branches); two heads (one
-    when ``dim`` is odd).
-
-    One block by default, where the reference SASRec has two: the fit loop trains one example per
-    history prefix, so every block but the last runs at all ``history_len`` positions of every example,
-    and on ML-100K a second block made a step 2.7x slower (0.26 -> 0.75 s CPU, batch 1024, dim 64,
-    50 positions) for no better validation score after 3 epochs (full NDCG@10 0.0907 against 0.0953)."""
+    """Sizes of a :class:`SasRec` model. From the training options: ``dim``, ``history_len`` (0: 50),
+    ``blocks`` (0: 2, as the reference SASRec) and ``dropout`` (0: 0.2; on the embeddings and each
+    block's two residual branches); two heads (one when ``dim`` is odd)."""
 
     num_users: int
     num_items: int
     dim: int = 64
-    blocks: int = 1
+    blocks: int = DEFAULT_BLOCKS
     heads: int = 2
     dropout: float = DEFAULT_DROPOUT
     history_len: int = DEFAULT_HISTORY_LEN
+    #: "absolute": a learned embedding of each item's place in the window (0 = newest) added to its
+    #: embedding (SASRec's); "relative": none, and each head's attention logit gains a learned bias per
+    #: distance between the query and the key, so a position's output depends on the items it reads and
+    #: their distances only, wherever the query sits in the window. (Checkpoints without the field: absolute.)
+    positions: str = "absolute"
 
     def __post_init__(self) -> None:
+        if self.positions not in ("absolute", "relative"):
+            raise ConfigError(f"sasrec positions must be absolute or relative, not {self.positions!r}")
         if self.history_len < 1 or self.blocks < 1 or self.heads < 1 or self.dim % self.heads:
             raise ConfigError(
                 f"sasrec needs history_len, blocks and heads of at least 1 and dim divisible by heads (history_len "
@@ -67,7 +74,9 @@ class SasRecConfig(ModelConfig):
             dim=opts.dim,
             heads=heads,
             dropout=opts.dropout if opts.dropout > 0 else DEFAULT_DROPOUT,
+            blocks=opts.blocks or DEFAULT_BLOCKS,
             history_len=opts.history_len or DEFAULT_HISTORY_LEN,
+            positions=DEFAULT_POSITIONS,
         )
 
 
@@ -109,10 +118,12 @@ class CausalBlock(nn.Module):
         b, n, d = t.shape
         return t.unsqueeze(1) if self.heads == 1 else t.reshape(b, n, self.heads, d // self.heads).transpose(1, 2)
 
-    def forward(self, x: torch.Tensor, allowed: torch.Tensor, queries: int | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, allowed: torch.Tensor, queries: int | None = None, bias: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """``x`` [B, H, D] -> [B, Q, D]: each query position attends to the key positions ``allowed``
         [B, Q, H] lets it; with ``queries``, only the first ``queries`` positions (the newest) are
-        computed (Q = ``queries``, else H)."""
+        computed (Q = ``queries``, else H). ``bias`` [heads, Q, H] is added to the attention logits."""
         b, _, d = x.shape
         normed = self.attn_norm(x)
         if queries is not None:
@@ -120,6 +131,8 @@ class CausalBlock(nn.Module):
         q = self._split(self.query(normed if queries is None else normed[:, :queries]))
         k, v = self._split(self.key(normed)), self._split(self.value(normed))
         logits = (q @ k.transpose(-1, -2)) * (1.0 / math.sqrt(d // self.heads))  # [B, heads, Q, H]
+        if bias is not None:
+            logits = logits + bias
         weights = torch.softmax(logits.masked_fill(~allowed.unsqueeze(1), float("-inf")), dim=-1)
         attended = weights @ v  # [B, heads, Q, D / heads]
         attended = attended.squeeze(1) if self.heads == 1 else attended.transpose(1, 2).reshape(b, -1, d)
@@ -136,7 +149,10 @@ class SasRec(FactorizedRecommender):
     def __init__(self, cfg: SasRecConfig) -> None:
         super().__init__(cfg)
         self.item_emb = nn.Parameter(torch.randn(cfg.num_items, cfg.dim) * INIT_STD)
-        self.pos_emb = nn.Parameter(torch.randn(cfg.history_len, cfg.dim) * INIT_STD)
+        if cfg.positions == "absolute":
+            self.pos_emb = nn.Parameter(torch.randn(cfg.history_len, cfg.dim) * INIT_STD)
+        else:  # one bias per head and query-key distance 0 .. history_len - 1, shared by the blocks
+            self.distance_bias = nn.Parameter(torch.zeros(cfg.heads, cfg.history_len))
         self.emb_drop = FastDropout(cfg.dropout)
         self.blocks = nn.ModuleList(CausalBlock(cfg.dim, cfg.heads, cfg.dropout) for _ in range(cfg.blocks))
         self.final_norm = nn.LayerNorm(cfg.dim)
@@ -163,15 +179,23 @@ class SasRec(FactorizedRecommender):
         valid = history >= 0
         table = self.item_emb if item_table is None else item_table
         x = table[history.clamp_min(0)] * valid.unsqueeze(-1).to(table.dtype)
-        x = self.emb_drop(x + self.pos_emb[:h].unsqueeze(0))
         pos = torch.arange(h, device=history.device)
+        bias = None
+        if self.cfg.positions == "absolute":
+            x = x + self.pos_emb[:h].unsqueeze(0)
+        else:  # [heads, Q, H]: the bias of key k for query q, by their distance k - q (only k >= q attend)
+            bias = self.distance_bias[:, (pos.unsqueeze(0) - pos.unsqueeze(1)).clamp_min(0)]
+        x = self.emb_drop(x)
         older = pos.unsqueeze(0) >= pos.unsqueeze(1)  # [Q, H]: key k is no newer than query q
         itself = pos.unsqueeze(0) == pos.unsqueeze(1)  # a padding query attends to itself: no empty row
         allowed = (older.unsqueeze(0) & valid.unsqueeze(1)) | itself.unsqueeze(0)  # [B, H, H]
         for j, block in enumerate(self.blocks):
             # the last block's outputs are read at the newest position only: one query there
             newest = newest_only and j == len(self.blocks) - 1
-            x = block(x, allowed[:, :1], queries=1) if newest else block(x, allowed)
+            if newest:
+                x = block(x, allowed[:, :1], queries=1, bias=None if bias is None else bias[:, :1])
+            else:
+                x = block(x, allowed, bias=bias)
         x = self.final_norm(x)
         return x[:, 0] if newest_only else x
 
