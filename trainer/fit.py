@@ -329,7 +329,7 @@ def _train_epoch(
 ) -> dict[str, Any]:
     """One pass over this rank's share of the shuffled training examples; the epoch's record."""
     model.train()
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     examples, num_batches, steps = data.batches(gen, device)
     total, batches, done = 0.0, 0, 0
     progress = Progress(num_batches, f"epoch {epoch + 1}/{cfg.epochs}", enabled=cfg.progress and data.rank == 0)
@@ -360,6 +360,9 @@ def _train_epoch(
         "epoch": epoch + 1,
         "loss": total / max(batches, 1),
         "seconds": round(dt, 3),
+        # this process's CPU time (every thread): on a machine shared with other jobs, what the epoch cost
+        # itself, where the wall-clock seconds also count the time it waited for a core
+        "cpu_seconds": round(time.process_time() - cpu0, 3),
         "examples": examples,
         "examples_per_second": round(examples * data.world / dt, 1),
     }
