@@ -122,3 +122,23 @@ def test_damaged_or_unknown_text_is_refused(tmp_path: Path) -> None:
     pq.write_table(item_text_table(vectors + 1e-3), out / "item_text.parquet")
     with pytest.raises(DataError, match="sha256"):
         load_dataset(out)
+
+
+def test_train_item_text_needs_text_and_a_two_tower(tmp_path: Path) -> None:
+    from onnxrec.errors import ConfigError
+    from onnxrec.trainer.config import TrainConfig
+    from onnxrec.trainer.train import train
+
+    log = _log(tmp_path / "log.csv")
+    runner = CliRunner()
+    for out, extra in ((tmp_path / "plain", []), (tmp_path / "text", ["--item-text-columns", "title"])):
+        result = runner.invoke(main, ["data", "prepare", str(log), "--out", str(out), "--negatives", "1", *extra])
+        assert result.exit_code == 0, result.output
+    with pytest.raises(ConfigError, match="no item text"):
+        train(TrainConfig(data=str(tmp_path / "plain"), out=str(tmp_path / "r1"), item_text=True, progress=False))
+    with pytest.raises(ConfigError, match="only the two-tower"):
+        train(
+            TrainConfig(
+                data=str(tmp_path / "text"), out=str(tmp_path / "r2"), model="mf", item_text=True, progress=False
+            )
+        )
