@@ -227,8 +227,10 @@ def measure(
     processes: int,
     batch_users: int = 0,
     model: str = MODEL,
+    explain: bool = False,
 ) -> dict[str, Any]:
-    """One closed-loop point with onnxrec's load generator, plus server and client CPU."""
+    """One closed-loop point with onnxrec's load generator, plus server and client CPU (``explain``: every
+    Recommend asks for its items' reasons)."""
     cfg = BenchConfig(
         server=server.address,
         model=model,
@@ -239,6 +241,7 @@ def measure(
         warmup_s=warmup,
         processes=processes,
         batch_users=batch_users,
+        explain=explain,
     )
     result_box: list[BenchResult] = []
     cpu = _cpu_during(server, lambda: result_box.append(run_bench(cfg, server.metrics_url)), warmup)
