@@ -313,7 +313,7 @@ def export(
     if opts.new_items is not None:
         if opts.ranker is not None:
             raise ExportError("--new-items and --ranker together are not supported (the ranker knows no new item)")
-        model, ds, added = add_new_items(model, ckpt["model_type"], ds, read_new_items(opts.new_items))
+        model, ds, added = add_new_items(model, ds, read_new_items(opts.new_items))
         log.info("added %d new items from their text (%s)", len(added.item_ids), opts.new_items)
     ranker = open_ranker(opts.ranker, ds) if opts.ranker is not None else None
     if ranker is not None:

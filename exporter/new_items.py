@@ -26,8 +26,8 @@ import torch
 
 from onnxrec.errors import ExportError
 from onnxrec.trainer.data.dataset import Dataset
+from onnxrec.trainer.data.text import embed_texts, item_texts
 from onnxrec.trainer.models.base import Recommender
-from onnxrec.trainer.models.registry import build_model, config_to_dict
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,14 +71,9 @@ def _text_columns(ds: Dataset) -> list[str]:
     return list(info.get("columns", []))
 
 
-def add_new_items(
-    model: Recommender, model_type: str, ds: Dataset, table: pa.Table
-) -> tuple[Recommender, Dataset, NewItems]:
-    """``model`` (of type ``model_type``) and ``ds`` with the items of ``table`` appended (module docstring)."""
-    from onnxrec.trainer.data.text import embed_texts, item_texts
-
-    text_dim = int(getattr(model.cfg, "text_dim", 0))
-    if not text_dim or not hasattr(model, "text_item_vectors"):
+def add_new_items(model: Recommender, ds: Dataset, table: pa.Table) -> tuple[Recommender, Dataset, NewItems]:
+    """``model`` and ``ds`` with the items of ``table`` appended (module docstring)."""
+    if not model.reads_item_text:
         raise ExportError("--new-items needs a two-tower run trained with --item-text (it encodes items from text)")
     columns = _text_columns(ds)
     present = [c for c in columns if c in table.column_names]
@@ -94,26 +89,7 @@ def add_new_items(
     texts = item_texts(rows, columns)
     vectors = embed_texts(texts)
     n_old, n = ds.num_items, len(ids)
-    state = model.state_dict()
-    bias = float(torch.median(state["item_b"]).item())
-    grown: dict[str, torch.Tensor] = {}
-    for key, value in state.items():
-        if key == "item_id.weight":  # row 0 is the unknown id (zeros); new items take the same vector
-            grown[key] = torch.cat([value, value[:1].expand(n, -1)])
-        elif key == "item_b":
-            grown[key] = torch.cat([value, value.new_full((n,), bias)])
-        elif key == "item_text":
-            grown[key] = torch.cat([value, torch.from_numpy(vectors).to(value.dtype)])
-        elif key.startswith("item_feature_"):  # side features unknown (index 0)
-            grown[key] = torch.cat([value, value.new_zeros((n, *value.shape[1:]))])
-        else:
-            grown[key] = value
-    cfg = dataclasses.replace(model.cfg, num_items=n_old + n)
-    bigger = build_model(model_type, config_to_dict(cfg))
-    feats = {k[len("item_feature_") :]: v for k, v in grown.items() if k.startswith("item_feature_")}
-    if feats:
-        bigger.set_item_features(feats)
-    bigger.load_state_dict(grown)
+    bigger, bias = model.with_new_text_items(torch.from_numpy(vectors))
     bigger.eval()
     new_rows = pa.Table.from_pylist(
         [{"item_idx": n_old + j, "item_id": ids[j], **rows[j]} for j in range(n)], schema=ds.item_table.schema

@@ -156,6 +156,7 @@ EXPORTER_MAY_IMPORT = {
     "onnxrec.trainer.runs",  # the run directory: checkpoint and dataset
     "onnxrec.trainer.checkpoint",  # the model rebuilt from the checkpoint (through the model registry)
     "onnxrec.trainer.data.dataset",  # the dataset artifact
+    "onnxrec.trainer.data.text",  # item text -> vector, for items added at export (export --new-items)
     "onnxrec.trainer.history",  # each user's known items, from the dataset
     "onnxrec.trainer.evaluate",  # a precision variant's quality change
 }

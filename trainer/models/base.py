@@ -14,7 +14,9 @@ The exporter reads a model only through this contract, never its class:
   model's own user encoder takes user ``-1`` with its history and features; otherwise the user's rows
   of :meth:`user_tables` are estimated from its history and scored by :meth:`score_with_user` (a
   factorized model also turns such rows into its user vector: :meth:`fold_in_user_vectors`);
-* **item similarity**: :meth:`item_representation`.
+* **item similarity**: :meth:`item_representation`;
+* **item text** (optional): :attr:`reads_item_text`, and :meth:`with_new_text_items` to serve items
+  added after training from their text alone.
 
 ``inputs`` is a dict of per-user tensors: ``history`` [B, H] (item indices, newest first, -1 pads),
 ``user_<name>`` [B] per user feature, and optionally ``item_table`` ([num_items, D], the item vectors
@@ -111,6 +113,18 @@ class Recommender(nn.Module):
     def item_representation(self) -> torch.Tensor:
         """One vector per item [num_items, d] whose cosine similarity says how alike items are."""
         raise NotImplementedError(f"{type(self).__name__} has no item representation")
+
+    # ------------------------------------------------------------------ item text
+    @property
+    def reads_item_text(self) -> bool:
+        """Whether the item tower reads item text vectors (trained with ``--item-text``)."""
+        return False
+
+    def with_new_text_items(self, text: torch.Tensor) -> tuple[Recommender, float]:
+        """A copy of the model whose catalog also holds items known only by their text vectors
+        ``text`` [N, text dim], as items ``num_items .. num_items + N - 1``, and the bias they were given
+        (models that :attr:`reads_item_text`)."""
+        raise NotImplementedError(f"{type(self).__name__} reads no item text")
 
     # ------------------------------------------------------------------ factorized models
     def user_vectors(self, users: torch.Tensor, inputs: dict[str, Any]) -> torch.Tensor:

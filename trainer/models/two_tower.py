@@ -14,6 +14,7 @@ projection, so an item nobody has interacted with, or one added after training w
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, cast
@@ -152,6 +153,38 @@ class TwoTower(FactorizedRecommender):
         if self.cfg.text_dim:
             x.append(self.item_text_proj(cast(torch.Tensor, self.item_text)[items]))
         return self.item_mlp(torch.cat(x, dim=-1))
+
+    @property
+    def reads_item_text(self) -> bool:
+        return self.cfg.text_dim > 0
+
+    def with_new_text_items(self, text: torch.Tensor) -> tuple[TwoTower, float]:
+        """Items appended with the unknown id's embedding row, unknown side features, their text vectors
+        and the median of the trained items' biases (a typical item): their vectors are exactly
+        :meth:`text_item_vectors`."""
+        if not self.reads_item_text:
+            raise NotImplementedError("this two-tower model was trained without item text")
+        n = text.shape[0]
+        state = self.state_dict()
+        bias = float(torch.median(state["item_b"]).item())
+        grown: dict[str, torch.Tensor] = {}
+        for key, value in state.items():
+            if key == "item_id.weight":  # row 0 is the unknown id
+                grown[key] = torch.cat([value, value[:1].expand(n, -1)])
+            elif key == "item_b":
+                grown[key] = torch.cat([value, value.new_full((n,), bias)])
+            elif key == "item_text":
+                grown[key] = torch.cat([value, text.to(value.dtype)])
+            elif key.startswith("item_feature_"):  # side features unknown (index 0)
+                grown[key] = torch.cat([value, value.new_zeros((n, *value.shape[1:]))])
+            else:
+                grown[key] = value
+        bigger = TwoTower(dataclasses.replace(self.cfg, num_items=self.cfg.num_items + n))
+        feats = {k[len("item_feature_") :]: v for k, v in grown.items() if k.startswith("item_feature_")}
+        if feats:
+            bigger.set_item_features(feats)
+        bigger.load_state_dict(grown)
+        return bigger.train(self.training), bias
 
     def text_item_vectors(self, text: torch.Tensor) -> torch.Tensor:
         """Vectors [N, D] of items the model does not know, from their text vectors [N, text_dim] alone:
