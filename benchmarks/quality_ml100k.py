@@ -13,7 +13,7 @@ Models:
 * Popularity and ItemKNN (onnxrec's baselines, no training settings);
 * MF, MLP, NeuMF, TwoTower, SASRec and the rankers Linear, FM and DeepFM through
   :func:`onnxrec.trainer.train.train` with the default command settings
-  (``TrainConfig(data=..., out=..., progress=False)``, only ``model`` changed); MF, MLP, NeuMF, FM and SASRec
+  (``TrainConfig(data=..., out=..., progress=False)``, only ``model`` changed); MF, MLP, NeuMF and FM
   are also tried with a few other settings;
 * the peers ``implicit`` ALS and BPR (CPU), trained on the training split's user x item matrix and
   tuned over a small grid.
@@ -48,14 +48,17 @@ import bench_common
 import numpy as np
 import scipy.sparse as sp
 import torch
+from pipeline_quality import held_out_ranks, paired_tests
 from threadpoolctl import threadpool_limits
 
 from onnxrec.trainer.baselines import ItemKNN, Popularity
-from onnxrec.trainer.checkpoint import CHECKPOINT_FILE, load_checkpoint
+from onnxrec.trainer.checkpoint import CHECKPOINT_FILE, load_checkpoint, model_from_checkpoint
 from onnxrec.trainer.config import TrainConfig
 from onnxrec.trainer.data.dataset import Dataset, check_no_leakage
 from onnxrec.trainer.evaluate import Scorer, evaluate
+from onnxrec.trainer.fit import ModelScorer
 from onnxrec.trainer.report import evaluate_run
+from onnxrec.trainer.runs import open_run
 from onnxrec.trainer.train import load_for_training, run_summary, train
 
 REPO = Path(__file__).resolve().parents[1]
@@ -77,8 +80,8 @@ ONNXREC_GRIDS: dict[str, list[dict[str, Any]]] = {
         {"dim": 32, "epochs": 20},
     ],
     "deepfm": [{}],
-    # 4 epochs: what fits the issue's 120 s of training on one thread (#19)
-    "sasrec": [{}, {"epochs": 4}, {"epochs": 4, "dropout": 0.1}],
+    # the all-positions objective, relative positions, 2 blocks, 10 epochs (#19)
+    "sasrec": [{}],
 }
 
 #: implicit's own defaults first, then a small grid.
@@ -286,10 +289,23 @@ def train_onnxrec(
             "best_epoch": summary["best_epoch"],
             "epochs_run": summary["epochs_run"],
             "fit_seconds_with_validation": summary["train_seconds"],
+            "train_cpu_seconds": round(sum(e.get("cpu_seconds", 0.0) for e in epochs), 2),
             "test_from_eval_json": _slim(summary["test"]),
         },
     )
     return trial, run
+
+
+#: The pairs of rows compared user by user (``--paired``): (baseline row, challenger row).
+PAIRED = (("twotower", "sasrec"),)
+
+
+def run_ranks(run: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Per stage, each user's count of items above and level with the held-out item in the full view
+    (what the paired tests compare), from the run's checkpoint."""
+    ckpt, run_ds = open_run(run)
+    scorer = ModelScorer(model_from_checkpoint(ckpt), run_ds)
+    return {stage: held_out_ranks(scorer, run_ds, stage) for stage in ("valid", "test")}
 
 
 def tune_onnxrec(
@@ -301,8 +317,10 @@ def tune_onnxrec(
     default_threads: int,
     quick: bool,
     log: Callable[[str], None],
+    ranks: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] | None = None,
 ) -> list[Row]:
-    """Train every setting of ``model``'s grid, keep the best on validation; rows for it (and the default)."""
+    """Train every setting of ``model``'s grid, keep the best on validation; rows for it (and the default).
+    With ``ranks``, the selected run's per-user full-view ranks are added under the model's name."""
     grid = ONNXREC_GRIDS[model][:1] if quick else ONNXREC_GRIDS[model]
     trials: list[tuple[Trial, Path]] = []
     for setting in grid:
@@ -321,6 +339,8 @@ def tune_onnxrec(
     for entry in tuning:
         entry.pop("test_from_eval_json")  # selection sees validation only
     chosen = [best] if best == 0 else [best, 0]
+    if ranks is not None:
+        ranks[model] = run_ranks(trials[best][1])
     rows = []
     for i in chosen:
         trial, run = trials[i]
@@ -347,6 +367,31 @@ def tune_onnxrec(
             )
         )
     return rows
+
+
+def paired_comparisons(
+    ranks: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]], log: Callable[[str], None]
+) -> dict[str, Any]:
+    """For each pair of :data:`PAIRED` with both rows run (each model's setting selected on validation),
+    per stage: the sign test over the users' full-view ranks of their held-out item and the Wilcoxon
+    signed-rank test on per-user full NDCG@10 (``pipeline_quality.paired_tests``; its "pipeline" is
+    the challenger, its "one stage" the baseline)."""
+    out: dict[str, Any] = {}
+    for base, other in PAIRED:
+        if base not in ranks or other not in ranks:
+            continue
+        key = f"{other}_vs_{base}"
+        out[key] = {stage: paired_tests(ranks[base][stage], ranks[other][stage]) for stage in ("valid", "test")}
+        for stage in ("valid", "test"):
+            t = out[key][stage]
+            sign, wil = t["sign_test"], t["wilcoxon_ndcg@10"]
+            log(
+                f"  {other} vs {base} ({stage}, full view): {other} better for {sign['pipeline_better']} users, "
+                f"worse for {sign['pipeline_worse']}, sign p {sign['p_value']:.3g}; NDCG@10 "
+                f"{wil['mean_ndcg@10_pipeline']:.4f} vs {wil['mean_ndcg@10_one_stage']:.4f} "
+                f"(mean difference {wil['mean_difference']:+.4f}), Wilcoxon p {wil['p_value']:.3g}"
+            )
+    return out
 
 
 # --------------------------------------------------------------------------- implicit peers
@@ -498,6 +543,7 @@ def main(argv: list[str] | None = None) -> int:
         log(f"WARNING: onnxrec's split differs from the protocol recomputed from u.data: {check}")
     rows: list[Row] = []
     phase_seconds: dict[str, float] = {}
+    ranks: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = {}
 
     def phase(name: str, fn: Callable[[], list[Row]]) -> None:
         t0 = time.perf_counter()
@@ -513,11 +559,12 @@ def main(argv: list[str] | None = None) -> int:
         for model in (m for m in ONNXREC_GRIDS if m in groups):
             phase(
                 model,
-                partial(tune_onnxrec, model, ds, args.data, tmp, args.threads, default_threads, args.quick, log),
+                partial(tune_onnxrec, model, ds, args.data, tmp, args.threads, default_threads, args.quick, log, ranks),
             )
     for kind in (k for k in ("als", "bpr") if f"implicit_{k}" in groups):
         phase(f"implicit_{kind}", partial(tune_implicit, kind, ds, args.threads, args.seed, args.quick, log))
 
+    paired = paired_comparisons(ranks, log)
     total = time.perf_counter() - started
     info["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
     table = markdown_table(rows)
@@ -550,6 +597,7 @@ def main(argv: list[str] | None = None) -> int:
             "everything); implicit: model.fit; baselines: construction"
         ),
         "rows": [asdict(r) for r in rows],
+        "paired": paired,
         "phase_seconds": phase_seconds,
         "total_seconds": round(total, 1),
         "table_markdown": table,
