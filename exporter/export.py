@@ -102,6 +102,7 @@ class ExportOptions:
     index_nprobe: int = DEFAULT_NPROBE
     min_recall: float = DEFAULT_MIN_RECALL  # the index's recall@10 below which the export fails
     recall_users: int = RECALL_USERS
+    index_graph: str = "auto"  # HNSW: auto (inner product, then lifted L2 if short of min_recall) or one of them
     # a pipeline version (exporter/pipeline.py): the ranker run and how many candidates retrieval passes it
     ranker: Path | None = None
     candidates: int = DEFAULT_CANDIDATES
@@ -120,6 +121,7 @@ class ExportOptions:
             min_recall=self.min_recall,
             recall_users=self.recall_users,
             seed=self.seed,
+            graph=self.index_graph,
         )
 
 
@@ -230,7 +232,9 @@ def _prove_index(kind: str, model: Recommender, ds: Dataset, jobs: list[GraphJob
         return found | {"users": len(users), "min_recall_at10": io.min_recall}
 
     recall = measure()
-    if kind == "hnsw" and recall["at10"] < io.min_recall:  # trained factors: the lifted graph may find more
+    if (
+        kind == "hnsw" and io.graph == "auto" and recall["at10"] < io.min_recall
+    ):  # trained factors: lifted may find more
         first, first_recall = built, recall
         built = build_lifted_hnsw(vectors, io)
         recall = measure()

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 
 INDEX_FILE = "items.faiss"
 INDEX_KINDS = ("auto", "exact", "hnsw", "ivf", "flat")
+HNSW_GRAPHS = ("auto", "inner-product", "lifted-l2")  # auto: inner product, then lifted L2 if recall falls short
 AUTO_MIN_ITEMS = 50_000  # auto: an index from this many items on; the exact graph below
 AUTO_MAX_EF_SEARCH = 4096  # auto: ef_search is doubled from --index-ef-search up to this until recall@10 passes
 # HNSW defaults, measured with benchmarks/index_recall.py on a hard case, untrained 64-dim MF factors
@@ -57,11 +58,14 @@ class IndexOptions:
     min_recall: float = DEFAULT_MIN_RECALL
     recall_users: int = RECALL_USERS
     seed: int = 0
+    graph: str = "auto"  # HNSW: which graph (HNSW_GRAPHS); one named is the only one built
 
     def check(self) -> None:
         """Raise :class:`ExportError` for options no index can have."""
         if self.kind not in INDEX_KINDS:
             raise ExportError(f"unknown index {self.kind!r} (use {', '.join(INDEX_KINDS)})")
+        if self.graph not in HNSW_GRAPHS:
+            raise ExportError(f"unknown HNSW graph {self.graph!r} (use {', '.join(HNSW_GRAPHS)})")
         for label, value, least in (
             ("index-m", self.m, 2),
             ("index-ef-construction", self.ef_construction, 1),
@@ -203,7 +207,10 @@ class BuiltIndex:
 
 def build_index(kind: str, vectors: np.ndarray, opts: IndexOptions) -> BuiltIndex:
     """Build a ``kind`` index (``hnsw``, ``ivf`` or ``flat``) over ``vectors`` [N, D] for inner-product
-    search; its ids are the rows 0..N-1."""
+    search; its ids are the rows 0..N-1. HNSW: the inner-product graph, or with ``opts.graph ==
+    "lifted-l2"`` the lifted one (:func:`build_lifted_hnsw`)."""
+    if kind == "hnsw" and opts.graph == "lifted-l2":
+        return build_lifted_hnsw(vectors, opts)
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
     t0 = time.perf_counter()
     index, params = _BUILDERS[kind](vectors, opts)

@@ -57,6 +57,8 @@ def test_auto_is_exact_below_the_threshold_and_for_models_without_vectors() -> N
     with pytest.raises(ExportError, match="index-ef-search must be at least 1"):
         IndexOptions(ef_search=0).check()
     assert default_nlist(1_000_000) == 4000 and default_nlist(100) == 2 and default_nlist(10) == 1
+    with pytest.raises(ExportError, match="unknown HNSW graph 'l1'"):
+        IndexOptions(graph="l1").check()
 
 
 def _random_catalog(n_items: int, n_users: int, dim: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -74,6 +76,17 @@ def test_each_index_kind_finds_the_exact_top_k_of_a_small_catalog(kind: str) -> 
     seen = SeenItems(np.arange(51) * 3, np.arange(150) % 2000)
     recall = measure_recall(built.index, items, users, seen, np.arange(50))
     assert recall["at10"] >= 0.99 and recall["at100"] >= 0.97, recall  # hnsw on 2,000 items; ivf probes every list
+
+
+def test_the_lifted_hnsw_graph_is_built_when_named() -> None:
+    items, users = _random_catalog(2000, 50, 16, seed=2)
+    built = build_index("hnsw", items, IndexOptions(kind="hnsw", graph="lifted-l2"))
+    assert built.params["graph"] == "lifted_l2" and built.params["max_norm"] > 0
+    recall = measure_recall(
+        built.index, items, users, SeenItems(np.zeros(51, dtype=np.int64), np.zeros(0, dtype=np.int64)), np.arange(50)
+    )
+    assert recall["at10"] >= 0.99, recall
+    assert build_index("hnsw", items, IndexOptions(kind="hnsw")).params["graph"] == "inner_product"  # auto's first
 
 
 def test_recall_excludes_seen_items_by_over_fetching() -> None:
@@ -200,6 +213,19 @@ def test_a_recall_below_the_minimum_fails_the_export_and_writes_no_version(
         export(runs["mf"], tmp_path / "repo", "mf", options=opts)
     assert not (tmp_path / "repo" / "mf").exists()
     assert isinstance(RecallError("x"), ExportError)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("graph", "built"), [("inner-product", "inner_product"), ("lifted-l2", "lifted_l2")])
+def test_a_named_hnsw_graph_is_the_only_one_built(
+    runs: dict[str, Path], tmp_path: Path, graph: str, built: str
+) -> None:
+    """--index-graph names the graph: the export builds that one alone (auto would build the other too when
+    the first falls short of --min-recall), so the failure names it."""
+    opts = ExportOptions(k_max=20, max_batch=32, index="hnsw", index_graph=graph, min_recall=1.01)
+    with pytest.raises(RecallError, match=f"hnsw index \\(M 32, ef_construction 100, ef_search 256, graph {built}"):
+        export(runs["mf"], tmp_path / "repo", "mf", options=opts)
+    assert not (tmp_path / "repo" / "mf").exists()
 
 
 @pytest.mark.slow
