@@ -108,11 +108,20 @@ def covering_log(num_users: int, num_items: int, seed: int) -> tuple[Any, int]:
 
 
 def make_catalog_run(
-    out: Path, num_items: int, *, dim: int = DIM, num_users: int | None = None, seed: int = 0
+    out: Path,
+    num_items: int,
+    *,
+    dim: int = DIM,
+    num_users: int | None = None,
+    seed: int = 0,
+    like: Path | None = None,
 ) -> CatalogRun:
     """Write a run directory at ``out`` holding an untrained MF model over exactly ``num_items`` items.
 
     ``out`` must not exist. The factors are ``MF``'s own seeded initialisation; nothing is trained.
+    With ``like`` (a trained run of a factorized model with ``dim``-dim vectors), the item factors and
+    biases and the user factors are drawn instead from Gaussians with the mean and covariance of that
+    run's item and user vectors (``trained_factors.draw_like``), the user biases are 0.
     """
     import torch
 
@@ -142,6 +151,22 @@ def make_catalog_run(
     mcfg = config_to_dict(model_config("mf", cfg, ds))
     torch.manual_seed(seed)
     model = build_model("mf", mcfg)
+    note = "seeded random MF factors for serving benchmarks"
+    if like is not None:
+        from trained_factors import draw_like, run_factors
+
+        source = run_factors(Path(like))
+        if source.items.shape[1] != dim + 1:
+            raise ValueError(f"{like} has {source.items.shape[1] - 1}-dim vectors, not {dim}")
+        drawn = draw_like(source, ds.num_items, ds.num_users, seed)
+        with torch.no_grad():
+            model.item_emb.weight.copy_(torch.from_numpy(drawn.items[:, :dim]))
+            model.item_b.weight.copy_(torch.from_numpy(drawn.items[:, dim:]))
+            model.user_emb.weight.copy_(torch.from_numpy(drawn.users[:, :dim]))
+            model.user_b.weight.zero_()
+        note = (
+            f"MF factors drawn like the trained run {Path(like).resolve()} (trained_factors.py), for serving benchmarks"
+        )
     ckpt = {
         "format": FORMAT,
         "onnxrec_version": __version__,
@@ -160,7 +185,7 @@ def make_catalog_run(
         },
         "user_ids": [str(u) for u in ds.user_ids],
         "item_ids": [str(i) for i in ds.item_ids],
-        "metrics": {"untrained": True, "note": "seeded random MF factors for serving benchmarks"},
+        "metrics": {"untrained": True, "note": note},
         "train_config": cfg.to_dict(),
     }
     save_checkpoint(ckpt, out / CHECKPOINT_FILE)
@@ -186,8 +211,9 @@ def main() -> None:
     ap.add_argument("--users", type=int, default=None)
     ap.add_argument("--dim", type=int, default=DIM)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--like", type=Path, help="draw the factors like this trained run's")
     args = ap.parse_args()
-    info = make_catalog_run(args.out, args.items, dim=args.dim, num_users=args.users, seed=args.seed)
+    info = make_catalog_run(args.out, args.items, dim=args.dim, num_users=args.users, seed=args.seed, like=args.like)
     print(info.to_dict())
 
 
