@@ -37,7 +37,7 @@ class TrainConfig:
         0.1, "probability of dropping a user or item id in training (so unknown ids still get vectors)"
     )
     dropout: float = setting(0.0, "dropout between hidden layers")
-    blocks: int = setting(0, "sasrec: transformer blocks (0: the model's default, 2)")
+    blocks: int = setting(0, "sasrec: transformer blocks (0: the model's default, 1)")
     sequence_objective: str = setting(
         "all_positions",
         "sasrec: all_positions (every position of each history window predicts its next item) | last_position "
