@@ -142,3 +142,28 @@ def test_train_item_text_needs_text_and_a_two_tower(tmp_path: Path) -> None:
                 data=str(tmp_path / "text"), out=str(tmp_path / "r2"), model="mf", item_text=True, progress=False
             )
         )
+
+
+def test_new_text_items_get_exactly_the_text_paths_vectors() -> None:
+    import torch
+
+    from onnxrec.trainer.models.config import FeatureInput
+    from onnxrec.trainer.models.two_tower import TwoTower, TwoTowerConfig
+
+    torch.manual_seed(0)
+    cfg = TwoTowerConfig(
+        num_users=5, num_items=4, dim=8, text_dim=6, item_features=(FeatureInput("g", 3, 2),), history_len=3
+    )
+    model = TwoTower(cfg)
+    model.set_item_features({"g": torch.tensor([[1, 2], [2, 0], [1, 0], [0, 0]])})
+    model.set_item_text(torch.randn(4, 6))
+    with torch.no_grad():
+        model.item_b.copy_(torch.tensor([0.5, -1.0, 2.0, 0.0]))
+    model.eval()
+    text = torch.randn(2, 6)
+    bigger, bias = model.with_new_text_items(text)
+    assert bigger.num_items == 6 and bias == pytest.approx(0.0)  # torch.median: the lower middle value
+    with torch.no_grad():
+        torch.testing.assert_close(bigger.item_vectors()[:4], model.item_vectors())
+        torch.testing.assert_close(bigger.item_vectors()[4:], model.text_item_vectors(text))
+        torch.testing.assert_close(bigger.item_bias()[4:], torch.full((2,), bias))
