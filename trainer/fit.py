@@ -201,8 +201,6 @@ def fit(
     :mod:`onnxrec.trainer.determinism`). ``negatives`` draws the sampled losses' negatives (default:
     uniformly over the catalog; with hard ones, a softmax loss is the sampled one over them);
     ``scorer`` is what each epoch validates (default: the model alone)."""
-    from onnxrec.trainer.sequence_fit import sequence_training, trains_every_position  # it imports this module
-
     distributed = dist.is_available() and dist.is_initialized()
     rank = dist.get_rank() if distributed else 0
     world = dist.get_world_size() if distributed else 1
@@ -210,35 +208,7 @@ def fit(
     model.to(device)
     # each rank takes an equal share of the global batch, so N processes take the same steps as one
     batch = max(1, -(-cfg.batch_size // world))
-    # the all-positions objective (SASRec): a step is batch // history_len windows of up to history_len
-    # targets each, so --batch-size still counts examples (target positions) per step
-    every_position = trains_every_position(model, cfg.sequence_objective)
-    windows = max(1, batch // max(model.history_len, 1))
-    rows_per_step = windows * model.history_len if every_position else batch
-    plan = choose_softmax(model.num_items, rows_per_step, cfg.max_softmax_items)
-    negatives = NegativeSampler(ds.num_items) if negatives is None else negatives
-    full = plan.full and negatives.pool is None
-    if loss == "softmax" and rank == 0:
-        pairs = "sampled softmax (the model scores pairs, not a catalog)"
-        hard = "sampled softmax over the positive and its negatives (hard negatives from retrieval candidates)"
-        log.info("loss: %s", hard if negatives.pool is not None else plan.reason if model.factorized else pairs)
-    seq = UserSequences.from_parts([ds.splits.train], ds.num_users)
-    if len(seq.items) == 0:
-        raise TrainingError("the training split is empty")
-    epoch_data: _EpochData | SequenceEpochData
-    step: nn.Module
-    if every_position:
-        if rank == 0:
-            log.info(
-                "objective: the next item at every position of %d windows of %d items per step",
-                windows,
-                model.history_len,
-            )
-        step, epoch_data = sequence_training(model, loss, cfg, full, seq, windows, rank, world, negatives)
-    else:
-        step = TrainingStep(model, loss, cfg.temperature, full)
-        owners = np.repeat(np.arange(ds.num_users), np.diff(seq.indptr))
-        epoch_data = _EpochData(model, ds, seq, owners, batch, rank, world, negatives, cfg.num_negatives)
+    step, epoch_data = _objective(model, ds, cfg, loss, batch, rank, world, negatives)
     if distributed:
         step = nn.parallel.DistributedDataParallel(step, find_unused_parameters=True)
     opt = _optimizer(cfg, step.parameters())
@@ -278,6 +248,52 @@ def fit(
     if rank == 0 and result.best_state:
         model.load_state_dict(result.best_state)
     return result, opt
+
+
+def _objective(
+    model: Recommender,
+    ds: Dataset,
+    cfg: TrainConfig,
+    loss: str,
+    batch: int,
+    rank: int,
+    world: int,
+    negatives: NegativeSampler | None,
+) -> tuple[nn.Module, _EpochData | SequenceEpochData]:
+    """The training step module and what each epoch reads: one example per history prefix, or (SASRec's
+    all-positions objective) windows whose every position predicts its next item."""
+    from onnxrec.trainer.sequence_fit import sequence_training, trains_every_position  # it imports this module
+
+    # the all-positions objective (SASRec): a step is batch // history_len windows of up to history_len
+    # targets each, so --batch-size still counts examples (target positions) per step
+    every_position = trains_every_position(model, cfg.sequence_objective)
+    windows = max(1, batch // max(model.history_len, 1))
+    rows_per_step = windows * model.history_len if every_position else batch
+    plan = choose_softmax(model.num_items, rows_per_step, cfg.max_softmax_items)
+    negatives = NegativeSampler(ds.num_items) if negatives is None else negatives
+    full = plan.full and negatives.pool is None
+    if loss == "softmax" and rank == 0:
+        pairs = "sampled softmax (the model scores pairs, not a catalog)"
+        hard = "sampled softmax over the positive and its negatives (hard negatives from retrieval candidates)"
+        log.info("loss: %s", hard if negatives.pool is not None else plan.reason if model.factorized else pairs)
+    seq = UserSequences.from_parts([ds.splits.train], ds.num_users)
+    if len(seq.items) == 0:
+        raise TrainingError("the training split is empty")
+    epoch_data: _EpochData | SequenceEpochData
+    step: nn.Module
+    if every_position:
+        if rank == 0:
+            log.info(
+                "objective: the next item at every position of %d windows of %d items per step",
+                windows,
+                model.history_len,
+            )
+        step, epoch_data = sequence_training(model, loss, cfg, full, seq, windows, rank, world, negatives)
+    else:
+        step = TrainingStep(model, loss, cfg.temperature, full)
+        owners = np.repeat(np.arange(ds.num_users), np.diff(seq.indptr))
+        epoch_data = _EpochData(model, ds, seq, owners, batch, rank, world, negatives, cfg.num_negatives)
+    return step, epoch_data
 
 
 @dataclass(frozen=True)
