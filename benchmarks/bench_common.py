@@ -20,17 +20,24 @@ def default_data() -> Path:
 
 
 def machine_info(**extra: Any) -> dict[str, Any]:
-    """CPU, core count, Python, torch and load average (plus ``extra``), for the record."""
+    """CPU (its model and the vector instructions torch's kernels use), core count, Python, torch and load
+    average (plus ``extra``), for the record. The same seeded training rounds differently on another CPU
+    model or instruction set, so a quality figure is only comparable to one taken on the same CPU."""
     import torch
 
     cpu = platform.processor() or platform.machine()
+    out = ""
     try:
         out = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
         cpu = next((line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name")), cpu)
     except OSError:
         pass
+    fields = dict(line.split(":", 1) for line in out.splitlines() if ":" in line)
+    cpu_id = "/".join(fields.get(k, "").strip() for k in ("CPU family", "Model", "Stepping"))
     return {
         "cpu": cpu,
+        "cpu_id": cpu_id,  # family / model / stepping
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),  # e.g. AVX2, AVX512
         "nproc": os.cpu_count(),
         "gpu": torch.cuda.is_available(),
         "python": platform.python_version(),
