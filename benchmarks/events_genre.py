@@ -27,7 +27,7 @@ def main() -> None:
     """Measure every genre and print one JSON line per genre."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("version", help="an exported version directory of a MovieLens model (items have genres)")
-    ap.add_argument("--genres", default="Horror,Sci-Fi,Musical,Western,Children")
+    ap.add_argument("--genres", default="Horror,Sci-Fi,Musical,Western,Children's")
     ap.add_argument("--users", type=int, default=20)
     ap.add_argument("--events", type=int, default=3)
     ap.add_argument("-k", type=int, default=10)
