@@ -9,13 +9,13 @@ export. Build and recall go through the exporter's own ``build_index`` and ``mea
     python benchmarks/index_recall.py --items 100000                       # defaults (hnsw M 32, efC 100, ef 256)
     python benchmarks/index_recall.py --items 1000000 --ef-search 128,256  # one build, several ef_search
     python benchmarks/index_recall.py --items 100000 --kind ivf --nprobe 32,64
-    python benchmarks/index_recall.py --items 1000000 --like RUN --graph lifted_l2  # trained-like factors
+    python benchmarks/index_recall.py --items 1000000 --like RUN --graph lifted-l2  # trained-like factors
 
 ``--like RUN`` draws the catalog's items and users from Gaussians with the mean and covariance of a
 trained run's item and user vectors (``trained_factors.py``: the spectrum of a trained model, not the
-flat spectrum of random factors). ``--graph`` picks the HNSW graph the export would build first
-(``inner_product``) or the one it falls back to (``lifted_l2``, MIPS-to-L2). ``--plot PNG`` draws
-recall@10 against batch-1 search p50 for the sweep.
+flat spectrum of random factors). ``--graph`` picks the HNSW graph as the export's ``--index-graph``
+does: the one it builds first (``inner-product``) or the one it falls back to (``lifted-l2``,
+MIPS-to-L2). ``--plot PNG`` draws recall@10 against batch-1 search p50 for the sweep.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from trained_factors import draw_like, run_factors
 
-from onnxrec.exporter.index import IndexOptions, build_index, build_lifted_hnsw, hnsw_of
+from onnxrec.exporter.index import IndexOptions, build_index, hnsw_of
 from onnxrec.exporter.recall import SeenItems, measure_recall
 
 
@@ -114,7 +114,7 @@ def main() -> None:
     ap.add_argument("--nprobe", default=str(IndexOptions.nprobe), help="comma-separated")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--like", type=Path, help="draw the factors like this trained run's (default: random)")
-    ap.add_argument("--graph", default="inner_product", choices=["inner_product", "lifted_l2"], help="hnsw graph")
+    ap.add_argument("--graph", default="inner-product", choices=["inner-product", "lifted-l2"], help="hnsw graph")
     ap.add_argument("--threads", type=int, default=1, help="faiss threads (the server searches with 1 per call)")
     ap.add_argument("--plot", type=Path, help="write recall against latency here (PNG)")
     args = ap.parse_args()
@@ -127,11 +127,10 @@ def main() -> None:
     else:
         items, users, seen = catalog(args.items, args.users, args.dim, args.seen, args.seed)
         factors = "random N(0, 0.05)"
-    opts = IndexOptions(kind=args.kind, m=args.m, ef_construction=args.ef_construction, nlist=args.nlist)
-    if args.kind == "hnsw" and args.graph == "lifted_l2":
-        built = build_lifted_hnsw(items, opts)
-    else:
-        built = build_index(args.kind, items, opts)
+    opts = IndexOptions(
+        kind=args.kind, m=args.m, ef_construction=args.ef_construction, nlist=args.nlist, graph=args.graph
+    )
+    built = build_index(args.kind, items, opts)
     rows = []
     sweep = args.ef_search if args.kind == "hnsw" else args.nprobe if args.kind == "ivf" else "0"
     for value in (int(v) for v in sweep.split(",")):

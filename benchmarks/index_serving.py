@@ -59,29 +59,20 @@ def export_kind(
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     ort.set_default_logger_severity(3)
-    t0 = time.perf_counter()
     opts = ExportOptions(
         k_max=K, seed=seed, index=kind, index_ef_search=ef_search, index_graph=graph, min_recall=min_recall
     )
-    version = export(run, repo, name, options=opts)
-    manifest = json.loads((version / "manifest.json").read_text())
-    return {
-        "version": str(version),
-        "export_s": round(time.perf_counter() - t0, 1),
-        "index": manifest.get("index"),
-        "file_mb": {p.name: round(p.stat().st_size / 2**20, 1) for p in sorted(version.iterdir())},
-    }
+    return describe(export(run, repo, name, options=opts))
 
 
-def reuse(version: Path) -> dict[str, Any]:
-    """What :func:`export_kind` returns, for a version an earlier run exported into ``--work``."""
+def describe(version: Path) -> dict[str, Any]:
+    """An exported version: its path, export time (the manifest's), index entry and file sizes."""
     manifest = json.loads((version / "manifest.json").read_text())
     return {
         "version": str(version),
         "export_s": manifest["export_seconds"],
         "index": manifest.get("index"),
         "file_mb": {p.name: round(p.stat().st_size / 2**20, 1) for p in sorted(version.iterdir())},
-        "reused": True,
     }
 
 
@@ -195,7 +186,7 @@ def main() -> None:
             repo = work / f"repo-{kind}"
             name = f"cat{args.items}"
             if (repo / name / "1" / "manifest.json").exists():  # --work from an earlier run: measure it again
-                row = reuse(repo / name / "1")
+                row = describe(repo / name / "1") | {"reused": True}
             else:
                 log(f"exporting --index {kind}")
                 row = _child(

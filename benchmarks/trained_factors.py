@@ -36,19 +36,15 @@ class Factors:
 
 def run_factors(run: Path) -> Factors:
     """The item and known-user vectors of the (factorized) run at ``run``, as the export computes them."""
-    import torch
-
     from onnxrec.exporter.export import serving_tables
-    from onnxrec.exporter.graphs import _Base
-    from onnxrec.exporter.vector_graphs import item_index_vectors, with_ones
+    from onnxrec.exporter.vector_graphs import UserVectorGraph, item_index_vectors
     from onnxrec.trainer.checkpoint import model_from_checkpoint
     from onnxrec.trainer.runs import open_run
 
     ckpt, ds = open_run(run)
     model = model_from_checkpoint(ckpt)
     model.eval()
-    with torch.no_grad():
-        users = with_ones(_Base(model, serving_tables(model, ds)).known_user_matrix()).numpy()
+    users = UserVectorGraph(model, serving_tables(model, ds)).user_matrix.numpy()  # what the export's recall uses
     return Factors(items=item_index_vectors(model), users=np.ascontiguousarray(users, dtype=np.float32))
 
 
