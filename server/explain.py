@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from onnxrec.server.limits import MAX_REASONS
 from onnxrec.server.loaded_model import Reasons
 from onnxrec.server.pipeline import run_grouped
 from onnxrec.server.plan import RecommendQuery
@@ -22,8 +23,6 @@ from onnxrec.server.served import ExplainRows
 from onnxrec.v1 import recommender_pb2 as pb
 
 __all__ = ["MAX_REASONS", "Explanation", "top_reasons"]
-
-MAX_REASONS = 3
 
 
 class Explanation:

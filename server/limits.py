@@ -29,6 +29,7 @@ from onnxrec.errors import ConfigError
 SHOWN_CHARS = 64  # most characters of a caller's value an error message quotes
 MAX_NAME_CHARS = 128  # the repository's limit on model names (exporter.repository.check_model_name)
 RESPONSE_OVERHEAD_BYTES = 24  # a RecommendResponse's fields besides its items, and its framing in a batch
+MAX_REASONS = 3  # most reasons an explained item carries (server/explain.py), counted by the answer-size estimate
 
 
 class RequestError(Exception):

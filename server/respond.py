@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from onnxrec.server.limits import RESPONSE_OVERHEAD_BYTES, RequestLimits
+from onnxrec.server.limits import MAX_REASONS, RESPONSE_OVERHEAD_BYTES, RequestLimits
 from onnxrec.server.loaded_model import LoadedModel, Reasons, TopK
 from onnxrec.server.plan import RecommendQuery
 from onnxrec.v1 import recommender_pb2 as pb
@@ -97,7 +97,7 @@ def _estimate(queries: list[RecommendQuery]) -> float:
     for q in queries:
         model = q.served.model
         reason = model.item_bytes[q.include_metadata] + 2  # a reason: an item's id, a float (and its metadata)
-        item = model.item_bytes[q.include_metadata] + (3 * reason if q.explain else 0.0)
+        item = model.item_bytes[q.include_metadata] + (MAX_REASONS * reason if q.explain else 0.0)
         total += RESPONSE_OVERHEAD_BYTES + min(q.k, model.num_items) * item
     return total
 
