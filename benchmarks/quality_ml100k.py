@@ -56,9 +56,9 @@ from onnxrec.trainer.checkpoint import CHECKPOINT_FILE, load_checkpoint, model_f
 from onnxrec.trainer.config import TrainConfig
 from onnxrec.trainer.data.dataset import Dataset, check_no_leakage
 from onnxrec.trainer.evaluate import Scorer, evaluate
-from onnxrec.trainer.fit import ModelScorer
 from onnxrec.trainer.report import evaluate_run
 from onnxrec.trainer.runs import open_run
+from onnxrec.trainer.scorer import ModelScorer
 from onnxrec.trainer.train import load_for_training, run_summary, train
 
 REPO = Path(__file__).resolve().parents[1]

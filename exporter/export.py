@@ -312,13 +312,18 @@ def export(
     final, version = _target(Path(repository), name, version)
     ckpt, ds = open_run(Path(run))
     model = model_from_checkpoint(ckpt)
+    if model.reads_retrieval:
+        raise ExportError(
+            f"{run}: this ranker reads the retrieval stage's score and rank of each candidate; export it behind "
+            f"the retrieval run it was trained on: onnxrec export RETRIEVAL_RUN --ranker {run}"
+        )
     added = None
     if opts.new_items is not None:
         if opts.ranker is not None:
             raise ExportError("--new-items and --ranker together are not supported (the ranker knows no new item)")
         model, ds, added = add_new_items(model, ds, read_new_items(opts.new_items))
         log.info("added %d new items from their text (%s)", len(added.item_ids), opts.new_items)
-    ranker = open_ranker(opts.ranker, ds) if opts.ranker is not None else None
+    ranker = open_ranker(opts.ranker, ds, Path(run)) if opts.ranker is not None else None
     if ranker is not None:
         check_candidates(opts.candidates, opts.k_max, ds.num_items)
     kind = choose_kind(opts.index, model.factorized, ckpt["model_type"], ds.num_items)

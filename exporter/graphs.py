@@ -238,6 +238,35 @@ class ScoreGraph(_Base):
         return self.model.score_candidates(user_idx, items, self.known_user_inputs(user_idx))
 
 
+def _positions(scores: torch.Tensor) -> torch.Tensor:
+    """Each candidate's rank [B, C]: its position in retrieval's list."""
+    ones = torch.ones_like(scores, dtype=torch.long)
+    return torch.cumsum(ones, dim=1) - 1
+
+
+class RetrievalRankGraph(ScoreGraph):
+    """(user_idx [B], items [B, C], retrieval_scores [B, C]) -> scores [B, C]: the ranking stage of a
+    ranker that reads retrieval's score and rank of each candidate (the candidates in retrieval's order,
+    so a candidate's rank is its position)."""
+
+    def forward(self, user_idx: torch.Tensor, items: torch.Tensor, retrieval_scores: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        u = torch.index_select(self.user_matrix, 0, user_idx)  # [B, D]
+        v = self.item_matrix[items]  # [B, C, D]
+        base = (v @ u.unsqueeze(-1)).squeeze(-1) + self.item_bias[items]
+        return base + self.model.retrieval_term(u, v, retrieval_scores, _positions(retrieval_scores))
+
+
+class RetrievalRankHistoryGraph(FoldIn):
+    """(history [B, H], items [B, C], retrieval_scores [B, C], user features...) -> scores [B, C]:
+    :class:`RetrievalRankGraph` for users the ranker does not know (folded in from their history)."""
+
+    def forward(
+        self, history: torch.Tensor, items: torch.Tensor, retrieval_scores: torch.Tensor, *features: torch.Tensor
+    ) -> torch.Tensor:
+        ranks = _positions(retrieval_scores)
+        return self.model.score_with_retrieval(self.fold_in_rows(history), items, retrieval_scores, ranks)
+
+
 class SimilarItemsGraph(nn.Module):
     """item_idx [B] -> (cosine scores [B, K], items [B, K]), the item itself excluded."""
 

@@ -19,10 +19,17 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from onnxrec.errors import ExportError
 from onnxrec.exporter.graph_jobs import GraphJob, JobSizes, chunks, example_inputs, fold_in_history_len
-from onnxrec.exporter.graphs import HistoryScoreGraph, ScoreGraph, ServingTables
+from onnxrec.exporter.graphs import (
+    HistoryScoreGraph,
+    RetrievalRankGraph,
+    RetrievalRankHistoryGraph,
+    ScoreGraph,
+    ServingTables,
+)
 from onnxrec.exporter.spec import rank_history_spec, rank_spec
 from onnxrec.trainer.checkpoint import model_from_checkpoint
 from onnxrec.trainer.data.dataset import Dataset
@@ -42,10 +49,19 @@ class Ranker:
     model: Recommender
 
 
-def open_ranker(run: Path, ds: Dataset) -> Ranker:
-    """The ranker run at ``run``, refused unless it was trained on the retrieval run's dataset ``ds``."""
+def open_ranker(run: Path, ds: Dataset, retrieval_run: Path) -> Ranker:
+    """The ranker run at ``run``, refused unless it was trained on the retrieval run's dataset ``ds``, and,
+    when it reads retrieval's scores, on the candidates of the retrieval run at ``retrieval_run`` (another
+    model's scores are on another scale)."""
     ckpt = open_run_trained_on(Path(run), ds, f"{run}: the ranker", "the retrieval run", ExportError)
-    return Ranker(Path(run), ckpt, model_from_checkpoint(ckpt))
+    model = model_from_checkpoint(ckpt)
+    trained_on = ckpt.get("metrics", {}).get("negatives", {}).get("run")
+    if model.reads_retrieval and trained_on != str(Path(retrieval_run).resolve()):
+        raise ExportError(
+            f"{run}: the ranker reads retrieval's scores and was trained on the candidates of {trained_on}, "
+            f"not of {retrieval_run}; export it behind that run"
+        )
+    return Ranker(Path(run), ckpt, model)
 
 
 def check_candidates(candidates: int, k_max: int, num_items: int) -> None:
@@ -77,23 +93,34 @@ def rank_jobs(
     def cands(b: int) -> np.ndarray:
         return rng.integers(0, n_items, size=(b, candidates))
 
-    known_batches = [(u, cands(len(u))) for u in real + random_users]
+    reads = ranker.reads_retrieval
+
+    def scores(b: int) -> tuple[np.ndarray, ...]:
+        """Retrieval's scores of a batch's candidates (best first), when the ranker reads them."""
+        return (-np.sort(-rng.normal(size=(b, candidates)), axis=1).astype(np.float32),) if reads else ()
+
+    known_batches = [(u, cands(len(u)), *scores(len(u))) for u in real + random_users]
     history_batches = []
     for u in real + random_users:
         hist = np.stack([seqs.recent(np.array([x]), h)[0] for x in u])
-        history_batches.append((hist, cands(len(u)), *(tables.user_features[f][u] for f in features)))
+        history_batches.append((hist, cands(len(u)), *scores(len(u)), *(tables.user_features[f][u] for f in features)))
     b0 = 3
+    example_scores = (torch.zeros((b0, 6)),) if reads else ()
     return [
         GraphJob(
-            rank_spec(),
-            ScoreGraph(ranker, tables),
-            example_inputs(np.arange(b0) % n_users, np.zeros((b0, 6))),
+            rank_spec(reads),
+            RetrievalRankGraph(ranker, tables) if reads else ScoreGraph(ranker, tables),
+            (*example_inputs(np.arange(b0) % n_users, np.zeros((b0, 6))), *example_scores),
             known_batches,
         ),
         GraphJob(
-            rank_history_spec(features),
-            HistoryScoreGraph(ranker, tables),
-            example_inputs(np.zeros((b0, 5)), np.zeros((b0, 6)), *[np.ones(b0)] * len(features)),
+            rank_history_spec(features, reads),
+            RetrievalRankHistoryGraph(ranker, tables) if reads else HistoryScoreGraph(ranker, tables),
+            (
+                *example_inputs(np.zeros((b0, 5)), np.zeros((b0, 6))),
+                *example_scores,
+                *example_inputs(*[np.ones(b0)] * len(features)),
+            ),
             history_batches,
         ),
     ]
@@ -119,6 +146,7 @@ def stages_entry(
         "model_config": ranker.ckpt["model_config"],
         "metrics": ranker.ckpt.get("metrics", {}),
         "graphs": list(RANK_GRAPHS),
+        "retrieval_fields": ranker.model.reads_retrieval,
         "candidates": candidates,
     }
     return [retrieve | {"candidates": candidates}, rank]

@@ -172,27 +172,37 @@ def history_vector_spec(dim: int, user_features: tuple[str, ...] = ()) -> GraphS
     )
 
 
-def rank_spec() -> GraphSpec:
+#: The ranking graphs' extra input when the ranker reads retrieval's score and rank of each candidate.
+RETRIEVAL_SCORES = TensorSpec(
+    "retrieval_scores",
+    "float32",
+    (BATCH, "num_candidates"),
+    "retrieval's score of each candidate, the candidates in retrieval's order (a candidate's rank is its position)",
+)
+
+
+def rank_spec(retrieval: bool = False) -> GraphSpec:
     """The ranking stage of a pipeline version (the ranker's scores of the retrieved candidates of known
-    users); the signature of ``score``."""
+    users); the signature of ``score``, plus retrieval's scores when the ranker reads them."""
     score = score_spec()
     return GraphSpec(
         "rank",
-        score.inputs,
+        (*score.inputs, RETRIEVAL_SCORES) if retrieval else score.inputs,
         score.outputs,
         "the ranker's scores of each known user's candidate items (the pipeline's second stage, and Score)",
     )
 
 
-def rank_history_spec(user_features: tuple[str, ...] = ()) -> GraphSpec:
+def rank_history_spec(user_features: tuple[str, ...] = (), retrieval: bool = False) -> GraphSpec:
     """The ranking stage for users the ranker does not know: their recent items (and features) and the
-    candidates -> the ranker's scores."""
+    candidates (and retrieval's scores of them, when the ranker reads them) -> the ranker's scores."""
     history = history_spec(1, user_features)
     return GraphSpec(
         "rank_from_history",
         (
             history.inputs[0],
             TensorSpec("items", "int64", (BATCH, "num_candidates"), "candidate item indices"),
+            *((RETRIEVAL_SCORES,) if retrieval else ()),
             *(t for t in history.inputs if t.name.startswith("user_")),
         ),
         (TensorSpec("scores", "float32", (BATCH, "num_candidates"), "one score per candidate"),),

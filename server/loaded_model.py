@@ -17,9 +17,18 @@ import pyarrow.parquet as pq
 
 from onnxrec.errors import OnnxrecError
 from onnxrec.exporter.repository import read_manifest, verify_files
+from onnxrec.server.feeds import pad_items, pad_scores, required_scores
 from onnxrec.server.index_search import IndexSearch
 from onnxrec.server.limits import scored_item_bytes
-from onnxrec.server.sessions import ModelLoadError, cuda_status, explains, is_pipeline, open_sessions, resolve_device
+from onnxrec.server.sessions import (
+    ModelLoadError,
+    cuda_status,
+    explain_refusal,
+    feature_inputs,
+    is_pipeline,
+    open_sessions,
+    resolve_device,
+)
 
 __all__ = ["LoadedModel", "ModelLoadError", "Reasons", "TopK", "cuda_status", "resolve_device"]
 from onnxrec.v1 import recommender_pb2 as pb
@@ -87,11 +96,15 @@ class LoadedModel:
         self.popular = np.load(self.path / "popular.npy", allow_pickle=False).astype(np.int64)
         self.popularity = np.asarray(items["popularity"].to_numpy(), dtype=np.float64)
         spec = m.get("feature_spec", {})
-        self.user_features = _feature_inputs(m, "recommend_from_history")  # what each graph reads, in order
-        self.rank_features = _feature_inputs(m, "rank_from_history") if self.pipeline else []
+        self.user_features = feature_inputs(m, "recommend_from_history")  # what each graph reads, in order
+        self.rank_features = feature_inputs(m, "rank_from_history") if self.pipeline else []
+        # a ranker that reads retrieval's score and rank of each candidate (its graphs take retrieval_scores)
+        self.rank_reads_retrieval = self.pipeline and any(
+            t["name"] == "retrieval_scores" for t in m["graphs"]["rank"]["inputs"]
+        )
         self._vocab = {f["name"]: {v: i + 1 for i, v in enumerate(f["vocabulary"])} for f in spec.get("user", [])}
         self._feature_codes: dict[str, np.ndarray] = {}  # feature -> encoded value per user index (lazily)
-        self.explain_refusal = _explain_refusal(m)  # None: explain requests are answered
+        self.explain_refusal = explain_refusal(m)  # None: explain requests are answered
         self.explain_history_len = int((m.get("explain") or {}).get("history_len", 0))
         log.info(
             "loaded %s version %d (%s, %d users, %d items) on %s",
@@ -249,17 +262,56 @@ class LoadedModel:
 
     def score(self, users: np.ndarray, candidates: list[np.ndarray]) -> list[np.ndarray]:
         """Scores of each user's candidates (rows padded to one width inside, cut back after): the
-        ranker's (``rank``) in a pipeline version, else the ``score`` graph's."""
-        feed = {"user_idx": users.astype(np.int64), "items": _pad_items(candidates)}
-        (scores,) = self._run("rank" if self.pipeline else "score", feed)
+        ranker's in a pipeline version (:meth:`rank_any`), else the ``score`` graph's."""
+        if self.pipeline:
+            return self.rank_any(users, candidates)
+        feed = {"user_idx": users.astype(np.int64), "items": pad_items(candidates)}
+        (scores,) = self._run("score", feed)
         return [scores[j, : len(c)] for j, c in enumerate(candidates)]
 
+    def rank(
+        self, users: np.ndarray, candidates: list[np.ndarray], retrieval: list[np.ndarray] | None = None
+    ) -> list[np.ndarray]:
+        """The ranker's scores (``rank``) of known users' candidate lists, each in retrieval's order with
+        retrieval's scores ``retrieval`` (read when the ranker reads them)."""
+        feed = {"user_idx": users.astype(np.int64), "items": pad_items(candidates)}
+        if self.rank_reads_retrieval:
+            feed["retrieval_scores"] = pad_scores(required_scores(retrieval), candidates)
+        (scores,) = self._run("rank", feed)
+        return [scores[j, : len(c)] for j, c in enumerate(candidates)]
+
+    def rank_any(self, users: np.ndarray, candidates: list[np.ndarray]) -> list[np.ndarray]:
+        """The ranker's scores of candidate lists in any order (Score on a pipeline version): a ranker that
+        reads retrieval's score and rank gets each list in retrieval's order, scored by the ``score``
+        graph, then its scores put back in the caller's order."""
+        if not self.rank_reads_retrieval:
+            return self.rank(users, candidates)
+        (found,) = self._run("score", {"user_idx": users.astype(np.int64), "items": pad_items(candidates)})
+        orders = [np.argsort(-found[j, : len(c)], kind="stable") for j, c in enumerate(candidates)]
+        ranked = self.rank(
+            users,
+            [c[o] for c, o in zip(candidates, orders, strict=True)],
+            [found[j, o] for j, o in enumerate(orders)],
+        )
+        out = []
+        for o, s in zip(orders, ranked, strict=True):
+            back = np.empty_like(s)
+            back[o] = s
+            out.append(back)
+        return out
+
     def rank_from_history(
-        self, history: list[np.ndarray], candidates: list[np.ndarray], features: Sequence[Sequence[int]]
+        self,
+        history: list[np.ndarray],
+        candidates: list[np.ndarray],
+        features: Sequence[Sequence[int]],
+        retrieval: list[np.ndarray] | None = None,
     ) -> list[np.ndarray]:
         """The ranker's scores of each candidate list for users it does not know (pipeline versions);
-        ``features`` encoded in :attr:`rank_features` order."""
-        feed = {"history": self._pad(history), "items": _pad_items(candidates)}
+        ``features`` encoded in :attr:`rank_features` order, ``retrieval`` as in :meth:`rank`."""
+        feed = {"history": self._pad(history), "items": pad_items(candidates)}
+        if self.rank_reads_retrieval:
+            feed["retrieval_scores"] = pad_scores(required_scores(retrieval), candidates)
         for j, name in enumerate(self.rank_features):
             feed[f"user_{name}"] = np.array([f[j] for f in features], dtype=np.int64)
         (scores,) = self._run("rank_from_history", feed)
@@ -269,14 +321,14 @@ class LoadedModel:
         """Known users: each history position's support of each recommended item ([K, H] per row, -inf
         at repeats), from the ``explain`` graph."""
         feed = {"user_idx": users.astype(np.int64), "history": self._pad(history)}
-        (c,) = self._run("explain", feed | {"recommended": _pad_items(recommended)})
+        (c,) = self._run("explain", feed | {"recommended": pad_items(recommended)})
         return [c[j, : len(r), : len(h)] for j, (h, r) in enumerate(zip(history, recommended, strict=True))]
 
     def explain_from_history(
         self, history: list[np.ndarray], recommended: list[np.ndarray], features: Sequence[Sequence[int]]
     ) -> list[np.ndarray]:
         """:meth:`explain` for users the model does not know (their history and features)."""
-        feed = {"history": self._pad(history), "recommended": _pad_items(recommended)}
+        feed = {"history": self._pad(history), "recommended": pad_items(recommended)}
         for j, name in enumerate(self.user_features):
             feed[f"user_{name}"] = np.array([f[j] for f in features], dtype=np.int64)
         (c,) = self._run("explain_from_history", feed)
@@ -308,7 +360,11 @@ class LoadedModel:
             self.score(users, [np.array([0])] * b)
             self.similar(np.arange(b) % self.num_items)
             if self.pipeline:
-                self.rank_from_history([np.array([0])] * b, [np.array([0])] * b, [[0] * len(self.rank_features)] * b)
+                one = [np.array([0])] * b
+                self.rank(users, one, [np.zeros(1, dtype=np.float32)] * b)
+                self.rank_from_history(
+                    one, one, [[0] * len(self.rank_features)] * b, [np.zeros(1, dtype=np.float32)] * b
+                )
             if self.explain_refusal is None:
                 self.explain(users, [np.array([0])] * b, [np.array([0])] * b)
                 self.explain_from_history([np.array([0])] * b, [np.array([0])] * b, [[0] * len(self.user_features)] * b)
@@ -334,31 +390,6 @@ def _split(scores: np.ndarray, items: np.ndarray) -> list[TopK]:
             s, i = s[keep], i[keep]
         out.append(TopK(items=i, scores=s))
     return out
-
-
-def _pad_items(candidates: list[np.ndarray]) -> np.ndarray:
-    """Candidate lists as one [B, width] array (short rows padded with item 0; their scores are cut off)."""
-    width = max(len(c) for c in candidates)
-    padded = np.zeros((len(candidates), width), dtype=np.int64)
-    for j, c in enumerate(candidates):
-        padded[j, : len(c)] = c
-    return padded
-
-
-def _feature_inputs(manifest: dict[str, Any], graph: str) -> list[str]:
-    """The user features ``graph`` reads (its ``user_<name>`` inputs), in input order."""
-    inputs = manifest["graphs"][graph]["inputs"]
-    return [t["name"][len("user_") :] for t in inputs if t["name"].startswith("user_") and t["name"] != "user_idx"]
-
-
-def _explain_refusal(manifest: dict[str, Any]) -> str | None:
-    """Why the version answers no explain request (None: it does)."""
-    if explains(manifest):
-        return None
-    named = f"model {manifest['name']} version {manifest['version']}"
-    if "explain" not in manifest:
-        return f"{named} was exported before explanations; export its run again (onnxrec export) to explain"
-    return f"{named} cannot explain its recommendations: {manifest['explain'].get('why', '')}"
 
 
 def _as_text(value: Any) -> str:

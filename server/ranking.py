@@ -2,7 +2,8 @@
 
 Retrieval (:class:`~onnxrec.server.pipeline.ModelRetrieval`) answers a pipeline version's query with
 its ``fetch`` candidates (the request's ``candidates``, or the version's), seen and excluded items
-already left out; :class:`Ranking` scores them with the ``rank`` graph (users the ranker knows) or
+already left out, best first with retrieval's scores; :class:`Ranking` scores them (with those scores
+and positions, for a ranker that reads retrieval's score and rank) with the ``rank`` graph (users the ranker knows) or
 ``rank_from_history`` (the others), through their own batchers, and keeps the best ``k`` by the
 ranker's score. Popularity answers and one-stage versions pass through untouched.
 """
@@ -40,12 +41,14 @@ async def _rank(part: list[RecommendQuery], deadline: float | None) -> None:
     """One queue entry of ``part``'s candidate lists (one model version and source) on its ranking
     batcher; each query keeps its best ``k`` candidates by the ranker's score (ties: retrieval's order)."""
     served, known = part[0].served, part[0].source == pb.SOURCE_MODEL
-    candidates = [q.top.items for q in part if q.top is not None]
+    tops = [q.top for q in part if q.top is not None]
+    candidates = [t.items for t in tops]
+    retrieval = [t.scores for t in tops]
     if known:
-        rows = RankRows(candidates, [q.user for q in part], [], [])
+        rows = RankRows(candidates, [q.user for q in part], [], [], retrieval)
         scores = await served.rank.submit(rows, deadline=deadline, weight=len(part))
     else:
-        rows = RankRows(candidates, [], [q.history for q in part], [q.rank_features for q in part])
+        rows = RankRows(candidates, [], [q.history for q in part], [q.rank_features for q in part], retrieval)
         scores = await served.rank_history.submit(rows, deadline=deadline, weight=len(part))
     for q, items, s in zip(part, candidates, scores, strict=True):
         order = np.argsort(-s, kind="stable")[: q.k]

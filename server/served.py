@@ -49,13 +49,15 @@ class HistoryRows:
 
 @dataclass(slots=True)
 class RankRows:
-    """Rows of a pipeline's ranking stage: each user's retrieved candidates, and who the user is: an
-    index the ranker knows (``users``), or a history and encoded features (``history``, ``features``)."""
+    """Rows of a pipeline's ranking stage: each user's retrieved candidates (retrieval's order) and their
+    retrieval scores, and who the user is: an index the ranker knows (``users``), or a history and encoded
+    features (``history``, ``features``)."""
 
     candidates: list[np.ndarray]
     users: list[int]
     history: list[np.ndarray]
     features: list[Sequence[int]]
+    retrieval: list[np.ndarray]  # retrieval's scores of each candidate list (its order)
 
     def __len__(self) -> int:
         return len(self.candidates)
@@ -148,14 +150,16 @@ class ServedModel:
 
     def _run_rank(self, items: list[RankRows]) -> list[list[np.ndarray]]:
         users = np.array([u for it in items for u in it.users], dtype=np.int64)
-        scores = self.model.score(users, [c for it in items for c in it.candidates])
+        retrieval = [r for it in items for r in it.retrieval]
+        scores = self.model.rank(users, [c for it in items for c in it.candidates], retrieval)
         return _per_item(scores, items)
 
     def _run_rank_history(self, items: list[RankRows]) -> list[list[np.ndarray]]:
         history = [h for it in items for h in it.history]
         features = [f for it in items for f in it.features]
-        scores = self.model.rank_from_history(history, [c for it in items for c in it.candidates], features)
-        return _per_item(scores, items)
+        retrieval = [r for it in items for r in it.retrieval]
+        candidates = [c for it in items for c in it.candidates]
+        return _per_item(self.model.rank_from_history(history, candidates, features, retrieval), items)
 
     def _run_explain(self, items: list[ExplainRows]) -> list[list[np.ndarray]]:
         users = np.array([u for it in items for u in it.users], dtype=np.int64)

@@ -140,3 +140,19 @@ def explains(manifest: dict[str, Any]) -> bool:
 def is_pipeline(manifest: dict[str, Any]) -> bool:
     """Whether the version retrieves, then ranks (its manifest lists a ``rank`` stage)."""
     return any(stage.get("stage") == "rank" for stage in manifest.get("stages", []))
+
+
+def feature_inputs(manifest: dict[str, Any], graph: str) -> list[str]:
+    """The user features ``graph`` reads (its ``user_<name>`` inputs), in input order."""
+    inputs = manifest["graphs"][graph]["inputs"]
+    return [t["name"][len("user_") :] for t in inputs if t["name"].startswith("user_") and t["name"] != "user_idx"]
+
+
+def explain_refusal(manifest: dict[str, Any]) -> str | None:
+    """Why the version answers no explain request (None: it does)."""
+    if explains(manifest):
+        return None
+    named = f"model {manifest['name']} version {manifest['version']}"
+    if "explain" not in manifest:
+        return f"{named} was exported before explanations; export its run again (onnxrec export) to explain"
+    return f"{named} cannot explain its recommendations: {manifest['explain'].get('why', '')}"

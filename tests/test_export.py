@@ -27,8 +27,8 @@ from onnxrec.exporter.spec import recommend_spec, score_spec
 from onnxrec.trainer.checkpoint import load_checkpoint, model_from_checkpoint
 from onnxrec.trainer.config import TrainConfig
 from onnxrec.trainer.data.dataset import Dataset, save_dataset
-from onnxrec.trainer.fit import ModelScorer
 from onnxrec.trainer.runs import open_run
+from onnxrec.trainer.scorer import ModelScorer
 from onnxrec.trainer.train import train
 from tests.contract import RecommenderContract
 from tests.small_runs import train_small_runs

@@ -30,8 +30,8 @@ from onnxrec.exporter.spec import recommend_spec, score_spec
 from onnxrec.trainer.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 from onnxrec.trainer.config import TrainConfig
 from onnxrec.trainer.data.dataset import Dataset, save_dataset
-from onnxrec.trainer.fit import ModelScorer
 from onnxrec.trainer.runs import open_run
+from onnxrec.trainer.scorer import ModelScorer
 from onnxrec.trainer.train import train
 from tests.test_export_atomic import tree
 

@@ -18,12 +18,12 @@ from onnxrec.trainer.data.preprocess import PreprocessSpec
 from onnxrec.trainer.data.split import SplitSpec
 from onnxrec.trainer.data.synth import generate_synthetic
 from onnxrec.trainer.evaluate import evaluate
-from onnxrec.trainer.fit import ModelScorer
 from onnxrec.trainer.history import UserSequences, known_sequences
 from onnxrec.trainer.models.base import Recommender
 from onnxrec.trainer.pipeline_eval import PipelineScorer, evaluate_pipeline, open_ranker_run, top_candidates
 from onnxrec.trainer.report import evaluate_run
 from onnxrec.trainer.runs import open_run
+from onnxrec.trainer.scorer import ModelScorer
 from tests.small_runs import train_small_runs
 
 STAGES = ("valid", "test")

@@ -22,10 +22,10 @@ from onnxrec.trainer.data.preprocess import PreprocessSpec
 from onnxrec.trainer.data.split import SplitSpec
 from onnxrec.trainer.data.synth import generate_synthetic
 from onnxrec.trainer.determinism import epoch_seeds
-from onnxrec.trainer.fit import ModelScorer
 from onnxrec.trainer.history import known_sequences
 from onnxrec.trainer.negatives import CandidatePool, NegativeSampler
 from onnxrec.trainer.runs import open_run
+from onnxrec.trainer.scorer import ModelScorer
 from onnxrec.trainer.train import train
 from tests.small_runs import train_small_runs
 
@@ -148,11 +148,19 @@ def test_training_on_candidates_repeats_for_a_seed_and_records_its_negatives(
         "candidates": N,
         "mean_candidates_per_user": float(N),
     }
-    # validated and tested as the pipeline it is trained for; its own metrics beside
+    # validated and tested as the pipeline it is trained for; an FM reading retrieval's score and rank
+    # scores candidate lists only, so it has no metrics of its own
     assert summary["evaluated_as"] == "pipeline" and summary["test"]["retrieval"]["candidates"] == N
-    assert set(summary["standalone"]) == {"valid", "test"}
-    assert load_checkpoint(runs[0])["metrics"]["negatives"] == summary["negatives"]
-    assert load_checkpoint(runs[0])["train_config"]["candidates_from"] == str(retrieval)
+    assert summary["retrieval_fields"] is True and "standalone" not in summary
+    ckpt = load_checkpoint(runs[0])
+    assert ckpt["metrics"]["negatives"] == summary["negatives"]
+    assert ckpt["train_config"]["candidates_from"] == str(retrieval)
+    assert ckpt["model_config"]["retrieval"]["candidates"] == N
+    # without the fields: its own metrics beside the pipeline's
+    plain = train(_ranker_cfg(data, tmp_path / "fm-plain", retrieval, seed=7, retrieval_fields=False))
+    plain_summary = json.loads((plain / "eval.json").read_text())
+    assert set(plain_summary["standalone"]) == {"valid", "test"}
+    assert load_checkpoint(plain)["model_config"]["retrieval"] is None
 
 
 def test_train_command_takes_the_candidate_options(retrieval: Path, synthetic: Dataset, tmp_path: Path) -> None:

@@ -22,12 +22,13 @@ from onnxrec.errors import TrainingError
 from onnxrec.trainer.checkpoint import model_from_checkpoint
 from onnxrec.trainer.data.dataset import Dataset
 from onnxrec.trainer.evaluate import SCORE_BATCH_BYTES
-from onnxrec.trainer.fit import ModelScorer
 from onnxrec.trainer.history import known_sequences
 from onnxrec.trainer.models.base import Recommender
 from onnxrec.trainer.negatives import CandidatePool
 from onnxrec.trainer.pipeline_eval import top_candidates
+from onnxrec.trainer.retrieval_features import RetrievalFeatures, candidate_scores
 from onnxrec.trainer.runs import open_run_trained_on
+from onnxrec.trainer.scorer import ModelScorer
 
 
 def user_candidates(
@@ -60,6 +61,7 @@ def load_pool(run: Path, ds: Dataset, n: int, device: torch.device | str = "cpu"
         raise TrainingError(f"--candidates {n} is more than the catalog's {ds.num_items} items")
     model = model_from_checkpoint(ckpt).to(device)
     indptr, items = user_candidates(model, ds, n, device)
+    features = retrieval_features(model, ds, indptr, items, n, device) if model.factorized else None
     source = {
         "run": str(Path(run).resolve()),
         "model_type": ckpt["model_type"],
@@ -67,4 +69,23 @@ def load_pool(run: Path, ds: Dataset, n: int, device: torch.device | str = "cpu"
         "candidates": n,
         "mean_candidates_per_user": round(float(len(items)) / max(ds.num_users, 1), 3),
     }
-    return CandidatePool(indptr, items, model, source)
+    return CandidatePool(indptr, items, model, source, features)
+
+
+def retrieval_features(
+    model: Recommender, ds: Dataset, indptr: np.ndarray, items: np.ndarray, n: int, device: torch.device | str
+) -> RetrievalFeatures:
+    """The factorized retrieval ``model``'s vectors as at :func:`user_candidates` (history: the training
+    split) and its scores of each user's candidates (CSR ``indptr``, ``items``)."""
+    scorer = ModelScorer(model, ds, device)
+    with scorer.items_once():
+        table, bias = scorer.item_side
+        users = [
+            scorer.user_vectors(np.arange(s, min(s + 1024, ds.num_users)), "valid").float().cpu().numpy()
+            for s in range(0, ds.num_users, 1024)
+        ]
+    user_vectors = np.ascontiguousarray(np.concatenate(users), dtype=np.float32)
+    item_vectors = np.ascontiguousarray(table.detach().float().cpu().numpy(), dtype=np.float32)
+    item_bias = np.ascontiguousarray(bias.detach().float().cpu().numpy(), dtype=np.float32)
+    scores = candidate_scores(user_vectors, item_vectors, item_bias, indptr, items)
+    return RetrievalFeatures(user_vectors, item_vectors, item_bias, indptr, scores, n)

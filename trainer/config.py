@@ -63,6 +63,11 @@ class TrainConfig:
     hard_negatives: float = setting(
         0.5, "with --candidates-from: the share of negatives drawn from the candidates (the rest from the catalog)"
     )
+    retrieval_fields: bool = setting(
+        True,
+        "with --candidates-from: an fm or linear ranker also reads each candidate's retrieval score and rank as "
+        "fields (a pipeline version passes them from its retrieval stage)",
+    )
     max_softmax_items: int = setting(200_000, "full softmax up to this many items, sampled softmax above")
     temperature: float = setting(1.0, "softmax temperature")
     seed: int = setting(0, "random seed of initialisation, sampling and data order")

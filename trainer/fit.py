@@ -12,7 +12,6 @@ import logging
 import math
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -27,11 +26,12 @@ from onnxrec.trainer.config import TrainConfig
 from onnxrec.trainer.data.dataset import Dataset
 from onnxrec.trainer.determinism import epoch_seeds
 from onnxrec.trainer.evaluate import Scorer, evaluate
-from onnxrec.trainer.history import UserSequences, known_sequences, training_histories
+from onnxrec.trainer.history import UserSequences, training_histories
 from onnxrec.trainer.models.base import Recommender
 from onnxrec.trainer.negatives import NegativeSampler
 from onnxrec.trainer.plan import choose_softmax, long_epoch_warning
 from onnxrec.trainer.progress import Progress
+from onnxrec.trainer.scorer import ModelScorer, user_inputs
 
 if TYPE_CHECKING:
     from onnxrec.trainer.sequence_fit import SequenceEpochData
@@ -39,63 +39,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("onnxrec.train")
 #: Batches timed before an epoch's length is estimated (and warned about when long).
 _ESTIMATE_AFTER = 3
-
-
-def user_inputs(
-    model: Recommender, ds: Dataset, users: np.ndarray, history: np.ndarray | None, device: torch.device
-) -> dict[str, Any]:
-    """The extra per-user inputs ``model`` reads: user features and (if used) the history."""
-    inputs: dict[str, Any] = {}
-    for name in model.user_feature_names:
-        inputs[f"user_{name}"] = torch.from_numpy(ds.user_features[name][users]).to(device)
-    if model.history_len and history is not None:
-        inputs["history"] = torch.from_numpy(history).to(device)
-    return inputs
-
-
-class ModelScorer:
-    """Adapts a trained model to the evaluation code's scorer interface.
-
-    Inside :meth:`items_once` (which :func:`~onnxrec.trainer.evaluate.evaluate` enters) a
-    factorized model's item vectors are computed once for all batches of users instead of once
-    per batch: at 10^6 items the item tower is the cost of scoring.
-    """
-
-    def __init__(self, model: Recommender, ds: Dataset, device: torch.device | str = "cpu") -> None:
-        self.model = model
-        self.ds = ds
-        self.device = torch.device(device)
-        self._known: dict[str, UserSequences] = {}
-        self._items: tuple[torch.Tensor, torch.Tensor] | None = None
-
-    @contextmanager
-    def items_once(self) -> Iterator[None]:
-        """Score with item vectors computed once on entry (the weights must not change inside)."""
-        if self.model.factorized:
-            self.model.eval()
-            with torch.no_grad():
-                self._items = (self.model.item_vectors(), self.model.item_bias())
-        try:
-            yield
-        finally:
-            self._items = None
-
-    @torch.no_grad()
-    def __call__(self, users: np.ndarray, stage: str) -> np.ndarray:
-        self.model.eval()
-        history = None
-        if self.model.history_len:
-            if stage not in self._known:
-                self._known[stage] = known_sequences(self.ds, stage)
-            history = self._known[stage].recent(users, self.model.history_len)
-        inputs = user_inputs(self.model, self.ds, users, history, self.device)
-        u = torch.from_numpy(np.asarray(users, dtype=np.int64)).to(self.device)
-        if self._items is not None:
-            table, bias = self._items
-            if self.model.history_len:
-                inputs["item_table"] = table
-            return (self.model.user_vectors(u, inputs) @ table.T + bias).float().cpu().numpy()
-        return self.model.score_all(u, inputs).float().cpu().numpy()
 
 
 class TrainingStep(nn.Module):
@@ -326,11 +269,32 @@ class _EpochData:
                 hist = training_histories(seq, history_len, pos) if history_len else None
                 users = torch.from_numpy(users_np).to(device)
                 items = torch.from_numpy(seq.items[pos]).to(device)
-                negs = torch.from_numpy(self.negatives.draw(gen, users_np, self.num_negatives)).to(device)
+                negs_np = self.negatives.draw(gen, users_np, self.num_negatives)
+                negs = torch.from_numpy(negs_np).to(device)
                 inputs = user_inputs(self.model, self.ds, users_np, hist, device)
+                if self.model.reads_retrieval:
+                    cands = np.concatenate([seq.items[pos][:, None], negs_np], axis=1)
+                    inputs |= retrieval_inputs(self.negatives, users_np, cands, device)
                 yield (users, items, negs, inputs), len(pos)
 
         return len(perm), -(-len(perm) // self.batch), steps()
+
+
+def retrieval_inputs(
+    negatives: NegativeSampler, users: np.ndarray, items: np.ndarray, device: torch.device
+) -> dict[str, torch.Tensor]:
+    """A ranker's retrieval fields of ``items`` [B, N] for ``users`` [B]: retrieval's scores and ranks,
+    from the candidate pool's retrieval model."""
+    features = negatives.pool.features if negatives.pool is not None else None
+    if features is None:
+        raise TrainingError(
+            "a ranker reading retrieval's score and rank trains on a factorized retrieval run's candidates"
+        )
+    scores, ranks = features.inputs(users, items)
+    return {
+        "retrieval_score": torch.from_numpy(scores).to(device),
+        "retrieval_rank": torch.from_numpy(ranks).to(device),
+    }
 
 
 def _train_epoch(

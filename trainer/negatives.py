@@ -16,17 +16,21 @@ import numpy as np
 
 from onnxrec.errors import TrainingError
 from onnxrec.trainer.models.base import Recommender
+from onnxrec.trainer.retrieval_features import RetrievalFeatures
 
 
 @dataclass(frozen=True)
 class CandidatePool:
     """Each user's retrieval candidates, best first (CSR: ``items[indptr[u]:indptr[u + 1]]``), the
-    retrieval model they came from and what a run records about them (:attr:`source`)."""
+    retrieval model they came from, what a run records about them (:attr:`source`) and, for a factorized
+    retrieval model, retrieval's score and rank of any pair (:attr:`features`, a ranker's retrieval
+    fields)."""
 
     indptr: np.ndarray  # int64 [num_users + 1]
     items: np.ndarray  # int64 [nnz]
     retrieval: Recommender
     source: dict[str, Any]
+    features: RetrievalFeatures | None = None
 
     def of(self, user: int) -> np.ndarray:
         """The candidates of ``user``, best first."""

@@ -31,10 +31,10 @@ from onnxrec.errors import ConfigError
 from onnxrec.trainer.checkpoint import model_from_checkpoint
 from onnxrec.trainer.data.dataset import Dataset
 from onnxrec.trainer.evaluate import evaluate
-from onnxrec.trainer.fit import ModelScorer, user_inputs
 from onnxrec.trainer.history import UserSequences, known_sequences
 from onnxrec.trainer.models.base import Recommender
 from onnxrec.trainer.runs import open_run_trained_on
+from onnxrec.trainer.scorer import ModelScorer, user_inputs
 
 #: Candidates per user when ``--ranker`` is given without ``--candidates``.
 DEFAULT_CANDIDATES = 200
@@ -77,6 +77,14 @@ def combine(retrieval: np.ndarray, items: np.ndarray, valid: np.ndarray, logits:
     rows, cols = np.nonzero(valid)
     out[rows, items[rows, cols]] = (logits - low + 1.0)[rows, cols]
     return out
+
+
+def position_inputs(retrieval_scores: np.ndarray, device: torch.device) -> dict[str, torch.Tensor]:
+    """A ranker's retrieval fields for candidate lists in retrieval's order: the scores [B, C] as they
+    are, each candidate's position as its rank."""
+    scores = torch.from_numpy(np.ascontiguousarray(retrieval_scores, dtype=np.float32)).to(device)
+    ranks = torch.arange(scores.shape[1], device=device).expand(scores.shape[0], -1)
+    return {"retrieval_score": scores, "retrieval_rank": ranks}
 
 
 class PipelineScorer:
@@ -122,13 +130,21 @@ class PipelineScorer:
         return scores, items, valid
 
     @torch.no_grad()
-    def rank(self, users: np.ndarray, items: np.ndarray, stage: str) -> np.ndarray:
-        """The ranker's logits [B, C] of ``items`` [B, C] for ``users`` at ``stage``."""
+    def rank(
+        self, users: np.ndarray, items: np.ndarray, stage: str, retrieval_scores: np.ndarray | None = None
+    ) -> np.ndarray:
+        """The ranker's logits [B, C] of ``items`` [B, C] (in retrieval's order) for ``users`` at ``stage``;
+        a ranker that reads retrieval's score and rank is given ``retrieval_scores`` [B, C] and each
+        candidate's position as its rank, as a served pipeline gives them."""
         was_training = self.ranker.training
         self.ranker.eval()
         try:
             history = self.known(stage).recent(users, self.ranker.history_len) if self.ranker.history_len else None
             inputs = user_inputs(self.ranker, self.ds, users, history, self.device)
+            if self.ranker.reads_retrieval:
+                if retrieval_scores is None:
+                    raise ConfigError("this ranker reads retrieval's scores of its candidates: give them")
+                inputs |= position_inputs(retrieval_scores, self.device)
             u = torch.from_numpy(np.asarray(users, dtype=np.int64)).to(self.device)
             it = torch.from_numpy(np.ascontiguousarray(items, dtype=np.int64)).to(self.device)
             return self.ranker.score_candidates(u, it, inputs).double().cpu().numpy()
@@ -138,7 +154,8 @@ class PipelineScorer:
     def __call__(self, users: np.ndarray, stage: str) -> np.ndarray:
         scores, items, valid = self.candidate_sets(users, stage)
         self._count_recall(users, stage, items, valid)
-        return combine(scores, items, valid, self.rank(users, items, stage))
+        retrieval_scores = np.take_along_axis(scores, items, axis=1)
+        return combine(scores, items, valid, self.rank(users, items, stage, retrieval_scores))
 
     def _count_recall(self, users: np.ndarray, stage: str, items: np.ndarray, valid: np.ndarray) -> None:
         part = self.ds.splits.valid if stage == "valid" else self.ds.splits.test

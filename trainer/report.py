@@ -10,9 +10,9 @@ from typing import Any
 from onnxrec.trainer.baselines import ItemKNN, Popularity
 from onnxrec.trainer.checkpoint import model_from_checkpoint
 from onnxrec.trainer.evaluate import VIEWS, Scorer, evaluate
-from onnxrec.trainer.fit import ModelScorer
 from onnxrec.trainer.pipeline_eval import DEFAULT_CANDIDATES, PipelineScorer, evaluate_pipeline, open_ranker_run
 from onnxrec.trainer.runs import open_run
+from onnxrec.trainer.scorer import ModelScorer
 
 
 def evaluate_run(

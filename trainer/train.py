@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, cast
 
@@ -36,16 +37,19 @@ from onnxrec.trainer.data.split import SplitKind, SplitSpec
 from onnxrec.trainer.determinism import reproducible
 from onnxrec.trainer.evaluate import evaluate
 from onnxrec.trainer.factory import model_config, resolve_model
-from onnxrec.trainer.fit import FitResult, ModelScorer, fit
+from onnxrec.trainer.fit import FitResult, fit
 from onnxrec.trainer.models.base import Recommender
 from onnxrec.trainer.models.registry import build_model, config_to_dict
 from onnxrec.trainer.models.two_tower import TwoTower
-from onnxrec.trainer.negatives import NegativeSampler
+from onnxrec.trainer.negatives import CandidatePool, NegativeSampler
 from onnxrec.trainer.pipeline_eval import PipelineScorer, evaluate_pipeline
 from onnxrec.trainer.plan import check_model_memory
 from onnxrec.trainer.preflight import preflight
+from onnxrec.trainer.scorer import ModelScorer
 
 log = logging.getLogger("onnxrec.train")
+#: The rankers that read retrieval's score and rank as fields when trained on its candidates.
+RETRIEVAL_FIELD_MODELS = ("fm", "linear")
 
 
 def column_mapping(cfg: TrainConfig) -> ColumnMapping:
@@ -109,6 +113,9 @@ def _train(cfg: TrainConfig, out: Path, threads: int) -> Path:
         mcfg_dict = resume["model_config"]
     else:
         mcfg_dict = config_to_dict(model_config(model_type, cfg, ds))
+    pool = load_pool(Path(cfg.candidates_from), ds, cfg.candidates, cfg.device) if cfg.candidates_from else None
+    if resume is None and pool is not None:
+        mcfg_dict = with_retrieval_fields(model_type, mcfg_dict, pool, cfg)
     model = build_model(model_type, mcfg_dict)
     check_model_memory(sum(p.numel() for p in model.parameters()), ds.num_users, ds.num_items)
     model.set_item_features({k: torch.from_numpy(v) for k, v in ds.item_features.items()})
@@ -116,7 +123,6 @@ def _train(cfg: TrainConfig, out: Path, threads: int) -> Path:
         model.set_item_text(torch.from_numpy(ds.item_text))
     if resume is not None:
         model.load_state_dict(resume["state_dict"])
-    pool = load_pool(Path(cfg.candidates_from), ds, cfg.candidates, cfg.device) if cfg.candidates_from else None
     negatives = NegativeSampler(ds.num_items, pool, cfg.hard_negatives)
     if pool is not None and rank == 0:
         log.info(
@@ -165,11 +171,29 @@ def _train(cfg: TrainConfig, out: Path, threads: int) -> Path:
     return _write_run(cfg, ds, data_dir, model_type, mcfg_dict, loss, model.state_dict(), opt, result, metrics, wall)
 
 
+def with_retrieval_fields(
+    model_type: str, mcfg: dict[str, Any], pool: CandidatePool, cfg: TrainConfig
+) -> dict[str, Any]:
+    """``mcfg`` of a ranker trained on ``pool``: with retrieval's score and rank as fields for the models
+    that read them (fm, linear) unless ``--no-retrieval-fields``; unchanged for the others."""
+    if not cfg.retrieval_fields or model_type not in RETRIEVAL_FIELD_MODELS:
+        return mcfg
+    if pool.features is None:
+        raise TrainingError(
+            f"--candidates-from {cfg.candidates_from}: retrieval's scores come from a factorized model "
+            f"({pool.source['model_type']} is not); train with --no-retrieval-fields"
+        )
+    return {**mcfg, "retrieval": asdict(pool.features.fields_config())}
+
+
 def final_metrics(model: Recommender, ds: Dataset, cfg: TrainConfig, pipeline: PipelineScorer | None) -> dict[str, Any]:
     """The trained model's validation and test metrics; for a model trained on a retrieval run's
     candidates, those of the pipeline (with the retrieval stage's recall), and the model's own under
     ``standalone``. ``evaluated_as`` says which."""
     scorer = ModelScorer(model, ds, cfg.device)
+    if pipeline is not None and model.reads_retrieval:  # it scores candidate lists only
+        piped = {stage: evaluate_pipeline(pipeline, ds, stage, ks=cfg.eval_ks) for stage in ("valid", "test")}
+        return {**piped, "evaluated_as": "pipeline", "retrieval_fields": True}
     own = {stage: evaluate(scorer, ds, stage, ks=cfg.eval_ks) for stage in ("valid", "test")}
     if pipeline is None:
         return {**own, "evaluated_as": "model"}

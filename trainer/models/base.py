@@ -126,6 +126,28 @@ class Recommender(nn.Module):
         (models that :attr:`reads_item_text`)."""
         raise NotImplementedError(f"{type(self).__name__} reads no item text")
 
+    # ------------------------------------------------------------------ a ranker's retrieval fields
+    @property
+    def reads_retrieval(self) -> bool:
+        """Whether the model also reads retrieval's score and rank of each candidate (``inputs
+        ["retrieval_score"]``, ``inputs["retrieval_rank"]`` [B, N]): an FM or linear ranker trained on a
+        retrieval run's candidates. Such a model scores candidate lists, never a whole catalog."""
+        return False
+
+    def retrieval_term(
+        self, u: torch.Tensor, v: torch.Tensor, scores: torch.Tensor, ranks: torch.Tensor
+    ) -> torch.Tensor:
+        """The retrieval fields' part [B, N] of the scores of candidates whose item vectors are ``v``
+        [B, N, D], for user vectors ``u`` [B, D] (:attr:`reads_retrieval` models)."""
+        raise NotImplementedError(f"{type(self).__name__} reads no retrieval fields")
+
+    def score_with_retrieval(
+        self, user_rows: list[torch.Tensor], items: torch.Tensor, scores: torch.Tensor, ranks: torch.Tensor
+    ) -> torch.Tensor:
+        """:meth:`score_with_user` of candidate lists ``items`` [B, N] with their retrieval ``scores`` and
+        ``ranks`` [B, N] (:attr:`reads_retrieval` models)."""
+        raise NotImplementedError(f"{type(self).__name__} reads no retrieval fields")
+
     # ------------------------------------------------------------------ factorized models
     def user_vectors(self, users: torch.Tensor, inputs: dict[str, Any]) -> torch.Tensor:
         """User vectors [B, D] (:attr:`factorized` models)."""

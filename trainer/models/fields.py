@@ -15,12 +15,17 @@ two sums Rendle's O(k n) identity for the pairwise term needs).
 The id fields' rows are looked up by the caller (:meth:`FieldSide.id_rows`), so a user the model does
 not know can be scored from estimated id rows (fold-in) instead; such a user's side features are
 scored as unknown (0), the value :meth:`FieldSide.unknown_values` gives.
+
+A ranker trained on a retrieval run's candidates (``onnxrec train --candidates-from RUN``) also reads two
+fields of the (user, item) pair, :class:`RetrievalFields`: the retrieval model's score of the item
+(standardised with the candidates' mean and spread) and the item's rank among the user's candidates,
+as one of a few log-spaced buckets (0, 1, 2-3, 4-7, ..., and one for "beyond the candidates").
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Self, cast
 
 import torch
@@ -41,11 +46,37 @@ class FieldConfig(ModelConfig):
     dim: int = 16
     user_features: tuple[FeatureInput, ...] = field(default=())
     item_features: tuple[FeatureInput, ...] = field(default=())
+    # the retrieval stage's score and rank as fields (a ranker trained on a retrieval run's candidates)
+    retrieval: RetrievalFieldsConfig | None = None
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Self:
-        features = {k: [FeatureInput(**f) for f in d[k]] for k in ("user_features", "item_features") if k in d}
-        return super().from_dict({**d, **features})
+        nested: dict[str, Any] = {
+            k: [FeatureInput(**f) for f in d[k]] for k in ("user_features", "item_features") if k in d
+        }
+        if d.get("retrieval") is not None:
+            nested["retrieval"] = RetrievalFieldsConfig(**d["retrieval"])
+        return super().from_dict({**d, **nested})
+
+    def with_retrieval(self, retrieval: RetrievalFieldsConfig) -> Self:
+        """This config, reading retrieval's score and rank of each candidate too."""
+        return replace(self, retrieval=retrieval)
+
+
+@dataclass(frozen=True)
+class RetrievalFieldsConfig:
+    """How a ranker reads the retrieval stage: the number of candidates retrieval passes it (ranks at or
+    beyond it share one bucket) and the shift and scale that standardise retrieval's scores (the mean and
+    standard deviation of the training candidates' scores)."""
+
+    candidates: int
+    score_shift: float
+    score_scale: float
+
+    @property
+    def num_buckets(self) -> int:
+        """Rank buckets: ``floor(log2(rank + 1))`` for ranks below :attr:`candidates`, and one more."""
+        return int(self.candidates).bit_length() + 1
 
 
 def known(values: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -130,6 +161,55 @@ class FieldSide(nn.Module):
                 fields.append(xe.sum(-2))
                 squares = squares + (xe**2).sum(-2)
         return torch.stack(fields, dim=-2), squares
+
+
+class RetrievalFields(nn.Module):
+    """The pair fields of a ranker trained on a retrieval run's candidates: retrieval's score ``s`` (a
+    numeric field, ``x = (s - shift) / scale``) and its rank ``r`` among the user's candidates (a one-hot
+    field over log-spaced buckets ``floor(log2(r + 1))``, every rank >= ``candidates`` in the last).
+
+    Their terms of an FM logit: each field's linear weight, their pairwise term, and, when ``dim`` > 0,
+    their pairwise terms with every user and item field, ``<x v_s + v_r, S_U + S_I>`` (``S`` = a side's
+    sum of field embeddings, Rendle's identity again)."""
+
+    thresholds: torch.Tensor
+
+    def __init__(self, cfg: RetrievalFieldsConfig, dim: int) -> None:
+        super().__init__()
+        self.cfg = cfg
+        # rank r is in bucket b when 2^b <= r + 1 < 2^(b+1): b = the number of thresholds 2, 4, ... <= r + 1
+        limits = [2**b for b in range(1, cfg.num_buckets - 1)]
+        self.register_buffer("thresholds", torch.tensor(limits, dtype=torch.long), persistent=False)
+        # retrieval's order to start from: a standardised score weighs 1 (the other weights start at 0)
+        self.score_lin = nn.Parameter(torch.ones(1))
+        self.rank_lin = _table(cfg.num_buckets, 1, 0.0, padding=False)
+        self.score_emb = nn.Parameter(torch.randn(dim) * INIT_STD) if dim else None
+        self.rank_emb = _table(cfg.num_buckets, dim, INIT_STD, padding=False) if dim else None
+
+    def buckets(self, ranks: torch.Tensor) -> torch.Tensor:
+        """The bucket of each rank (int64, any shape): log-spaced below ``candidates``, the last one from it."""
+        b = (ranks.unsqueeze(-1) + 1 >= self.thresholds).sum(-1)
+        return torch.where(ranks >= self.cfg.candidates, torch.full_like(b, self.cfg.num_buckets - 1), b)
+
+    def forward(self, scores: torch.Tensor, ranks: torch.Tensor, sides: torch.Tensor | None = None) -> torch.Tensor:
+        """The fields' terms [B, N] for retrieval ``scores`` and ``ranks`` [B, N]; ``sides`` [B, N, dim] is
+        ``S_U + S_I`` of each pair (None when ``dim`` is 0)."""
+        x = (scores - self.cfg.score_shift) / self.cfg.score_scale
+        b = self.buckets(ranks)
+        out = self.score_lin * x + self.rank_lin(b).squeeze(-1)
+        if self.score_emb is None or self.rank_emb is None or sides is None:
+            return out
+        v_r = self.rank_emb(b)  # [B, N, dim]
+        fields = x.unsqueeze(-1) * self.score_emb + v_r
+        return out + x * (v_r * self.score_emb).sum(-1) + (fields * sides).sum(-1)
+
+
+def retrieval_inputs(inputs: Mapping[str, Any]) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The retrieval fields' values in a model's ``inputs``: ``retrieval_score`` and ``retrieval_rank``
+    [B, N] (None when absent)."""
+    if "retrieval_score" not in inputs:
+        return None
+    return inputs["retrieval_score"], inputs["retrieval_rank"]
 
 
 def self_interactions(total: torch.Tensor, squares: torch.Tensor) -> torch.Tensor:

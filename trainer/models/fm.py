@@ -15,6 +15,11 @@ the same graphs, and index, as MF.
 logit. Its first layer is split into a user part and an item part, so a catalog is scored as
 ``relu(W_U e_U + W_I e_I + b)`` without concatenating every (user, item) pair's embeddings.
 
+An FM trained on a retrieval run's candidates also reads retrieval's score and rank of each candidate
+(:class:`~onnxrec.trainer.models.fields.RetrievalFields`, ``cfg.retrieval``): their terms depend on
+the (user, item) pair, so such an FM scores candidate lists (:meth:`FM.score_candidates`, the ``rank``
+graphs of a pipeline version) and not a catalog.
+
 Neither encodes a user it does not know: such a user is folded in from its history (its id rows are
 estimated, see :meth:`~onnxrec.trainer.models.base.Recommender.user_tables`), its side features unknown.
 """
@@ -29,7 +34,14 @@ from torch import nn
 
 from onnxrec.trainer.models.base import FactorizedRecommender, Recommender
 from onnxrec.trainer.models.config import ModelOptions
-from onnxrec.trainer.models.fields import FieldConfig, FieldSide, once_per_item, self_interactions
+from onnxrec.trainer.models.fields import (
+    FieldConfig,
+    FieldSide,
+    RetrievalFields,
+    once_per_item,
+    retrieval_inputs,
+    self_interactions,
+)
 from onnxrec.trainer.models.mlp import DEFAULT_LAYERS, mlp_stack
 
 
@@ -52,6 +64,7 @@ class _Fields(nn.Module):
         self.user = FieldSide(cfg.num_users, cfg.user_features, cfg.dim)
         self.item = FieldSide(cfg.num_items, cfg.item_features, cfg.dim)
         self.bias = nn.Parameter(torch.zeros(1))
+        self.retrieval = RetrievalFields(cfg.retrieval, cfg.dim) if cfg.retrieval is not None else None
 
     def user_values(self, inputs: dict[str, Any]) -> list[torch.Tensor]:
         """The encoded user features in ``inputs``, in the config's order."""
@@ -114,26 +127,58 @@ class FM(FactorizedRecommender):
         :meth:`score_with_user`'s scores."""
         return self._user_vectors(user_rows, None)
 
+    @property
+    def reads_retrieval(self) -> bool:
+        return self.fields.retrieval is not None
+
     def score_with_user(self, user_rows: list[torch.Tensor], items: torch.Tensor | None) -> torch.Tensor:
         return self._scores(self.fold_in_user_vectors(user_rows), items)
 
+    def score_with_retrieval(
+        self, user_rows: list[torch.Tensor], items: torch.Tensor, scores: torch.Tensor, ranks: torch.Tensor
+    ) -> torch.Tensor:
+        return self._scores(self.fold_in_user_vectors(user_rows), items, (scores, ranks))
+
+    def score_all(self, users: torch.Tensor, inputs: dict[str, Any]) -> torch.Tensor:
+        if self.reads_retrieval:
+            raise ValueError("this FM reads retrieval's score and rank: it scores candidate lists, not a catalog")
+        return super().score_all(users, inputs)
+
     def score_candidates(self, users: torch.Tensor, items: torch.Tensor, inputs: dict[str, Any]) -> torch.Tensor:
         """The factorized form with the item side computed once (not once for the vectors and again for
-        the biases): most of a training step's time."""
-        return self._scores(self.user_vectors(users, inputs), items)
+        the biases): most of a training step's time; plus the retrieval fields' terms when the model
+        reads them (``inputs["retrieval_score"]``, ``inputs["retrieval_rank"]``)."""
+        return self._scores(self.user_vectors(users, inputs), items, retrieval_inputs(inputs))
+
+    def retrieval_term(
+        self, u: torch.Tensor, v: torch.Tensor, scores: torch.Tensor, ranks: torch.Tensor
+    ) -> torch.Tensor:
+        """The retrieval fields' terms [B, N] from user vectors ``u`` [B, k + 1] and the candidates' item
+        vectors ``v`` [B, N, k + 1] (``[S_U, c_U]`` and ``[S_I, 1]``)."""
+        if self.fields.retrieval is None:
+            raise ValueError("this FM was not trained on a retrieval run's candidates")
+        return self.fields.retrieval(scores, ranks, u[:, None, :-1] + v[..., :-1])
 
     def _item_side(self, items: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         """``S_I`` [..., k] and ``c_I`` [...] of ``items`` (None: every item)."""
         fields, c_i = self._item_terms(items)
         return fields.sum(-2), c_i
 
-    def _scores(self, u: torch.Tensor, items: torch.Tensor | None) -> torch.Tensor:
-        """``u @ [S_I, 1] + c_I`` for ``items`` [B, N] (None: every item), from user vectors ``u`` [B, k + 1]."""
+    def _scores(
+        self, u: torch.Tensor, items: torch.Tensor | None, retrieval: tuple[torch.Tensor, torch.Tensor] | None = None
+    ) -> torch.Tensor:
+        """``u @ [S_I, 1] + c_I`` for ``items`` [B, N] (None: every item), from user vectors ``u`` [B, k + 1];
+        plus the retrieval fields' terms of ``retrieval`` (scores, ranks [B, N]) when the model reads them."""
+        if self.fields.retrieval is not None and (retrieval is None or items is None):
+            raise ValueError("this FM reads retrieval's score and rank: give them for a candidate list")
         if items is None:
             s_i, c_i = self._item_side(None)
             return u[:, :-1] @ s_i.T + u[:, -1:] + c_i
         s_i, c_i = once_per_item(items, self._item_side, self.training)
-        return torch.einsum("bd,bnd->bn", u[:, :-1], s_i) + u[:, -1:] + c_i
+        out = torch.einsum("bd,bnd->bn", u[:, :-1], s_i) + u[:, -1:] + c_i
+        if self.fields.retrieval is not None and retrieval is not None:
+            out = out + self.fields.retrieval(*retrieval, u[:, None, :-1] + s_i)
+        return out
 
     def item_representation(self) -> torch.Tensor:
         """``S_I``, the sum of the item's field embeddings."""
@@ -155,8 +200,8 @@ class DeepFMConfig(FieldConfig):
             opts.dim,
             opts.user_features,
             opts.item_features,
-            opts.layers or DEFAULT_LAYERS,
-            opts.dropout,
+            layers=opts.layers or DEFAULT_LAYERS,
+            dropout=opts.dropout,
         )
 
 

@@ -8,6 +8,9 @@ user side's terms) and an item part ``c_I``, so the model is factorized with 1-d
 
 A user the model does not know is folded in from its history (its id weight estimated), its side
 features unknown; a user's part does not change its ranking, so it ranks items by ``c_I``.
+
+Trained on a retrieval run's candidates, it also weighs retrieval's score and rank of each candidate
+(:class:`~onnxrec.trainer.models.fields.RetrievalFields`, linear terms only).
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from torch.nn import functional as F
 
 from onnxrec.trainer.models.base import FactorizedRecommender
 from onnxrec.trainer.models.config import ModelOptions
-from onnxrec.trainer.models.fields import FieldConfig, FieldSide, multi_hot_weights
+from onnxrec.trainer.models.fields import FieldConfig, FieldSide, RetrievalFields, multi_hot_weights, retrieval_inputs
 
 
 @dataclass(frozen=True)
@@ -45,6 +48,41 @@ class Linear(FactorizedRecommender):
         self.user = FieldSide(cfg.num_users, cfg.user_features, 0)
         self.item = FieldSide(cfg.num_items, cfg.item_features, 0)
         self.bias = nn.Parameter(torch.zeros(1))
+        self.retrieval = RetrievalFields(cfg.retrieval, 0) if cfg.retrieval is not None else None
+
+    @property
+    def reads_retrieval(self) -> bool:
+        return self.retrieval is not None
+
+    def _retrieval(self, scores: torch.Tensor, ranks: torch.Tensor) -> torch.Tensor:
+        if self.retrieval is None:
+            raise ValueError("this linear model was not trained on a retrieval run's candidates")
+        return self.retrieval(scores, ranks)
+
+    def retrieval_term(
+        self, u: torch.Tensor, v: torch.Tensor, scores: torch.Tensor, ranks: torch.Tensor
+    ) -> torch.Tensor:
+        """The retrieval fields' weights [B, N] (a linear model has no pairwise terms)."""
+        return self._retrieval(scores, ranks)
+
+    def score_candidates(self, users: torch.Tensor, items: torch.Tensor, inputs: dict[str, Any]) -> torch.Tensor:
+        out = super().score_candidates(users, items, inputs)
+        retrieval = retrieval_inputs(inputs)
+        if self.retrieval is not None:
+            if retrieval is None:
+                raise ValueError("this linear model reads retrieval's score and rank: give them")
+            out = out + self._retrieval(*retrieval)
+        return out
+
+    def score_all(self, users: torch.Tensor, inputs: dict[str, Any]) -> torch.Tensor:
+        if self.retrieval is not None:
+            raise ValueError("this linear model reads retrieval's score and rank: it scores candidate lists")
+        return super().score_all(users, inputs)
+
+    def score_with_retrieval(
+        self, user_rows: list[torch.Tensor], items: torch.Tensor, scores: torch.Tensor, ranks: torch.Tensor
+    ) -> torch.Tensor:
+        return self.score_with_user(user_rows, items) + self._retrieval(scores, ranks)
 
     def _all(self, items: torch.Tensor | None) -> torch.Tensor:
         return torch.arange(self.cfg.num_items, device=self.bias.device) if items is None else items
