@@ -48,6 +48,7 @@ import scipy
 import torch
 from scipy import stats
 
+from onnxrec.trainer.blend import Blend
 from onnxrec.trainer.checkpoint import model_from_checkpoint
 from onnxrec.trainer.config import TrainConfig
 from onnxrec.trainer.data.dataset import Dataset, check_no_leakage, save_dataset
@@ -117,6 +118,7 @@ class Ranker:
     best_epoch: int
     epochs_run: int
     negatives: dict[str, Any]
+    blend: dict[str, Any] | None = None  # the run's blend of retrieval's score and the ranker's (validation)
     valid: dict[str, Any] = field(default_factory=dict)
     test: dict[str, Any] = field(default_factory=dict)
     selected: bool = False
@@ -226,6 +228,7 @@ def train_ranker(
         best_epoch=summary["best_epoch"],
         epochs_run=summary["epochs_run"],
         negatives=summary.get("negatives", {}),
+        blend=summary.get("blend"),
     )
     return record, run
 
@@ -233,7 +236,8 @@ def train_ranker(
 def score_pipeline(record: Ranker, run: Path, retrieval: Any, ds: Dataset) -> tuple[np.ndarray, np.ndarray]:
     """The pipeline's validation and test figures (into ``record``) and its test ranks."""
     ckpt, _ = open_run(run)
-    scorer = PipelineScorer(retrieval, model_from_checkpoint(ckpt), ds, CANDIDATES)
+    blend = Blend.from_dict(ckpt.get("blend"))
+    scorer = PipelineScorer(retrieval, model_from_checkpoint(ckpt), ds, CANDIDATES, blend=blend)
     record.valid = _slim(evaluate_pipeline(scorer, ds, "valid", ks=(K,)))
     record.test = _slim(evaluate_pipeline(scorer, ds, "test", ks=(K,)))
     summary = run_summary(run)
@@ -259,13 +263,13 @@ def markdown_table(one_stage: dict[str, Any], rankers: list[Ranker]) -> str:
     base = one_stage["test"]["full"][f"ndcg@{K}"]
     head = (
         "| system | selected | valid full NDCG@10 | test full HR@10 | test full NDCG@10 | vs one stage | "
-        "sign test: better / worse, p | Wilcoxon p | recall@200 | train s |"
+        "sign test: better / worse, p | Wilcoxon p | recall@200 | blend weight | train s |"
     )
-    lines = [head, "|---|---|---:|---:|---:|---:|---|---:|---:|---:|"]
+    lines = [head, "|---|---|---:|---:|---:|---:|---|---:|---:|---:|---:|"]
     t = one_stage["test"]["full"]
     lines.append(
         f"| two-tower, one stage | | {one_stage['valid']['full'][f'ndcg@{K}']:.4f} | {t[f'hr@{K}']:.4f} | "
-        f"{t[f'ndcg@{K}']:.4f} | | | | | {one_stage['train_seconds']:.1f} |"
+        f"{t[f'ndcg@{K}']:.4f} | | | | | | {one_stage['train_seconds']:.1f} |"
     )
     for r in rankers:
         t = r.test["full"]
@@ -274,7 +278,7 @@ def markdown_table(one_stage: dict[str, Any], rankers: list[Ranker]) -> str:
             f"| two-tower top-200 -> {r.name} | {'yes' if r.selected else ''} | {r.valid['full'][f'ndcg@{K}']:.4f} | "
             f"{t[f'hr@{K}']:.4f} | {t[f'ndcg@{K}']:.4f} | {100 * (t[f'ndcg@{K}'] / base - 1):+.1f} % | "
             f"{sign['pipeline_better']} / {sign['pipeline_worse']}, {sign['p_value']:.2g} | {wil['p_value']:.2g} | "
-            f"{r.test['retrieval_recall']:.4f} | {r.train_seconds:.1f} |"
+            f"{r.test['retrieval_recall']:.4f} | {r.blend['weight'] if r.blend else '-'} | {r.train_seconds:.1f} |"
         )
     return "\n".join(lines)
 

@@ -339,7 +339,7 @@ def export(
         jobs += vector_jobs(model, tables, jobs)
         proven = _prove_index(kind, model, ds, jobs, opts)
     if ranker is not None:
-        jobs += rank_jobs(ranker.model, ds, serving_tables(ranker.model, ds), sizes, opts.candidates)
+        jobs += rank_jobs(ranker, ds, serving_tables(ranker.model, ds), sizes, opts.candidates)
     with atomic_dir(final) as tmp:
         parity, variants = _write_graphs(jobs, tmp, opts, RawIds(users=ds.user_ids, items=ds.item_ids))
         for precision in opts.precisions:

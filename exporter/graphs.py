@@ -18,6 +18,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from onnxrec.trainer.blend import Blend
 from onnxrec.trainer.models.base import Recommender
 
 
@@ -265,6 +266,22 @@ class RetrievalRankHistoryGraph(FoldIn):
     ) -> torch.Tensor:
         ranks = _positions(retrieval_scores)
         return self.model.score_with_retrieval(self.fold_in_rows(history), items, retrieval_scores, ranks)
+
+
+class BlendedRankGraph(nn.Module):
+    """(user_idx or history, items [B, C], retrieval_scores [B, C], user features...) -> the blend of
+    retrieval's score and the ranker's (``inner``, a ranking graph without retrieval_scores) of each
+    candidate, as a pipeline trained with a blend ranks them (trainer/blend.py)."""
+
+    def __init__(self, inner: nn.Module, blend: Blend) -> None:
+        super().__init__()
+        self.inner = inner
+        self.blend = blend
+
+    def forward(
+        self, who: torch.Tensor, items: torch.Tensor, retrieval_scores: torch.Tensor, *features: torch.Tensor
+    ) -> torch.Tensor:
+        return self.blend.apply(retrieval_scores, self.inner(who, items, *features))
 
 
 class SimilarItemsGraph(nn.Module):

@@ -20,10 +20,12 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
 from onnxrec.errors import ExportError
 from onnxrec.exporter.graph_jobs import GraphJob, JobSizes, chunks, example_inputs, fold_in_history_len
 from onnxrec.exporter.graphs import (
+    BlendedRankGraph,
     HistoryScoreGraph,
     RetrievalRankGraph,
     RetrievalRankHistoryGraph,
@@ -31,6 +33,7 @@ from onnxrec.exporter.graphs import (
     ServingTables,
 )
 from onnxrec.exporter.spec import rank_history_spec, rank_spec
+from onnxrec.trainer.blend import Blend
 from onnxrec.trainer.checkpoint import model_from_checkpoint
 from onnxrec.trainer.data.dataset import Dataset
 from onnxrec.trainer.history import known_sequences
@@ -48,6 +51,16 @@ class Ranker:
     ckpt: dict[str, Any]
     model: Recommender
 
+    @property
+    def blend(self) -> Blend | None:
+        """The blend of retrieval's score and the ranker's the run chose on validation (None: none)."""
+        return Blend.from_dict(self.ckpt.get("blend"))
+
+    @property
+    def reads_retrieval(self) -> bool:
+        """Whether the ranking graphs take retrieval's scores (retrieval fields, or a blend)."""
+        return self.model.reads_retrieval or self.blend is not None
+
 
 def open_ranker(run: Path, ds: Dataset, retrieval_run: Path) -> Ranker:
     """The ranker run at ``run``, refused unless it was trained on the retrieval run's dataset ``ds``, and,
@@ -56,7 +69,7 @@ def open_ranker(run: Path, ds: Dataset, retrieval_run: Path) -> Ranker:
     ckpt = open_run_trained_on(Path(run), ds, f"{run}: the ranker", "the retrieval run", ExportError)
     model = model_from_checkpoint(ckpt)
     trained_on = ckpt.get("metrics", {}).get("negatives", {}).get("run")
-    if model.reads_retrieval and trained_on != str(Path(retrieval_run).resolve()):
+    if (model.reads_retrieval or ckpt.get("blend")) and trained_on != str(Path(retrieval_run).resolve()):
         raise ExportError(
             f"{run}: the ranker reads retrieval's scores and was trained on the candidates of {trained_on}, "
             f"not of {retrieval_run}; export it behind that run"
@@ -77,10 +90,11 @@ def check_candidates(candidates: int, k_max: int, num_items: int) -> None:
 
 
 def rank_jobs(
-    ranker: Recommender, ds: Dataset, tables: ServingTables, sizes: JobSizes, candidates: int
+    opened: Ranker, ds: Dataset, tables: ServingTables, sizes: JobSizes, candidates: int
 ) -> list[GraphJob]:
     """The two ranking graphs, checked on real users with random candidate lists of width ``candidates``
     and on random users at batch sizes 1, an odd size and the largest."""
+    ranker = opened.model
     rng = np.random.default_rng(sizes.seed + 1)
     n_users, n_items = ds.num_users, ds.num_items
     seqs = known_sequences(ds, "serve")
@@ -93,7 +107,7 @@ def rank_jobs(
     def cands(b: int) -> np.ndarray:
         return rng.integers(0, n_items, size=(b, candidates))
 
-    reads = ranker.reads_retrieval
+    reads = opened.reads_retrieval
 
     def scores(b: int) -> tuple[np.ndarray, ...]:
         """Retrieval's scores of a batch's candidates (best first), when the ranker reads them."""
@@ -106,16 +120,23 @@ def rank_jobs(
         history_batches.append((hist, cands(len(u)), *scores(len(u)), *(tables.user_features[f][u] for f in features)))
     b0 = 3
     example_scores = (torch.zeros((b0, 6)),) if reads else ()
+    known: nn.Module = RetrievalRankGraph(ranker, tables) if ranker.reads_retrieval else ScoreGraph(ranker, tables)
+    unknown: nn.Module = (
+        RetrievalRankHistoryGraph(ranker, tables) if ranker.reads_retrieval else HistoryScoreGraph(ranker, tables)
+    )
+    blend = opened.blend
+    if blend is not None and not ranker.reads_retrieval:
+        known, unknown = BlendedRankGraph(known, blend), BlendedRankGraph(unknown, blend)
     return [
         GraphJob(
             rank_spec(reads),
-            RetrievalRankGraph(ranker, tables) if reads else ScoreGraph(ranker, tables),
+            known,
             (*example_inputs(np.arange(b0) % n_users, np.zeros((b0, 6))), *example_scores),
             known_batches,
         ),
         GraphJob(
             rank_history_spec(features, reads),
-            RetrievalRankHistoryGraph(ranker, tables) if reads else HistoryScoreGraph(ranker, tables),
+            unknown,
             (
                 *example_inputs(np.zeros((b0, 5)), np.zeros((b0, 6))),
                 *example_scores,
@@ -147,6 +168,7 @@ def stages_entry(
         "metrics": ranker.ckpt.get("metrics", {}),
         "graphs": list(RANK_GRAPHS),
         "retrieval_fields": ranker.model.reads_retrieval,
+        "blend": ranker.ckpt.get("blend"),
         "candidates": candidates,
     }
     return [retrieve | {"candidates": candidates}, rank]

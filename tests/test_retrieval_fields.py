@@ -1,11 +1,14 @@
 """A ranker that reads the retrieval stage's score and rank of each candidate (issue #17): the FM's and
 the linear model's logits against sums computed by hand, the training-time values against the retrieval
 model's own scores and candidate order, and a pipeline version whose served answers are the PyTorch
-pipeline's (Recommend, RecommendBatch, Score). Real onnxruntime sessions, a real server on 127.0.0.1."""
+pipeline's (Recommend, RecommendBatch, Score). A ranker without those fields is blended with
+retrieval's score at the weight validation chose (trainer/blend.py), in PyTorch and served alike. Real
+onnxruntime sessions, a real server on 127.0.0.1."""
 
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -17,15 +20,17 @@ import torch
 from onnxrec.errors import ExportError, TrainingError
 from onnxrec.exporter.export import ExportOptions, export
 from onnxrec.server.loaded_model import LoadedModel
+from onnxrec.trainer.blend import Blend, fit_blend
 from onnxrec.trainer.candidates import load_pool
 from onnxrec.trainer.checkpoint import model_from_checkpoint
 from onnxrec.trainer.config import TrainConfig
 from onnxrec.trainer.data.dataset import Dataset
+from onnxrec.trainer.evaluate import evaluate
 from onnxrec.trainer.models.fields import RetrievalFields, RetrievalFieldsConfig
 from onnxrec.trainer.models.fm import FM
 from onnxrec.trainer.models.linear import Linear
 from onnxrec.trainer.models.registry import MODEL_TYPES, build_model
-from onnxrec.trainer.pipeline_eval import position_inputs
+from onnxrec.trainer.pipeline_eval import PipelineScorer, position_inputs
 from onnxrec.trainer.runs import open_run
 from onnxrec.trainer.scorer import ModelScorer, user_inputs
 from onnxrec.trainer.train import train
@@ -152,7 +157,13 @@ def runs(synthetic: Dataset, tmp_path_factory: pytest.TempPathFactory) -> dict[s
         candidates_from=str(out["twotower"]),
         candidates=C,
     )
-    return {**out, "fm": train(cfg)}
+    mlp = replace(cfg, out=str(root / "mlp"), model="mlp", layers=(16,))
+    return {
+        **out,
+        "fm": train(cfg),
+        "mlp": train(mlp),
+        "mlp-plain": train(replace(mlp, out=str(root / "p"), blend=False)),
+    }
 
 
 def test_training_values_are_retrievals_scores_and_candidate_positions(
@@ -194,6 +205,7 @@ def repo(runs: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Pat
     opts = ExportOptions(k_max=10, max_batch=16, parity_users=64, ranker=runs["fm"], candidates=C)
     export(runs["twotower"], root, "pipe", options=opts)
     export(runs["twotower"], root, "one", options=ExportOptions(k_max=C, max_batch=16, parity_users=64))
+    export(runs["twotower"], root, "blend", options=replace(opts, ranker=runs["mlp"]))
     return root
 
 
@@ -284,3 +296,61 @@ def test_score_ranks_the_callers_items_in_retrievals_order(
     assert [s.item_id for s in reply.items] == items
     got = np.array([s.score for s in reply.items])
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5 * max(1.0, float(np.abs(want).max())))
+
+
+# ---------------------------------------------------------------- a ranker blended with retrieval's score
+
+
+def test_a_blend_is_its_weighted_standardised_scores() -> None:
+    blend = Blend(0.3, 1.0, 2.0, -0.5, 4.0)
+    r, k = np.array([3.0, -1.0]), np.array([0.5, 7.5])
+    np.testing.assert_allclose(blend.apply(r, k), 0.3 * (r - 1.0) / 2.0 + 0.7 * (k + 0.5) / 4.0, rtol=1e-12)
+    assert Blend.from_dict(blend.to_dict()) == blend and Blend.from_dict(None) is None
+
+
+def test_fit_blend_keeps_the_best_weight_and_retrievals_order_on_a_tie() -> None:
+    values = (np.array([1.0, 2.0, 3.0]), np.array([0.0, 0.0, 3.0]))
+    best, table = fit_blend(values, lambda b: 1.0 - abs(b.weight - 0.3))
+    assert best.weight == 0.3 and len(table) == 11 and table["0.3"] == 1.0
+    assert (best.retrieval_shift, best.ranker_shift) == (2.0, 1.0)
+    assert math.isclose(best.retrieval_scale, float(np.std([1.0, 2.0, 3.0])), rel_tol=1e-5)
+    assert fit_blend(values, lambda b: 0.5)[0].weight == 1.0
+
+
+def test_training_chooses_the_blend_on_validation(runs: dict[str, Path], synthetic: Dataset) -> None:
+    """The run's weight is the grid's best on validation, its figures those of the blended pipeline; with
+    --no-blend the run holds none."""
+    ckpt, _ = open_run(runs["mlp"])
+    summary = ckpt["metrics"]
+    table = summary["blend"]["valid_full_ndcg@10_by_weight"]
+    assert ckpt["blend"]["weight"] == max(float(w) for w, v in table.items() if v == max(table.values()))
+    assert math.isclose(summary["valid"]["full"]["ndcg@10"], max(table.values()), rel_tol=1e-5, abs_tol=1e-6)
+    retrieval = model_from_checkpoint(open_run(runs["twotower"])[0])
+    scorer = PipelineScorer(retrieval, model_from_checkpoint(ckpt), synthetic, C, blend=Blend.from_dict(ckpt["blend"]))
+    assert evaluate(scorer, synthetic, "test")["full"] == pytest.approx(summary["test"]["full"], rel=1e-5, abs=1e-6)
+    assert "blend" not in open_run(runs["mlp-plain"])[0]
+
+
+@pipeline_slow
+def test_a_blended_pipeline_serves_the_pytorch_blend(
+    stub, repo: Path, runs: dict[str, Path], synthetic: Dataset
+) -> None:  # type: ignore[no-untyped-def]
+    one = LoadedModel(repo / "one" / "1")
+    ckpt, _ = open_run(runs["mlp"])
+    mlp, blend = model_from_checkpoint(ckpt).eval(), Blend.from_dict(ckpt["blend"])
+    assert blend is not None and LoadedModel(repo / "blend" / "1").rank_reads_retrieval
+    assert LoadedModel(repo / "blend" / "1").manifest["stages"][-1]["blend"] == ckpt["blend"]
+    for user in one.user_ids[:10]:
+        uid = str(user)
+        reply = stub.Recommend(pb.RecommendRequest(model=pb.ModelRef(name="blend"), user_id=uid, k=10), timeout=30)
+        base = stub.Recommend(pb.RecommendRequest(model=pb.ModelRef(name="one"), user_id=uid, k=C), timeout=30)
+        cands = np.array([one.item_index[i.item_id] for i in base.items], dtype=np.int64)
+        with torch.no_grad():
+            u = one.user_index[uid]
+            inputs = user_inputs(mlp, synthetic, np.array([u]), None, torch.device("cpu"))
+            logits = mlp.score_candidates(torch.tensor([u]), torch.from_numpy(cands)[None], inputs)[0].numpy()
+        want = blend.apply(np.array([i.score for i in base.items], dtype=np.float64), logits.astype(np.float64))
+        order = np.argsort(-want, kind="stable")[:10]
+        assert [i.item_id for i in reply.items] == [one.item_id_text[i] for i in cands[order]]
+        got = np.array([s.score for s in reply.items])
+        np.testing.assert_allclose(got, want[order], rtol=1e-4, atol=1e-5 * max(1.0, float(np.abs(want).max())))

@@ -68,6 +68,11 @@ class TrainConfig:
         "with --candidates-from: an fm or linear ranker also reads each candidate's retrieval score and rank as "
         "fields (a pipeline version passes them from its retrieval stage)",
     )
+    blend: bool = setting(
+        True,
+        "with --candidates-from: after training, choose on validation how much retrieval's score weighs against "
+        "the ranker's in the pipeline's final ranking (rankers without retrieval fields; --no-blend: the ranker alone)",
+    )
     max_softmax_items: int = setting(200_000, "full softmax up to this many items, sampled softmax above")
     temperature: float = setting(1.0, "softmax temperature")
     seed: int = setting(0, "random seed of initialisation, sampling and data order")

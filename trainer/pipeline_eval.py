@@ -28,9 +28,10 @@ import numpy as np
 import torch
 
 from onnxrec.errors import ConfigError
+from onnxrec.trainer.blend import Blend, fit_blend
 from onnxrec.trainer.checkpoint import model_from_checkpoint
 from onnxrec.trainer.data.dataset import Dataset
-from onnxrec.trainer.evaluate import evaluate
+from onnxrec.trainer.evaluate import SCORE_BATCH_BYTES, evaluate
 from onnxrec.trainer.history import UserSequences, known_sequences
 from onnxrec.trainer.models.base import Recommender
 from onnxrec.trainer.runs import open_run_trained_on
@@ -97,6 +98,7 @@ class PipelineScorer:
         ds: Dataset,
         candidates: int,
         device: torch.device | str = "cpu",
+        blend: Blend | None = None,
     ) -> None:
         if not 1 <= candidates <= ds.num_items:
             raise ConfigError(
@@ -107,6 +109,7 @@ class PipelineScorer:
         self.ds = ds
         self.candidates = candidates
         self.device = torch.device(device)
+        self.blend = blend  # the final ranking's blend of retrieval's score and the ranker's (trainer/blend.py)
         self._known: dict[str, UserSequences] = {}
         self._recall: dict[str, np.ndarray] = {}
 
@@ -155,7 +158,26 @@ class PipelineScorer:
         scores, items, valid = self.candidate_sets(users, stage)
         self._count_recall(users, stage, items, valid)
         retrieval_scores = np.take_along_axis(scores, items, axis=1)
-        return combine(scores, items, valid, self.rank(users, items, stage, retrieval_scores))
+        logits = self.rank(users, items, stage, retrieval_scores)
+        if self.blend is not None:
+            logits = self.blend.apply(retrieval_scores.astype(np.float64), logits)
+        return combine(scores, items, valid, logits)
+
+    def candidate_values(self, stage: str) -> tuple[np.ndarray, np.ndarray]:
+        """Retrieval's scores and the ranker's logits of every real candidate of the users held out at
+        ``stage`` (what :func:`~onnxrec.trainer.blend.fit_blend` standardises with)."""
+        part = self.ds.splits.valid if stage == "valid" else self.ds.splits.test
+        users = np.unique(part.user_idx)
+        step = max(1, min(512, SCORE_BATCH_BYTES // (8 * max(self.ds.num_items, 1))))
+        r_all, k_all = [], []
+        with self.items_once():
+            for start in range(0, len(users), step):
+                batch = users[start : start + step]
+                scores, items, valid = self.candidate_sets(batch, stage)
+                r = np.take_along_axis(scores, items, axis=1)
+                r_all.append(r[valid])
+                k_all.append(self.rank(batch, items, stage, r)[valid])
+        return np.concatenate(r_all), np.concatenate(k_all)
 
     def _count_recall(self, users: np.ndarray, stage: str, items: np.ndarray, valid: np.ndarray) -> None:
         part = self.ds.splits.valid if stage == "valid" else self.ds.splits.test
@@ -186,6 +208,20 @@ def evaluate_pipeline(
     c = scorer.candidates
     out["retrieval"] = {"candidates": float(c), f"recall@{c}": round(scorer.recall(stage), 6)}
     return out
+
+
+def fit_pipeline_blend(scorer: PipelineScorer, ds: Dataset) -> tuple[Blend, dict[str, float]]:
+    """The blend of retrieval's score and the ranker's with the best validation full NDCG@10 (see
+    :mod:`onnxrec.trainer.blend`), and every weight's figure; ``scorer`` is left without a blend."""
+
+    def score(blend: Blend) -> float:
+        scorer.blend = blend
+        return float(evaluate(scorer, ds, "valid", ks=(10,))["full"]["ndcg@10"])
+
+    try:
+        return fit_blend(scorer.candidate_values("valid"), score)
+    finally:
+        scorer.blend = None
 
 
 def open_ranker_run(ranker_run: Any, ds: Dataset) -> tuple[dict[str, Any], Recommender]:

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from onnxrec.trainer.baselines import ItemKNN, Popularity
+from onnxrec.trainer.blend import Blend
 from onnxrec.trainer.checkpoint import model_from_checkpoint
 from onnxrec.trainer.evaluate import VIEWS, Scorer, evaluate
 from onnxrec.trainer.pipeline_eval import DEFAULT_CANDIDATES, PipelineScorer, evaluate_pipeline, open_ranker_run
@@ -39,8 +40,11 @@ def evaluate_run(
         candidates = DEFAULT_CANDIDATES if candidates is None else candidates
         ranker_ckpt, ranker_model = open_ranker_run(ranker, ds)
         name = f"{ckpt['model_type']} -> {ranker_ckpt['model_type']} ({candidates})"
-        scorers[name] = PipelineScorer(model, ranker_model, ds, candidates)
+        blend = Blend.from_dict(ranker_ckpt.get("blend"))
+        scorers[name] = PipelineScorer(model, ranker_model, ds, candidates, blend=blend)
         pipeline = {"name": name, "ranker_run": str(ranker), "ranker": ranker_ckpt["model_type"]}
+        if blend is not None:
+            pipeline["blend_weight"] = blend.weight
     if baselines:
         scorers["popularity"] = Popularity(ds)
         scorers["itemknn"] = ItemKNN(ds)

@@ -42,7 +42,7 @@ from onnxrec.trainer.models.base import Recommender
 from onnxrec.trainer.models.registry import build_model, config_to_dict
 from onnxrec.trainer.models.two_tower import TwoTower
 from onnxrec.trainer.negatives import CandidatePool, NegativeSampler
-from onnxrec.trainer.pipeline_eval import PipelineScorer, evaluate_pipeline
+from onnxrec.trainer.pipeline_eval import PipelineScorer, evaluate_pipeline, fit_pipeline_blend
 from onnxrec.trainer.plan import check_model_memory
 from onnxrec.trainer.preflight import preflight
 from onnxrec.trainer.scorer import ModelScorer
@@ -113,7 +113,10 @@ def _train(cfg: TrainConfig, out: Path, threads: int) -> Path:
         mcfg_dict = resume["model_config"]
     else:
         mcfg_dict = config_to_dict(model_config(model_type, cfg, ds))
-    pool = load_pool(Path(cfg.candidates_from), ds, cfg.candidates, cfg.device) if cfg.candidates_from else None
+    pool = None
+    if cfg.candidates_from:
+        with torch.random.fork_rng():  # rebuilding the retrieval model draws initial weights: not from our stream
+            pool = load_pool(Path(cfg.candidates_from), ds, cfg.candidates, cfg.device)
     if resume is None and pool is not None:
         mcfg_dict = with_retrieval_fields(model_type, mcfg_dict, pool, cfg)
     model = build_model(model_type, mcfg_dict)
@@ -165,10 +168,19 @@ def _train(cfg: TrainConfig, out: Path, threads: int) -> Path:
         return Path(cfg.out)
     if not result.best_state:
         raise TrainingError("no epoch was trained (is --epochs above the resumed checkpoint's epoch?)")
+    blend = None
+    if pipeline is not None and cfg.blend and not model.reads_retrieval:
+        blend, by_weight = fit_pipeline_blend(pipeline, ds)
+        pipeline.blend = blend
+        log.info("blend: retrieval's score weighs %.1f in the final ranking (best on validation)", blend.weight)
     metrics = final_metrics(model, ds, cfg, pipeline)
+    if blend is not None:
+        metrics["blend"] = {**blend.to_dict(), "valid_full_ndcg@10_by_weight": by_weight}
     metrics["negatives"] = negatives.describe()
     metrics["threads"] = threads
-    return _write_run(cfg, ds, data_dir, model_type, mcfg_dict, loss, model.state_dict(), opt, result, metrics, wall)
+    state = model.state_dict()
+    extra = {"blend": blend.to_dict()} if blend is not None else {}
+    return _write_run(cfg, ds, data_dir, model_type, mcfg_dict, loss, state, opt, result, metrics, wall, extra)
 
 
 def with_retrieval_fields(
@@ -213,6 +225,7 @@ def _write_run(
     result: FitResult,
     metrics: dict[str, Any],
     wall: float,
+    extra: dict[str, Any],
 ) -> Path:
     out = Path(cfg.out)
     summary = {
@@ -247,6 +260,7 @@ def _write_run(
             "item_ids": [str(i) for i in ds.item_ids],
             "metrics": summary,
             "train_config": cfg.to_dict(),
+            **extra,
         }
         save_checkpoint(ckpt, tmp / CHECKPOINT_FILE)
         (tmp / "config.toml").write_text(tomli_w.dumps({"train": cfg.to_dict()}))
