@@ -12,11 +12,12 @@ import pytest
 import torch
 from torch.nn import functional as F
 
+from onnxrec.errors import TrainingError
 from onnxrec.trainer.config import TrainConfig
 from onnxrec.trainer.data.dataset import Dataset, save_dataset
 from onnxrec.trainer.history import UserSequences
 from onnxrec.trainer.models.sasrec import SasRec, SasRecConfig
-from onnxrec.trainer.sequence_fit import SequenceStep, epoch_windows
+from onnxrec.trainer.sequence_fit import SequenceStep, epoch_windows, windows_per_step
 from onnxrec.trainer.train import train
 
 LENGTHS = [0, 1, 2, 5, 6, 7, 23, 4]  # sequence lengths around the window length 5
@@ -99,6 +100,17 @@ def test_the_loss_is_each_target_positions_own_loss(loss: str) -> None:
         torch.testing.assert_close(got, torch.stack(losses).mean(), rtol=1e-5, atol=1e-6)
 
 
+def test_a_step_takes_as_many_windows_as_sequence_batch_size_target_positions_fill() -> None:
+    default = TrainConfig()
+    assert default.sequence_batch_size == 512
+    assert windows_per_step(default, 50, 1) == 10  # not --batch-size's 1024 // 50 = 20 (#19)
+    assert windows_per_step(default, 50, 2) == 5  # each rank its share
+    assert windows_per_step(default, 1000, 1) == 1  # at least one
+    assert windows_per_step(TrainConfig(batch_size=64, sequence_batch_size=1024), 8, 1) == 128
+    with pytest.raises(TrainingError, match="sequence_batch_size"):
+        windows_per_step(TrainConfig(sequence_batch_size=0), 50, 1)
+
+
 def _train(data: Path, out: Path, **overrides: object) -> Path:
     cfg = TrainConfig(
         data=str(data), out=str(out), model="sasrec", epochs=2, dim=16, history_len=8, progress=False, threads=1
@@ -108,7 +120,7 @@ def _train(data: Path, out: Path, **overrides: object) -> Path:
 
 def test_training_on_every_position_repeats_and_counts_its_targets(synthetic: Dataset, tmp_path: Path) -> None:
     data = save_dataset(synthetic, tmp_path / "data")
-    runs = [_train(data, tmp_path / f"run{i}", batch_size=64) for i in range(2)]
+    runs = [_train(data, tmp_path / f"run{i}", sequence_batch_size=64) for i in range(2)]
     records = [[json.loads(x) for x in (r / "metrics.jsonl").read_text().splitlines()] for r in runs]
     seq = UserSequences.from_parts([synthetic.splits.train], synthetic.num_users)
     targets = int(np.maximum(np.diff(seq.indptr) - 1, 0).sum())  # every item but each user's first

@@ -205,12 +205,13 @@ def _objective(
 ) -> tuple[nn.Module, _EpochData | SequenceEpochData]:
     """The training step module and what each epoch reads: one example per history prefix, or (SASRec's
     all-positions objective) windows whose every position predicts its next item."""
-    from onnxrec.trainer.sequence_fit import sequence_training, trains_every_position  # it imports this module
+    # it imports this module
+    from onnxrec.trainer.sequence_fit import sequence_training, trains_every_position, windows_per_step
 
-    # the all-positions objective (SASRec): a step is batch // history_len windows of up to history_len
-    # targets each, so --batch-size still counts examples (target positions) per step
+    # the all-positions objective (SASRec): a step is windows of up to history_len targets each, as many as
+    # --sequence-batch-size target positions fill
     every_position = trains_every_position(model, cfg.sequence_objective)
-    windows = max(1, batch // max(model.history_len, 1))
+    windows = windows_per_step(cfg, model.history_len, world)
     rows_per_step = windows * model.history_len if every_position else batch
     plan = choose_softmax(model.num_items, rows_per_step, cfg.max_softmax_items)
     negatives = NegativeSampler(ds.num_items) if negatives is None else negatives
