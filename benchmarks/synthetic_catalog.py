@@ -14,6 +14,10 @@ train`` writes and ``export()`` reads) with the project's own pieces:
   ``trainer.factory.model_config``; the checkpoint dict has the keys ``train()`` writes and is saved
   with ``save_checkpoint``, marked untrained (``epoch`` 0, ``metrics.untrained``).
 
+``make_ranker_run`` builds the second stage of a pipeline version the same way: an untrained, seeded
+ranker (``fm``, ``deepfm``, ...) over an existing catalog run's dataset (same content hash, as
+``onnxrec export RUN --ranker RANKER_RUN`` requires).
+
 The number of users grows with the catalog (``max(2,000, num_items / 50)``) so that every user keeps
 about the same number of seen items (the exclusion list each request carries) at every size.
 
@@ -125,8 +129,7 @@ def make_catalog_run(
     """
     import torch
 
-    from onnxrec import __version__
-    from onnxrec.trainer.checkpoint import CHECKPOINT_FILE, FORMAT, save_checkpoint
+    from onnxrec.trainer.checkpoint import CHECKPOINT_FILE, save_checkpoint
     from onnxrec.trainer.config import TrainConfig
     from onnxrec.trainer.data.dataset import build_dataset, save_dataset
     from onnxrec.trainer.data.preprocess import PreprocessSpec
@@ -167,27 +170,7 @@ def make_catalog_run(
         note = (
             f"MF factors drawn like the trained run {Path(like).resolve()} (trained_factors.py), for serving benchmarks"
         )
-    ckpt = {
-        "format": FORMAT,
-        "onnxrec_version": __version__,
-        "model_type": "mf",
-        "model_config": mcfg,
-        "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
-        "optimizer": {},
-        "epoch": 0,
-        "best_epoch": 0,
-        "feature_spec": ds.feature_spec.to_dict(),
-        "dataset": {
-            "path": "dataset",
-            "name": ds.name,
-            "content_hash": ds.content_hash,
-            "counts": ds.meta.get("counts", {}),
-        },
-        "user_ids": [str(u) for u in ds.user_ids],
-        "item_ids": [str(i) for i in ds.item_ids],
-        "metrics": {"untrained": True, "note": note},
-        "train_config": cfg.to_dict(),
-    }
+    ckpt = checkpoint_dict("mf", mcfg, model, ds, cfg, note, dataset_path="dataset")
     save_checkpoint(ckpt, out / CHECKPOINT_FILE)
     seen = np.diff(known_sequences(ds, "serve").indptr)
     return CatalogRun(
@@ -201,6 +184,66 @@ def make_catalog_run(
         seen_max=int(seen.max()),
         seconds=round(time.perf_counter() - t0, 1),
     )
+
+
+def checkpoint_dict(
+    model_type: str, mcfg: dict[str, Any], model: Any, ds: Any, cfg: Any, note: str, dataset_path: str
+) -> dict[str, Any]:
+    """The checkpoint dict ``train()`` writes, for an untrained ``model`` over ``ds`` (``epoch`` 0,
+    ``metrics.untrained``); ``dataset_path``: the dataset directory, relative to the run or absolute."""
+    from onnxrec import __version__
+    from onnxrec.trainer.checkpoint import FORMAT
+
+    return {
+        "format": FORMAT,
+        "onnxrec_version": __version__,
+        "model_type": model_type,
+        "model_config": mcfg,
+        "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+        "optimizer": {},
+        "epoch": 0,
+        "best_epoch": 0,
+        "feature_spec": ds.feature_spec.to_dict(),
+        "dataset": {
+            "path": dataset_path,
+            "name": ds.name,
+            "content_hash": ds.content_hash,
+            "counts": ds.meta.get("counts", {}),
+        },
+        "user_ids": [str(u) for u in ds.user_ids],
+        "item_ids": [str(i) for i in ds.item_ids],
+        "metrics": {"untrained": True, "note": note},
+        "train_config": cfg.to_dict(),
+    }
+
+
+def make_ranker_run(retrieval_run: Path, out: Path, model_type: str = "fm", *, seed: int = 0) -> Path:
+    """Write a run directory at ``out`` holding an untrained, seeded ranker (``fm``, ``deepfm``, ...) over
+    the dataset of ``retrieval_run`` (the same content hash, as a pipeline export requires; the dataset is
+    referred to by its absolute path, not copied). Sized as ``onnxrec train --model MODEL`` would size it
+    (the trainer's default ``dim``); the item features are set as ``train()`` sets them."""
+    import torch
+
+    from onnxrec.trainer.checkpoint import CHECKPOINT_FILE, save_checkpoint
+    from onnxrec.trainer.config import TrainConfig
+    from onnxrec.trainer.data.dataset import load_dataset
+    from onnxrec.trainer.factory import model_config
+    from onnxrec.trainer.models.registry import build_model, config_to_dict
+
+    out = Path(out)
+    if out.exists():
+        raise FileExistsError(f"{out} already exists")
+    data = (Path(retrieval_run) / "dataset").resolve()
+    ds = load_dataset(data)
+    cfg = TrainConfig(data=str(data), out=str(out), model=model_type, epochs=1, seed=seed)
+    mcfg = config_to_dict(model_config(model_type, cfg, ds))
+    torch.manual_seed(seed)
+    model = build_model(model_type, mcfg)
+    model.set_item_features({k: torch.from_numpy(v) for k, v in ds.item_features.items()})
+    note = f"seeded untrained {model_type} ranker over {data}, for serving benchmarks"
+    out.mkdir(parents=True)
+    save_checkpoint(checkpoint_dict(model_type, mcfg, model, ds, cfg, note, str(data)), out / CHECKPOINT_FILE)
+    return out
 
 
 def main() -> None:
