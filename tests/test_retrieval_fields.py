@@ -31,6 +31,7 @@ from onnxrec.trainer.models.fm import FM
 from onnxrec.trainer.models.linear import Linear
 from onnxrec.trainer.models.registry import MODEL_TYPES, build_model
 from onnxrec.trainer.pipeline_eval import PipelineScorer, position_inputs
+from onnxrec.trainer.retrieval_features import RetrievalFeatures
 from onnxrec.trainer.runs import open_run
 from onnxrec.trainer.scorer import ModelScorer, user_inputs
 from onnxrec.trainer.train import train
@@ -135,6 +136,22 @@ def test_a_model_reading_retrieval_fields_refuses_to_score_without_them() -> Non
         model.score_candidates(users, items, inputs)
     with pytest.raises(ValueError, match="not a catalog"):
         model.score_all(users, inputs)
+
+
+def test_a_rank_is_the_position_among_the_candidates_or_beyond_them() -> None:
+    """User 0 has 3 candidates (of 5 a pipeline passes), user 1 none: a candidate's rank is its position,
+    a score between two candidates ranks where it would stand, one below all is beyond (5)."""
+    features = RetrievalFeatures(
+        user_vectors=np.array([[1.0], [1.0]], dtype=np.float32),
+        item_vectors=np.array([[3.0], [2.0], [1.0], [2.5], [0.5]], dtype=np.float32),
+        item_bias=np.zeros(5, dtype=np.float32),
+        indptr=np.array([0, 3, 3]),
+        candidate_scores=np.array([3.0, 2.0, 1.0], dtype=np.float32),
+        candidates=5,
+    )
+    scores, ranks = features.inputs(np.array([0, 1]), np.array([[0, 1, 2, 3, 4], [0, 1, 2, 3, 4]]))
+    np.testing.assert_array_equal(scores[0], [3.0, 2.0, 1.0, 2.5, 0.5])
+    assert ranks.tolist() == [[0, 1, 2, 1, 5], [5, 5, 5, 5, 5]]
 
 
 # ---------------------------------------------------------------- trained on real candidates, then served

@@ -41,11 +41,14 @@ class RetrievalFeatures:
         return pair_scores(u[:, None, :], self.item_vectors[items], self.item_bias[items])
 
     def rank(self, users: np.ndarray, scores: np.ndarray) -> np.ndarray:
-        """Each score's rank [B, N] among its user's candidates: how many of them score higher."""
+        """Each score's rank [B, N] among its user's candidates: how many of them score higher, or
+        :attr:`candidates` ("beyond the candidates") for a score below all of them, as a served pipeline
+        never passes such an item (a user with fewer candidates than that included)."""
         out = np.empty(scores.shape, dtype=np.int64)
         for row, u in enumerate(np.asarray(users, dtype=np.int64)):
             ranked = self.candidate_scores[self.indptr[u] : self.indptr[u + 1]]
-            out[row] = np.searchsorted(-ranked, -scores[row], side="left")
+            above = np.searchsorted(-ranked, -scores[row], side="left")
+            out[row] = np.where(above >= len(ranked), self.candidates, above)
         return out
 
     def inputs(self, users: np.ndarray, items: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
