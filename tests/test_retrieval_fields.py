@@ -16,7 +16,9 @@ import grpc
 import numpy as np
 import pytest
 import torch
+from click.testing import CliRunner
 
+from onnxrec.cli import main
 from onnxrec.errors import ExportError, TrainingError
 from onnxrec.exporter.export import ExportOptions, export
 from onnxrec.server.loaded_model import LoadedModel
@@ -259,6 +261,10 @@ def test_the_manifest_says_the_ranker_reads_retrieval(repo: Path) -> None:
     for graph in ("rank", "rank_from_history"):
         names = [t["name"] for t in model.manifest["graphs"][graph]["inputs"]]
         assert names[2] == "retrieval_scores"
+    shown = CliRunner().invoke(main, ["inspect", str(repo / "pipe" / "1")])
+    assert shown.exit_code == 0 and "reads retrieval's score and rank of each candidate" in shown.output
+    shown = CliRunner().invoke(main, ["inspect", str(repo / "blend" / "1")])
+    assert shown.exit_code == 0 and "blended with retrieval's score at weight" in shown.output
 
 
 @pipeline_slow
