@@ -89,9 +89,7 @@ def check_candidates(candidates: int, k_max: int, num_items: int) -> None:
         )
 
 
-def rank_jobs(
-    opened: Ranker, ds: Dataset, tables: ServingTables, sizes: JobSizes, candidates: int
-) -> list[GraphJob]:
+def rank_jobs(opened: Ranker, ds: Dataset, tables: ServingTables, sizes: JobSizes, candidates: int) -> list[GraphJob]:
     """The two ranking graphs, checked on real users with random candidate lists of width ``candidates``
     and on random users at batch sizes 1, an odd size and the largest."""
     ranker = opened.model
