@@ -159,6 +159,7 @@ EXPORTER_MAY_IMPORT = {
     "onnxrec.trainer.data.text",  # item text -> vector, for items added at export (export --new-items)
     "onnxrec.trainer.history",  # each user's known items, from the dataset
     "onnxrec.trainer.evaluate",  # a precision variant's quality change
+    "onnxrec.trainer.blend",  # a ranker run's blend of retrieval's score and its own (the checkpoint's "blend")
 }
 
 
