@@ -233,10 +233,16 @@ class ScoreGraph(_Base):
 
     def forward(self, user_idx: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         if self.factorized:
-            u = torch.index_select(self.user_matrix, 0, user_idx)  # [B, D]
-            v = self.item_matrix[items]  # [B, N, D]
-            return (v @ u.unsqueeze(-1)).squeeze(-1) + self.item_bias[items]
+            return self.factorized_scores(user_idx, items)[2]
         return self.model.score_candidates(user_idx, items, self.known_user_inputs(user_idx))
+
+    def factorized_scores(
+        self, user_idx: torch.Tensor, items: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The users' vectors [B, D], the items' vectors [B, N, D] and the scores [B, N] (factorized models)."""
+        u = torch.index_select(self.user_matrix, 0, user_idx)
+        v = self.item_matrix[items]
+        return u, v, (v @ u.unsqueeze(-1)).squeeze(-1) + self.item_bias[items]
 
 
 def _positions(scores: torch.Tensor) -> torch.Tensor:
@@ -251,9 +257,7 @@ class RetrievalRankGraph(ScoreGraph):
     so a candidate's rank is its position)."""
 
     def forward(self, user_idx: torch.Tensor, items: torch.Tensor, retrieval_scores: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        u = torch.index_select(self.user_matrix, 0, user_idx)  # [B, D]
-        v = self.item_matrix[items]  # [B, C, D]
-        base = (v @ u.unsqueeze(-1)).squeeze(-1) + self.item_bias[items]
+        u, v, base = self.factorized_scores(user_idx, items)
         return base + self.model.retrieval_term(u, v, retrieval_scores, _positions(retrieval_scores))
 
 

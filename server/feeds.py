@@ -5,26 +5,18 @@ from __future__ import annotations
 import numpy as np
 
 
-def pad_items(candidates: list[np.ndarray]) -> np.ndarray:
-    """Candidate lists as one [B, width] array (short rows padded with item 0; their scores are cut off)."""
-    width = max(len(c) for c in candidates)
-    padded = np.zeros((len(candidates), width), dtype=np.int64)
-    for j, c in enumerate(candidates):
-        padded[j, : len(c)] = c
-    return padded
-
-
-def pad_scores(scores: list[np.ndarray], candidates: list[np.ndarray]) -> np.ndarray:
-    """Retrieval's scores as one [B, width] float32 array matching :func:`pad_items` (padding 0: those
-    slots' ranker scores are cut off)."""
-    width = max(len(c) for c in candidates)
-    padded = np.zeros((len(candidates), width), dtype=np.float32)
-    for j, s in enumerate(scores):
-        padded[j, : len(s)] = s
+def pad_rows(rows: list[np.ndarray], dtype: type[np.generic] = np.int64) -> np.ndarray:
+    """Rows of different lengths as one [B, width] array of ``dtype``, short rows padded with 0: candidate
+    lists (item 0) and retrieval's scores of them; the padded slots' outputs are cut off."""
+    width = max(len(r) for r in rows)
+    padded: np.ndarray = np.zeros((len(rows), width), dtype=dtype)
+    for j, r in enumerate(rows):
+        padded[j, : len(r)] = r
     return padded
 
 
 def required_scores(retrieval: list[np.ndarray] | None) -> list[np.ndarray]:
+    """Retrieval's scores of the candidate lists, which a ranker that reads them cannot do without."""
     if retrieval is None:
         raise ValueError("this version's ranker reads retrieval's scores of its candidates: pass them")
     return retrieval

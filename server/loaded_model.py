@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 
 from onnxrec.errors import OnnxrecError
 from onnxrec.exporter.repository import read_manifest, verify_files
-from onnxrec.server.feeds import pad_items, pad_scores, required_scores
+from onnxrec.server.feeds import pad_rows, required_scores
 from onnxrec.server.index_search import IndexSearch
 from onnxrec.server.limits import scored_item_bytes
 from onnxrec.server.sessions import (
@@ -265,7 +265,7 @@ class LoadedModel:
         ranker's in a pipeline version (:meth:`rank_any`), else the ``score`` graph's."""
         if self.pipeline:
             return self.rank_any(users, candidates)
-        feed = {"user_idx": users.astype(np.int64), "items": pad_items(candidates)}
+        feed = {"user_idx": users.astype(np.int64), "items": pad_rows(candidates)}
         (scores,) = self._run("score", feed)
         return [scores[j, : len(c)] for j, c in enumerate(candidates)]
 
@@ -274,9 +274,9 @@ class LoadedModel:
     ) -> list[np.ndarray]:
         """The ranker's scores (``rank``) of known users' candidate lists, each in retrieval's order with
         retrieval's scores ``retrieval`` (read when the ranker reads them)."""
-        feed = {"user_idx": users.astype(np.int64), "items": pad_items(candidates)}
+        feed = {"user_idx": users.astype(np.int64), "items": pad_rows(candidates)}
         if self.rank_reads_retrieval:
-            feed["retrieval_scores"] = pad_scores(required_scores(retrieval), candidates)
+            feed["retrieval_scores"] = pad_rows(required_scores(retrieval), np.float32)
         (scores,) = self._run("rank", feed)
         return [scores[j, : len(c)] for j, c in enumerate(candidates)]
 
@@ -286,7 +286,7 @@ class LoadedModel:
         graph, then its scores put back in the caller's order."""
         if not self.rank_reads_retrieval:
             return self.rank(users, candidates)
-        (found,) = self._run("score", {"user_idx": users.astype(np.int64), "items": pad_items(candidates)})
+        (found,) = self._run("score", {"user_idx": users.astype(np.int64), "items": pad_rows(candidates)})
         orders = [np.argsort(-found[j, : len(c)], kind="stable") for j, c in enumerate(candidates)]
         ranked = self.rank(
             users,
@@ -309,9 +309,9 @@ class LoadedModel:
     ) -> list[np.ndarray]:
         """The ranker's scores of each candidate list for users it does not know (pipeline versions);
         ``features`` encoded in :attr:`rank_features` order, ``retrieval`` as in :meth:`rank`."""
-        feed = {"history": self._pad(history), "items": pad_items(candidates)}
+        feed = {"history": self._pad(history), "items": pad_rows(candidates)}
         if self.rank_reads_retrieval:
-            feed["retrieval_scores"] = pad_scores(required_scores(retrieval), candidates)
+            feed["retrieval_scores"] = pad_rows(required_scores(retrieval), np.float32)
         for j, name in enumerate(self.rank_features):
             feed[f"user_{name}"] = np.array([f[j] for f in features], dtype=np.int64)
         (scores,) = self._run("rank_from_history", feed)
@@ -321,14 +321,14 @@ class LoadedModel:
         """Known users: each history position's support of each recommended item ([K, H] per row, -inf
         at repeats), from the ``explain`` graph."""
         feed = {"user_idx": users.astype(np.int64), "history": self._pad(history)}
-        (c,) = self._run("explain", feed | {"recommended": pad_items(recommended)})
+        (c,) = self._run("explain", feed | {"recommended": pad_rows(recommended)})
         return [c[j, : len(r), : len(h)] for j, (h, r) in enumerate(zip(history, recommended, strict=True))]
 
     def explain_from_history(
         self, history: list[np.ndarray], recommended: list[np.ndarray], features: Sequence[Sequence[int]]
     ) -> list[np.ndarray]:
         """:meth:`explain` for users the model does not know (their history and features)."""
-        feed = {"history": self._pad(history), "recommended": pad_items(recommended)}
+        feed = {"history": self._pad(history), "recommended": pad_rows(recommended)}
         for j, name in enumerate(self.user_features):
             feed[f"user_{name}"] = np.array([f[j] for f in features], dtype=np.int64)
         (c,) = self._run("explain_from_history", feed)
