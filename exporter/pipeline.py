@@ -67,14 +67,14 @@ def open_ranker(run: Path, ds: Dataset, retrieval_run: Path) -> Ranker:
     when it reads retrieval's scores, on the candidates of the retrieval run at ``retrieval_run`` (another
     model's scores are on another scale)."""
     ckpt = open_run_trained_on(Path(run), ds, f"{run}: the ranker", "the retrieval run", ExportError)
-    model = model_from_checkpoint(ckpt)
+    ranker = Ranker(Path(run), ckpt, model_from_checkpoint(ckpt))
     trained_on = ckpt.get("metrics", {}).get("negatives", {}).get("run")
-    if (model.reads_retrieval or ckpt.get("blend")) and trained_on != str(Path(retrieval_run).resolve()):
+    if ranker.reads_retrieval and trained_on != str(Path(retrieval_run).resolve()):
         raise ExportError(
             f"{run}: the ranker reads retrieval's scores and was trained on the candidates of {trained_on}, "
             f"not of {retrieval_run}; export it behind that run"
         )
-    return Ranker(Path(run), ckpt, model)
+    return ranker
 
 
 def check_candidates(candidates: int, k_max: int, num_items: int) -> None:

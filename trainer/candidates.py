@@ -21,7 +21,7 @@ import torch
 from onnxrec.errors import TrainingError
 from onnxrec.trainer.checkpoint import model_from_checkpoint
 from onnxrec.trainer.data.dataset import Dataset
-from onnxrec.trainer.evaluate import SCORE_BATCH_BYTES
+from onnxrec.trainer.evaluate import users_per_batch
 from onnxrec.trainer.history import known_sequences
 from onnxrec.trainer.models.base import Recommender
 from onnxrec.trainer.negatives import CandidatePool
@@ -39,7 +39,7 @@ def user_candidates(
     and exclusions from the training split)."""
     scorer = ModelScorer(model, ds, device)
     known = known_sequences(ds, "valid")
-    chunk = max(1, min(1024, SCORE_BATCH_BYTES // (8 * max(ds.num_items, 1))))
+    chunk = users_per_batch(ds.num_items, 1024)
     rows: list[np.ndarray] = []
     counts = np.zeros(ds.num_users, dtype=np.int64)
     with scorer.items_once():

@@ -25,6 +25,12 @@ VIEWS = ("sampled", "full")
 SCORE_BATCH_BYTES = 256 << 20
 
 
+def users_per_batch(num_items: int, most: int) -> int:
+    """Users scored at once: at most ``most``, fewer when their float64 scores over ``num_items`` items
+    would pass :data:`SCORE_BATCH_BYTES`, at least 1."""
+    return max(1, min(most, SCORE_BATCH_BYTES // (8 * max(num_items, 1))))
+
+
 def _rank_counts(scores: np.ndarray, pos_scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     greater = (scores > pos_scores[:, None]).sum(1)
     equal = (scores == pos_scores[:, None]).sum(1)
@@ -45,7 +51,7 @@ def evaluate(
     :data:`SCORE_BATCH_BYTES`; a scorer with an ``items_once()`` context (a PyTorch model's
     :class:`~onnxrec.trainer.fit.ModelScorer`) computes its item side once for the whole pass.
     """
-    batch_size = max(1, min(batch_size, SCORE_BATCH_BYTES // (8 * max(ds.num_items, 1))))
+    batch_size = users_per_batch(ds.num_items, batch_size)
     once = getattr(scorer, "items_once", None)
     with once() if once is not None else nullcontext():
         return _evaluate(scorer, ds, stage, ks, views, batch_size)

@@ -28,6 +28,7 @@ from onnxrec.trainer.determinism import epoch_seeds
 from onnxrec.trainer.evaluate import Scorer, evaluate
 from onnxrec.trainer.history import UserSequences, training_histories
 from onnxrec.trainer.models.base import Recommender
+from onnxrec.trainer.models.fields import with_retrieval_inputs
 from onnxrec.trainer.negatives import NegativeSampler
 from onnxrec.trainer.plan import choose_softmax, long_epoch_warning
 from onnxrec.trainer.progress import Progress
@@ -275,13 +276,13 @@ class _EpochData:
                 inputs = user_inputs(self.model, self.ds, users_np, hist, device)
                 if self.model.reads_retrieval:
                     cands = np.concatenate([seq.items[pos][:, None], negs_np], axis=1)
-                    inputs |= retrieval_inputs(self.negatives, users_np, cands, device)
+                    inputs |= training_retrieval_inputs(self.negatives, users_np, cands, device)
                 yield (users, items, negs, inputs), len(pos)
 
         return len(perm), -(-len(perm) // self.batch), steps()
 
 
-def retrieval_inputs(
+def training_retrieval_inputs(
     negatives: NegativeSampler, users: np.ndarray, items: np.ndarray, device: torch.device
 ) -> dict[str, torch.Tensor]:
     """A ranker's retrieval fields of ``items`` [B, N] for ``users`` [B]: retrieval's scores and ranks,
@@ -292,10 +293,7 @@ def retrieval_inputs(
             "a ranker reading retrieval's score and rank trains on a factorized retrieval run's candidates"
         )
     scores, ranks = features.inputs(users, items)
-    return {
-        "retrieval_score": torch.from_numpy(scores).to(device),
-        "retrieval_rank": torch.from_numpy(ranks).to(device),
-    }
+    return with_retrieval_inputs(torch.from_numpy(scores).to(device), torch.from_numpy(ranks).to(device))
 
 
 def _train_epoch(

@@ -31,9 +31,10 @@ from onnxrec.errors import ConfigError
 from onnxrec.trainer.blend import Blend, fit_blend
 from onnxrec.trainer.checkpoint import model_from_checkpoint
 from onnxrec.trainer.data.dataset import Dataset
-from onnxrec.trainer.evaluate import SCORE_BATCH_BYTES, evaluate
+from onnxrec.trainer.evaluate import evaluate, users_per_batch
 from onnxrec.trainer.history import UserSequences, known_sequences
 from onnxrec.trainer.models.base import Recommender
+from onnxrec.trainer.models.fields import with_retrieval_inputs
 from onnxrec.trainer.runs import open_run_trained_on
 from onnxrec.trainer.scorer import ModelScorer, user_inputs
 
@@ -85,7 +86,7 @@ def position_inputs(retrieval_scores: np.ndarray, device: torch.device) -> dict[
     are, each candidate's position as its rank."""
     scores = torch.from_numpy(np.ascontiguousarray(retrieval_scores, dtype=np.float32)).to(device)
     ranks = torch.arange(scores.shape[1], device=device).expand(scores.shape[0], -1)
-    return {"retrieval_score": scores, "retrieval_rank": ranks}
+    return with_retrieval_inputs(scores, ranks)
 
 
 class PipelineScorer:
@@ -154,11 +155,18 @@ class PipelineScorer:
         finally:
             self.ranker.train(was_training)
 
-    def __call__(self, users: np.ndarray, stage: str) -> np.ndarray:
+    def ranked_candidates(
+        self, users: np.ndarray, stage: str
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """:meth:`candidate_sets` of ``users`` at ``stage`` (retrieval's scores [B, I], items [B, C], real
+        [B, C]), with retrieval's scores of the candidates and the ranker's logits of them [B, C]."""
         scores, items, valid = self.candidate_sets(users, stage)
-        self._count_recall(users, stage, items, valid)
         retrieval_scores = np.take_along_axis(scores, items, axis=1)
-        logits = self.rank(users, items, stage, retrieval_scores)
+        return scores, items, valid, retrieval_scores, self.rank(users, items, stage, retrieval_scores)
+
+    def __call__(self, users: np.ndarray, stage: str) -> np.ndarray:
+        scores, items, valid, retrieval_scores, logits = self.ranked_candidates(users, stage)
+        self._count_recall(users, stage, items, valid)
         if self.blend is not None:
             logits = self.blend.apply(retrieval_scores.astype(np.float64), logits)
         return combine(scores, items, valid, logits)
@@ -168,15 +176,13 @@ class PipelineScorer:
         ``stage`` (what :func:`~onnxrec.trainer.blend.fit_blend` standardises with)."""
         part = self.ds.splits.valid if stage == "valid" else self.ds.splits.test
         users = np.unique(part.user_idx)
-        step = max(1, min(512, SCORE_BATCH_BYTES // (8 * max(self.ds.num_items, 1))))
+        step = users_per_batch(self.ds.num_items, 512)
         r_all, k_all = [], []
         with self.items_once():
             for start in range(0, len(users), step):
-                batch = users[start : start + step]
-                scores, items, valid = self.candidate_sets(batch, stage)
-                r = np.take_along_axis(scores, items, axis=1)
+                _, _, valid, r, k = self.ranked_candidates(users[start : start + step], stage)
                 r_all.append(r[valid])
-                k_all.append(self.rank(batch, items, stage, r)[valid])
+                k_all.append(k[valid])
         return np.concatenate(r_all), np.concatenate(k_all)
 
     def _count_recall(self, users: np.ndarray, stage: str, items: np.ndarray, valid: np.ndarray) -> None:

@@ -202,14 +202,15 @@ def final_metrics(model: Recommender, ds: Dataset, cfg: TrainConfig, pipeline: P
     """The trained model's validation and test metrics; for a model trained on a retrieval run's
     candidates, those of the pipeline (with the retrieval stage's recall), and the model's own under
     ``standalone``. ``evaluated_as`` says which."""
-    scorer = ModelScorer(model, ds, cfg.device)
-    if pipeline is not None and model.reads_retrieval:  # it scores candidate lists only
-        piped = {stage: evaluate_pipeline(pipeline, ds, stage, ks=cfg.eval_ks) for stage in ("valid", "test")}
-        return {**piped, "evaluated_as": "pipeline", "retrieval_fields": True}
-    own = {stage: evaluate(scorer, ds, stage, ks=cfg.eval_ks) for stage in ("valid", "test")}
+    stages = ("valid", "test")
     if pipeline is None:
-        return {**own, "evaluated_as": "model"}
-    piped = {stage: evaluate_pipeline(pipeline, ds, stage, ks=cfg.eval_ks) for stage in ("valid", "test")}
+        scorer = ModelScorer(model, ds, cfg.device)
+        return {**{stage: evaluate(scorer, ds, stage, ks=cfg.eval_ks) for stage in stages}, "evaluated_as": "model"}
+    piped = {stage: evaluate_pipeline(pipeline, ds, stage, ks=cfg.eval_ks) for stage in stages}
+    if model.reads_retrieval:  # it scores candidate lists only
+        return {**piped, "evaluated_as": "pipeline", "retrieval_fields": True}
+    scorer = ModelScorer(model, ds, cfg.device)
+    own = {stage: evaluate(scorer, ds, stage, ks=cfg.eval_ks) for stage in stages}
     return {**piped, "evaluated_as": "pipeline", "standalone": own}
 
 

@@ -204,6 +204,12 @@ class RetrievalFields(nn.Module):
         return out + x * (v_r * self.score_emb).sum(-1) + (fields * sides).sum(-1)
 
 
+def with_retrieval_inputs(scores: torch.Tensor, ranks: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The ``inputs`` entries of the retrieval fields' values: scores and ranks [B, N] (what
+    :func:`retrieval_inputs` reads)."""
+    return {"retrieval_score": scores, "retrieval_rank": ranks}
+
+
 def retrieval_inputs(inputs: Mapping[str, Any]) -> tuple[torch.Tensor, torch.Tensor] | None:
     """The retrieval fields' values in a model's ``inputs``: ``retrieval_score`` and ``retrieval_rank``
     [B, N] (None when absent)."""
