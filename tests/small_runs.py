@@ -1,10 +1,13 @@
-"""Small trained runs of several model types on one dataset, for the export tests."""
+"""Small trained runs of several model types on one dataset, and pipeline versions of them, for the export
+and serving tests."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import replace
 from pathlib import Path
 
+from onnxrec.exporter.export import ExportOptions, export
 from onnxrec.trainer.config import TrainConfig
 from onnxrec.trainer.data.dataset import Dataset, save_dataset
 from onnxrec.trainer.train import train
@@ -28,3 +31,13 @@ def train_small_runs(dataset: Dataset, root: Path, models: Iterable[str]) -> dic
         )
         for m in models
     }
+
+
+def export_pipelines(retrieval: Path, root: Path, candidates: int, rankers: dict[str, Path]) -> Path:
+    """Under ``root``: one pipeline version per ``rankers`` entry (name -> ranker run), ``retrieval``'s top
+    ``candidates`` ranked, top-10; and ``one``, the retrieval run alone answering up to ``candidates``."""
+    small = ExportOptions(k_max=10, max_batch=16, parity_users=64)
+    for name, ranker in rankers.items():
+        export(retrieval, root, name, options=replace(small, ranker=ranker, candidates=candidates))
+    export(retrieval, root, "one", options=replace(small, k_max=candidates))
+    return root

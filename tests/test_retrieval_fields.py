@@ -40,7 +40,7 @@ from onnxrec.trainer.train import train
 from onnxrec.v1 import recommender_pb2 as pb
 from onnxrec.v1 import recommender_pb2_grpc as pb_grpc
 from tests.serverproc import start_server
-from tests.small_runs import train_small_runs
+from tests.small_runs import export_pipelines, train_small_runs
 from tests.test_rankers import OPTIONS, _active, _brute_force_fm, _emb, _features, _inputs
 
 FIELDS = RetrievalFieldsConfig(candidates=8, score_shift=0.3, score_scale=1.7)
@@ -220,12 +220,8 @@ def test_such_a_ranker_has_no_standalone_use(runs: dict[str, Path], synthetic: D
 
 @pytest.fixture(scope="module")
 def repo(runs: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("fields-repo")
-    opts = ExportOptions(k_max=10, max_batch=16, parity_users=64, ranker=runs["fm"], candidates=C)
-    export(runs["twotower"], root, "pipe", options=opts)
-    export(runs["twotower"], root, "one", options=ExportOptions(k_max=C, max_batch=16, parity_users=64))
-    export(runs["twotower"], root, "blend", options=replace(opts, ranker=runs["mlp"]))
-    return root
+    rankers = {"pipe": runs["fm"], "blend": runs["mlp"]}
+    return export_pipelines(runs["twotower"], tmp_path_factory.mktemp("fields-repo"), C, rankers)
 
 
 @pytest.fixture(scope="module")

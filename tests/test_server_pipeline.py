@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 import torch
 
-from onnxrec.exporter.export import ExportOptions, export
 from onnxrec.server.loaded_model import LoadedModel, ModelLoadError
 from onnxrec.trainer.checkpoint import model_from_checkpoint
 from onnxrec.trainer.data.dataset import Dataset
@@ -21,7 +20,7 @@ from onnxrec.trainer.runs import open_run
 from onnxrec.v1 import recommender_pb2 as pb
 from onnxrec.v1 import recommender_pb2_grpc as pb_grpc
 from tests.serverproc import start_server, wait_until
-from tests.small_runs import train_small_runs
+from tests.small_runs import export_pipelines, train_small_runs
 
 CANDIDATES = 30
 
@@ -36,11 +35,7 @@ def runs(synthetic: Dataset, tmp_path_factory: pytest.TempPathFactory) -> dict[s
 @pytest.fixture(scope="module")
 def repo(runs: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
     """``pipe``: two-tower retrieval of 30 candidates ranked by the MLP; ``one``: the two-tower alone."""
-    root = tmp_path_factory.mktemp("pipe-repo")
-    opts = ExportOptions(k_max=10, max_batch=16, parity_users=64, ranker=runs["mlp"], candidates=CANDIDATES)
-    export(runs["twotower"], root, "pipe", options=opts)
-    export(runs["twotower"], root, "one", options=ExportOptions(k_max=CANDIDATES, max_batch=16, parity_users=64))
-    return root
+    return export_pipelines(runs["twotower"], tmp_path_factory.mktemp("pipe-repo"), CANDIDATES, {"pipe": runs["mlp"]})
 
 
 @pytest.fixture(scope="module")
