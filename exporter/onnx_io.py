@@ -23,6 +23,11 @@ OPSET = 18
 IR_VERSION = 10  # readable by every onnxruntime >= 1.16
 
 log = logging.getLogger("onnxrec.export")
+#: CPython 3.11's ast module keeps one recursion counter per interpreter, so an ``ast.parse`` in another
+#: thread while the exporter (onnxscript) parses torchlib's sources can fail it with this SystemError
+#: (python/cpython#106905); the export is deterministic, so it is run again.
+AST_RACE = "AST constructor recursion depth mismatch"
+AST_RACE_RETRIES = 2
 
 
 @contextlib.contextmanager
@@ -54,31 +59,43 @@ def export_module(module: nn.Module, spec: GraphSpec, example: tuple[torch.Tenso
         shapes: tuple[Any, ...] = (*dynamic[:fixed], tuple(dynamic[fixed:]))
     else:
         shapes = tuple(dynamic)
-    try:
-        with _quiet(), torch.no_grad():
-            program = torch.onnx.export(
-                module,
-                example,
-                dynamo=True,
-                input_names=[t.name for t in spec.module_inputs],
-                output_names=[t.name for t in spec.outputs],
-                dynamic_shapes=shapes,
-                opset_version=OPSET,
-                external_data=False,
-                verbose=False,
-            )
-            if program is None:
-                raise ExportError(f"{spec.name}: the ONNX exporter returned nothing")
-            program.save(str(path), external_data=False)
-    except ExportError:
-        raise
-    except Exception as exc:  # torch.export raises many types; the message is what matters
-        raise ExportError(f"{spec.name}: ONNX export failed: {_summary(exc)}") from exc
+    for attempt in range(1 + AST_RACE_RETRIES):
+        try:
+            _export(module, spec, example, shapes, path)
+            break
+        except ExportError:
+            raise
+        except SystemError as exc:
+            if AST_RACE not in str(exc) or attempt == AST_RACE_RETRIES:
+                raise ExportError(f"{spec.name}: ONNX export failed: {_summary(exc)}") from exc
+            log.warning("%s: the ONNX exporter hit CPython's ast race (%s); exporting again", spec.name, exc)
+        except Exception as exc:  # torch.export raises many types; the message is what matters
+            raise ExportError(f"{spec.name}: ONNX export failed: {_summary(exc)}") from exc
     model = onnx.load(str(path))
     model.ir_version = min(model.ir_version, IR_VERSION)
     if spec.k_max:
         add_k_input(model, spec)
     onnx.save(model, str(path))
+
+
+def _export(
+    module: nn.Module, spec: GraphSpec, example: tuple[torch.Tensor, ...], shapes: tuple[Any, ...], path: Path
+) -> None:
+    with _quiet(), torch.no_grad():
+        program = torch.onnx.export(
+            module,
+            example,
+            dynamo=True,
+            input_names=[t.name for t in spec.module_inputs],
+            output_names=[t.name for t in spec.outputs],
+            dynamic_shapes=shapes,
+            opset_version=OPSET,
+            external_data=False,
+            verbose=False,
+        )
+        if program is None:
+            raise ExportError(f"{spec.name}: the ONNX exporter returned nothing")
+        program.save(str(path), external_data=False)
 
 
 def add_k_input(model: onnx.ModelProto, spec: GraphSpec) -> None:
