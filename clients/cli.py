@@ -119,6 +119,14 @@ def _print(result: Recommendation, as_json: bool, title: Callable[[], str]) -> N
             click.echo(f"     because you watched {named}")
 
 
+_request_time = click.option(
+    "--request-time",
+    type=click.IntRange(min=0),
+    default=0,
+    help="When the user asks, unix seconds, for a ranker that reads the context (default: the server's clock).",
+)
+
+
 @click.command("recommend")
 @click.option("--user", required=True, help="Raw user id.")
 @click.option("--model", default=None, help="Model name (default: the server's only model).")
@@ -134,6 +142,7 @@ def _print(result: Recommendation, as_json: bool, title: Callable[[], str]) -> N
     default=0,
     help="Pipeline versions: items retrieved for the ranker (default: the version's).",
 )
+@_request_time
 @_connection
 def recommend_command(
     user: str,
@@ -145,6 +154,7 @@ def recommend_command(
     metadata: bool,
     explain: bool,
     candidates: int,
+    request_time: int,
     **kw: Any,
 ) -> None:
     """Top-k recommendations for one user."""
@@ -160,6 +170,7 @@ def recommend_command(
             include_metadata=metadata,
             candidates=candidates,
             explain=explain,
+            request_time=request_time,
         )
         how = f"{r.source}: {' -> '.join(r.stages)}" if len(r.stages) > 1 else r.source
         _print(r, kw["as_json"], lambda: f"user {user}: {name} version {r.model_version} ({how})")
@@ -182,15 +193,16 @@ def similar_command(item: str, model: str | None, k: int, **kw: Any) -> None:
 @click.option("--user", required=True, help="Raw user id.")
 @click.option("--items", "items", required=True, help="Candidate item ids, comma-separated.")
 @click.option("--model", default=None, help="Model name (default: the server's only model).")
+@_request_time
 @_connection
-def score_command(user: str, items: str, model: str | None, **kw: Any) -> None:
+def score_command(user: str, items: str, model: str | None, request_time: int, **kw: Any) -> None:
     """Scores of candidate items for one user, in the order given."""
     ids = _split(items)
     if not ids:
         raise click.UsageError("--items needs at least one item id")
     with _client(kw) as client:
         name = _model(client, model, kw["server"])
-        s = client.score(name, user, ids)
+        s = client.score(name, user, ids, request_time=request_time)
         if kw["as_json"]:
             click.echo(json.dumps(dataclasses.asdict(s), indent=2))
             return

@@ -37,11 +37,13 @@ def recommend(
     user_features: Mapping[str, str] | None = None,
     candidates: int = 0,
     explain: bool = False,
+    request_time: int = 0,
     timeout: float | None = None,
 ) -> Call[pb.RecommendRequest, Recommendation]:
     """Top-k items for one user (``history``: recent item ids, newest last, for unknown users;
     ``candidates``: items a pipeline version retrieves for its ranker, 0 = the version's; ``explain``: fill
-    each item's ``reasons``, the history items that most support it)."""
+    each item's ``reasons``, the history items that most support it; ``request_time``: when the user asks,
+    unix seconds, for a ranker that reads the interaction's context, 0 = the server's clock)."""
     request = pb.RecommendRequest(
         model=model_ref(model, version),
         user_id=str(user_id),
@@ -52,6 +54,7 @@ def recommend(
         user_features=dict(user_features or {}),
         candidates=candidates,
         explain=explain,
+        request_time=request_time,
     )
     if exclude_seen is not None:
         request.exclude_seen = exclude_seen
@@ -80,11 +83,20 @@ def recommend_batch(
 
 
 def score(
-    model: str, user_id: str, item_ids: Sequence[str], *, version: int = 0, timeout: float | None = None
+    model: str,
+    user_id: str,
+    item_ids: Sequence[str],
+    *,
+    version: int = 0,
+    request_time: int = 0,
+    timeout: float | None = None,
 ) -> Call[pb.ScoreRequest, Scores]:
-    """Scores of candidate items for one user, in the order given."""
+    """Scores of candidate items for one user, in the order given (``request_time`` as in :func:`recommend`)."""
     request = pb.ScoreRequest(
-        model=model_ref(model, version), user_id=str(user_id), item_ids=[str(i) for i in item_ids]
+        model=model_ref(model, version),
+        user_id=str(user_id),
+        item_ids=[str(i) for i in item_ids],
+        request_time=request_time,
     )
     return Call("Score", request, to_scores, timeout)
 
@@ -195,6 +207,7 @@ def to_metadata(r: pb.GetModelMetadataResponse) -> ModelMetadata:
         r.execution_provider,
         tuple(r.stages),
         int(r.candidates),
+        bool(r.context_fields),
     )
 
 

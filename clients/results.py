@@ -81,6 +81,7 @@ class ModelMetadata:
     execution_provider: str
     stages: tuple[str, ...] = ()  # what answers a Recommend: ("retrieve",) or ("retrieve", "rank")
     candidates: int = 0  # pipeline versions: items retrieval passes to the ranker (0: one stage)
+    context_fields: bool = False  # pipeline versions whose ranker reads the request's time (request_time)
 
 
 @dataclass(frozen=True)

@@ -48,6 +48,7 @@ class ServingTables:
     history: np.ndarray  # [num_users, H] newest first, -1 pads (H: the model's history_len, may be 0)
     user_features: dict[str, np.ndarray]  # encoded, row = user index
     centroids: list[np.ndarray]  # fold-in: per user table, the mean user row of each item's users
+    last_time: np.ndarray  # [num_users] int64: each user's last known interaction (unix seconds; -1: none)
 
 
 def fold_in_centroids(model: Recommender, users: np.ndarray, items: np.ndarray, num_items: int) -> list[np.ndarray]:
@@ -268,8 +269,57 @@ class RetrievalRankHistoryGraph(FoldIn):
     def forward(
         self, history: torch.Tensor, items: torch.Tensor, retrieval_scores: torch.Tensor, *features: torch.Tensor
     ) -> torch.Tensor:
-        ranks = _positions(retrieval_scores)
-        return self.model.score_with_retrieval(self.fold_in_rows(history), items, retrieval_scores, ranks)
+        inputs = Recommender.retrieval_inputs(retrieval_scores, _positions(retrieval_scores))
+        return self.model.score_with_user(self.fold_in_rows(history), items, inputs)
+
+
+def request_inputs(
+    model: Recommender, rest: Sequence[torch.Tensor], last_known: torch.Tensor | None = None
+) -> dict[str, Any]:
+    """The ranker's per-request ``inputs`` from a ranking graph's inputs after the items: retrieval's
+    scores [B, C] when it reads them (each candidate's position its rank), then ``request_time`` and
+    ``last_time`` [B] when it reads the context; the user's previous interaction is the later of
+    ``last_time`` and ``last_known`` [B] (known users' last interaction at export)."""
+    inputs: dict[str, Any] = {}
+    at = 0
+    if model.reads_retrieval:
+        inputs |= Recommender.retrieval_inputs(rest[0], _positions(rest[0]))
+        at = 1
+    if model.reads_context:
+        request_time, last_time = rest[at], rest[at + 1]
+        if last_known is not None:
+            last_time = torch.maximum(last_time, last_known)
+        inputs |= Recommender.context_inputs(request_time, last_time)
+    return inputs
+
+
+class ContextRankGraph(_Base):
+    """(user_idx [B], items [B, C], retrieval_scores [B, C] when the ranker reads them, request_time [B],
+    last_time [B]) -> scores [B, C]: the ranking stage of a ranker that reads the interaction's context.
+    Its user side depends on the request, so it is computed per request (no user matrix); each known
+    user's last interaction at export is embedded, ``last_time`` only ever makes it later (a tracked
+    event)."""
+
+    last_table: torch.Tensor
+
+    def __init__(self, model: Recommender, tables: ServingTables) -> None:
+        super().__init__(model, tables)
+        for name in ("item_matrix", "item_bias"):  # the item side is the model's own here
+            self._buffers.pop(name, None)
+        self.register_buffer("last_table", torch.from_numpy(tables.last_time.astype(np.int64)))
+
+    def forward(self, user_idx: torch.Tensor, items: torch.Tensor, *rest: torch.Tensor) -> torch.Tensor:
+        inputs = request_inputs(self.model, rest, self.last_table[user_idx])
+        return self.model.score_candidates(user_idx, items, self.known_user_inputs(user_idx) | inputs)
+
+
+class ContextRankHistoryGraph(FoldIn):
+    """(history [B, H], items [B, C], retrieval_scores [B, C] when the ranker reads them, request_time [B],
+    last_time [B], user features...) -> scores [B, C]: :class:`ContextRankGraph` for users the ranker does
+    not know (folded in from their history; ``last_time`` -1 when no interaction of theirs is known)."""
+
+    def forward(self, history: torch.Tensor, items: torch.Tensor, *rest: torch.Tensor) -> torch.Tensor:
+        return self.model.score_with_user(self.fold_in_rows(history), items, request_inputs(self.model, rest))
 
 
 class BlendedRankGraph(nn.Module):

@@ -97,6 +97,8 @@ def format_stages(stages: list[dict[str, Any]]) -> list[str]:
         lines.append(f"  {s['stage']:<10} {s['model_type']} ({', '.join(s['graphs'])}{extra}) from {s['run']}")
         if s.get("retrieval_fields"):
             lines.append("             reads retrieval's score and rank of each candidate as fields")
+        if s.get("context_fields"):
+            lines.append("             reads the interaction's context (hour, weekday, time since the last one)")
         if s.get("blend"):
             weight = s["blend"]["weight"]
             lines.append(f"             blended with retrieval's score at weight {weight} (chosen on validation)")

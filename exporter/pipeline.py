@@ -8,6 +8,9 @@ per user, from the exact graphs or the index) and two graphs of its ranker run (
 * ``rank_from_history``: (history [B, H], items [B, C], user features...) -> scores [B, C], for users
   it does not know, folded in from their history like ``recommend_from_history``.
 
+After the items, both take retrieval's scores of the candidates [B, C] when the ranker reads them (or
+blends them), then ``request_time`` and ``last_time`` [B] when it reads the interaction's context.
+
 Both runs must have been trained on the same dataset (their user and item indices are the version's
 id maps); the manifest's ``stages`` says which run, model type and graphs each stage is.
 """
@@ -26,6 +29,8 @@ from onnxrec.errors import ExportError
 from onnxrec.exporter.graph_jobs import GraphJob, JobSizes, chunks, example_inputs, fold_in_history_len
 from onnxrec.exporter.graphs import (
     BlendedRankGraph,
+    ContextRankGraph,
+    ContextRankHistoryGraph,
     HistoryScoreGraph,
     RetrievalRankGraph,
     RetrievalRankHistoryGraph,
@@ -89,6 +94,19 @@ def check_candidates(candidates: int, k_max: int, num_items: int) -> None:
         )
 
 
+def context_times(rng: np.random.Generator, ds: Dataset, b: int) -> tuple[np.ndarray, ...]:
+    """Request and previous-interaction times [b] for checking a context-reading ranker's graphs: request
+    times across the data's span and a month past it, previous interactions unknown (-1), minutes to
+    months before, or (clock skew) after the request."""
+    times = np.concatenate([p.timestamp for p in (ds.splits.train, ds.splits.valid, ds.splits.test)])
+    lo, hi = int(times.min()), int(times.max()) + 30 * 86_400
+    request = rng.integers(lo, hi + 1, size=b)
+    gaps = np.exp(rng.uniform(0.0, np.log(90 * 86_400), size=b)).astype(np.int64)
+    last = np.where(rng.random(b) < 0.25, -1, request - gaps)
+    last = np.where(rng.random(b) < 0.1, request + 60, last)
+    return request.astype(np.int64), last.astype(np.int64)
+
+
 def rank_jobs(opened: Ranker, ds: Dataset, tables: ServingTables, sizes: JobSizes, candidates: int) -> list[GraphJob]:
     """The two ranking graphs, checked on real users with random candidate lists of width ``candidates``
     and on random users at batch sizes 1, an odd size and the largest."""
@@ -101,48 +119,62 @@ def rank_jobs(opened: Ranker, ds: Dataset, tables: ServingTables, sizes: JobSize
     real = list(chunks(min(n_users, sizes.parity_users), sizes.max_batch))
     odd = 7 if sizes.max_batch > 7 else 1
     random_users = [rng.integers(0, n_users, size=b) for b in sorted({1, odd, sizes.max_batch})]
+    reads, context = opened.reads_retrieval, ranker.reads_context
 
     def cands(b: int) -> np.ndarray:
         return rng.integers(0, n_items, size=(b, candidates))
 
-    reads = opened.reads_retrieval
+    def request(b: int) -> tuple[np.ndarray, ...]:
+        """Retrieval's scores of a batch's candidates (best first) and the request's times, when the
+        ranker reads them."""
+        scores = (-np.sort(-rng.normal(size=(b, candidates)), axis=1).astype(np.float32),) if reads else ()
+        return scores + (context_times(rng, ds, b) if context else ())
 
-    def scores(b: int) -> tuple[np.ndarray, ...]:
-        """Retrieval's scores of a batch's candidates (best first), when the ranker reads them."""
-        return (-np.sort(-rng.normal(size=(b, candidates)), axis=1).astype(np.float32),) if reads else ()
-
-    known_batches = [(u, cands(len(u)), *scores(len(u))) for u in real + random_users]
+    known_batches = [(u, cands(len(u)), *request(len(u))) for u in real + random_users]
     history_batches = []
     for u in real + random_users:
         hist = np.stack([seqs.recent(np.array([x]), h)[0] for x in u])
-        history_batches.append((hist, cands(len(u)), *scores(len(u)), *(tables.user_features[f][u] for f in features)))
+        history_batches.append((hist, cands(len(u)), *request(len(u)), *(tables.user_features[f][u] for f in features)))
     b0 = 3
-    example_scores = (torch.zeros((b0, 6)),) if reads else ()
-    known: nn.Module = RetrievalRankGraph(ranker, tables) if ranker.reads_retrieval else ScoreGraph(ranker, tables)
-    unknown: nn.Module = (
-        RetrievalRankHistoryGraph(ranker, tables) if ranker.reads_retrieval else HistoryScoreGraph(ranker, tables)
+    example_request = ((torch.zeros((b0, 6)),) if reads else ()) + (
+        example_inputs(*context_times(rng, ds, b0)) if context else ()
     )
-    blend = opened.blend
-    if blend is not None and not ranker.reads_retrieval:
-        known, unknown = BlendedRankGraph(known, blend), BlendedRankGraph(unknown, blend)
+    known, unknown = rank_modules(opened, tables)
     return [
         GraphJob(
-            rank_spec(reads),
+            rank_spec(reads, context),
             known,
-            (*example_inputs(np.arange(b0) % n_users, np.zeros((b0, 6))), *example_scores),
+            (*example_inputs(np.arange(b0) % n_users, np.zeros((b0, 6))), *example_request),
             known_batches,
         ),
         GraphJob(
-            rank_history_spec(features, reads),
+            rank_history_spec(features, reads, context),
             unknown,
             (
                 *example_inputs(np.zeros((b0, 5)), np.zeros((b0, 6))),
-                *example_scores,
+                *example_request,
                 *example_inputs(*[np.ones(b0)] * len(features)),
             ),
             history_batches,
         ),
     ]
+
+
+def rank_modules(opened: Ranker, tables: ServingTables) -> tuple[nn.Module, nn.Module]:
+    """The modules of the ``rank`` and ``rank_from_history`` graphs of ``opened``."""
+    ranker = opened.model
+    known: nn.Module
+    unknown: nn.Module
+    if ranker.reads_context:
+        known, unknown = ContextRankGraph(ranker, tables), ContextRankHistoryGraph(ranker, tables)
+    elif ranker.reads_retrieval:
+        known, unknown = RetrievalRankGraph(ranker, tables), RetrievalRankHistoryGraph(ranker, tables)
+    else:
+        known, unknown = ScoreGraph(ranker, tables), HistoryScoreGraph(ranker, tables)
+    blend = opened.blend
+    if blend is not None and not ranker.reads_retrieval:
+        known, unknown = BlendedRankGraph(known, blend), BlendedRankGraph(unknown, blend)
+    return known, unknown
 
 
 def stages_entry(
@@ -166,6 +198,7 @@ def stages_entry(
         "metrics": ranker.ckpt.get("metrics", {}),
         "graphs": list(RANK_GRAPHS),
         "retrieval_fields": ranker.model.reads_retrieval,
+        "context_fields": ranker.model.reads_context,
         "blend": ranker.ckpt.get("blend"),
         "candidates": candidates,
     }

@@ -181,28 +181,49 @@ RETRIEVAL_SCORES = TensorSpec(
 )
 
 
-def rank_spec(retrieval: bool = False) -> GraphSpec:
+#: The ranking graphs' extra inputs when the ranker reads the interaction's context.
+CONTEXT_TIMES = (
+    TensorSpec(
+        "request_time", "int64", (BATCH,), "when the user asks, unix seconds (the context's hour and weekday, UTC)"
+    ),
+    TensorSpec(
+        "last_time",
+        "int64",
+        (BATCH,),
+        "the user's previous interaction, unix seconds (-1: none known; known users': the later of this and the "
+        "last one at export)",
+    ),
+)
+
+
+def _request_inputs(retrieval: bool, context: bool) -> tuple[TensorSpec, ...]:
+    return (*((RETRIEVAL_SCORES,) if retrieval else ()), *(CONTEXT_TIMES if context else ()))
+
+
+def rank_spec(retrieval: bool = False, context: bool = False) -> GraphSpec:
     """The ranking stage of a pipeline version (the ranker's scores of the retrieved candidates of known
-    users); the signature of ``score``, plus retrieval's scores when the ranker reads them."""
+    users); the signature of ``score``, plus retrieval's scores and the request's times when the ranker
+    reads them."""
     score = score_spec()
     return GraphSpec(
         "rank",
-        (*score.inputs, RETRIEVAL_SCORES) if retrieval else score.inputs,
+        (*score.inputs, *_request_inputs(retrieval, context)),
         score.outputs,
         "the ranker's scores of each known user's candidate items (the pipeline's second stage, and Score)",
     )
 
 
-def rank_history_spec(user_features: tuple[str, ...] = (), retrieval: bool = False) -> GraphSpec:
+def rank_history_spec(user_features: tuple[str, ...] = (), retrieval: bool = False, context: bool = False) -> GraphSpec:
     """The ranking stage for users the ranker does not know: their recent items (and features) and the
-    candidates (and retrieval's scores of them, when the ranker reads them) -> the ranker's scores."""
+    candidates (and retrieval's scores of them and the request's times, when the ranker reads them) ->
+    the ranker's scores."""
     history = history_spec(1, user_features)
     return GraphSpec(
         "rank_from_history",
         (
             history.inputs[0],
             TensorSpec("items", "int64", (BATCH, "num_candidates"), "candidate item indices"),
-            *((RETRIEVAL_SCORES,) if retrieval else ()),
+            *_request_inputs(retrieval, context),
             *(t for t in history.inputs if t.name.startswith("user_")),
         ),
         (TensorSpec("scores", "float32", (BATCH, "num_candidates"), "one score per candidate"),),

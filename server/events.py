@@ -6,7 +6,8 @@ starts their next recommendation from it.
 when the store holds items for them, answers from the history graph instead: the user's recent events
 newest first, then what the version knows of them (a known user's items, newest first, or the
 request's history), cut to the model's history length; the tracked items are excluded like seen ones.
-A user unknown to the model gets personal results after their first events. No retraining.
+A user unknown to the model gets personal results after their first events. No retraining. The time
+of the user's latest event is their previous interaction for a ranker that reads the context.
 
 :class:`MemoryEventStore` (the default) lives in the server process and is bounded: at most
 ``max_users`` users (the least recently used are evicted), ``max_events`` items per user, and a user's
@@ -20,7 +21,7 @@ import collections
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import grpc
@@ -31,7 +32,7 @@ from onnxrec.server.metrics import ServerMetrics
 from onnxrec.server.plan import RecommendQuery
 from onnxrec.v1 import recommender_pb2 as pb
 
-__all__ = ["EventStore", "MemoryEventStore", "RecentEvents", "StoreStats", "make_store", "track"]
+__all__ = ["EventStore", "MemoryEventStore", "Recent", "RecentEvents", "StoreStats", "make_store", "track"]
 
 log = logging.getLogger("onnxrec.server")
 LOG_EVERY_S = 10.0  # a failing store is logged at most once per this many seconds
@@ -45,14 +46,24 @@ class StoreStats:
     evictions: int = 0
 
 
+@dataclass(frozen=True)
+class Recent:
+    """A user's tracked events: item ids, newest first, and when the newest happened (unix milliseconds;
+    -1: unknown), which a ranker that reads the interaction's context takes as the previous interaction."""
+
+    items: list[str] = field(default_factory=list)
+    last_ms: int = -1
+
+
 class EventStore(Protocol):
-    """Where each user's recent items live (raw ids)."""
+    """Where each user's recent items live (raw ids), and when the latest happened."""
 
-    async def add(self, user: str, items: Sequence[str]) -> None:
-        """Append ``items`` (oldest first) to the user's recent items."""
+    async def add(self, user: str, items: Sequence[str], times_ms: Sequence[int] | None = None) -> None:
+        """Append ``items`` (oldest first), which happened at ``times_ms`` (unix ms; None: unknown), to
+        the user's recent items."""
 
-    async def recent(self, user: str) -> list[str]:
-        """The user's recent items, newest first ([] when none or expired)."""
+    async def recent(self, user: str) -> Recent:
+        """The user's recent items, newest first, and the latest one's time (none when none or expired)."""
 
     async def forget(self, user: str) -> None:
         """Drop everything held for the user."""
@@ -62,11 +73,12 @@ class EventStore(Protocol):
 
 
 class _Entry:
-    __slots__ = ("items", "touched")
+    __slots__ = ("items", "last_ms", "touched")
 
     def __init__(self, max_events: int) -> None:
         self.items: collections.deque[str] = collections.deque(maxlen=max_events)
         self.touched = 0.0
+        self.last_ms = -1
 
 
 class MemoryEventStore:
@@ -83,27 +95,29 @@ class MemoryEventStore:
         self._users: collections.OrderedDict[str, _Entry] = collections.OrderedDict()  # least recent first
         self._evictions = 0
 
-    async def add(self, user: str, items: Sequence[str]) -> None:
+    async def add(self, user: str, items: Sequence[str], times_ms: Sequence[int] | None = None) -> None:
         now = self._clock()
         entry = self._users.get(user)
         if entry is None or now - entry.touched > self.ttl_s:
             entry = self._users[user] = _Entry(self.max_events)
         entry.items.extend(items)
         entry.touched = now
+        if times_ms:
+            entry.last_ms = max(entry.last_ms, *times_ms)
         self._users.move_to_end(user)
         while len(self._users) > self.max_users:
             self._users.popitem(last=False)
             self._evictions += 1
         self._expire(now)
 
-    async def recent(self, user: str) -> list[str]:
+    async def recent(self, user: str) -> Recent:
         entry = self._users.get(user)
         if entry is None:
-            return []
+            return Recent()
         if self._clock() - entry.touched > self.ttl_s:
             del self._users[user]
-            return []
-        return list(reversed(entry.items))
+            return Recent()
+        return Recent(list(reversed(entry.items)), entry.last_ms)
 
     async def forget(self, user: str) -> None:
         self._users.pop(user, None)
@@ -153,8 +167,10 @@ class RecentEvents:
                 continue
             if self.metrics is not None:
                 self.metrics.store_seconds.observe(time.perf_counter() - t0)
-            if recent:
-                _start_from(q, recent)
+            if recent.last_ms >= 0:  # the user's previous interaction, for a ranker that reads the context
+                q.last_time = recent.last_ms // 1000
+            if recent.items:
+                _start_from(q, recent.items)
 
 
 def _start_from(q: RecommendQuery, recent: list[str]) -> None:
@@ -224,7 +240,8 @@ async def track(
     for j, e in enumerate(request.events):
         by_user.setdefault(e.user_id, []).append((e.timestamp_ms or now_ms, j, e.item_id))
     for user, events in by_user.items():
-        await store.add(user, [item for _, _, item in sorted(events)])
+        ordered = sorted(events)
+        await store.add(user, [item for _, _, item in ordered], [t for t, _, _ in ordered])
     if metrics is not None:
         metrics.events.inc(n)
         stats = store.stats()

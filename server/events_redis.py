@@ -1,14 +1,15 @@
 """The Redis event store (``--state redis://HOST:PORT/DB``): users' recent events shared by several
 server processes or replicas.
 
-Each user is one Redis list, ``onnxrec:events:<user id>``, of raw item ids (plain strings, no pickle)
-newest first. An add is one MULTI/EXEC round trip: LPUSH the items, LTRIM the list to ``max_events``,
-PEXPIRE it ``ttl_s`` after this last event (and DBSIZE for the metrics); a lookup is one LRANGE; a
-forget one DEL. There is no user limit here: Redis bounds its memory itself (``maxmemory`` and its
-eviction policy) and the TTL drops users who went quiet, so ``--state-max-users`` does not apply and
-the store reports no evictions. ``users`` in the metrics is the database's key count (DBSIZE, O(1),
-read with each add): the number of users when the database holds only onnxrec's events, so give the
-store a database of its own (the ``/DB`` of the URL).
+Each user is one Redis list, ``onnxrec:events:<user id>``, of their events newest first, each a plain
+string (no pickle): the event's time in unix milliseconds, the unit separator ``\\x1f`` and the raw item
+id (an entry without a time is read as an item id whose time is unknown). An add is one MULTI/EXEC round
+trip: LPUSH the entries, LTRIM the list to ``max_events``, PEXPIRE it ``ttl_s`` after this last event
+(and DBSIZE for the metrics); a lookup is one LRANGE; a forget one DEL. There is no user limit here:
+Redis bounds its memory itself (``maxmemory`` and its eviction policy) and the TTL drops users who went
+quiet, so ``--state-max-users`` does not apply and the store reports no evictions. ``users`` in the
+metrics is the database's key count (DBSIZE, O(1), read with each add): the number of users when the
+database holds only onnxrec's events, so give the store a database of its own (the ``/DB`` of the URL).
 
 A Redis that is down or slow fails fast: 0.2 s to connect and to read, no retries, and after a
 connection failure every call fails at once for ``retry_after_s`` before the next try, which opens
@@ -37,7 +38,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from onnxrec.server.events import StoreStats
+from onnxrec.server.events import Recent, StoreStats
 from onnxrec.server.limits import RequestError
 
 __all__ = ["KEY_PREFIX", "RedisAddress", "RedisEventStore", "StoreUnavailableError", "parse_redis_url"]
@@ -45,6 +46,7 @@ __all__ = ["KEY_PREFIX", "RedisAddress", "RedisEventStore", "StoreUnavailableErr
 log = logging.getLogger("onnxrec.server")
 
 KEY_PREFIX = "onnxrec:events:"
+SEP = "\x1f"  # between an entry's time and its item id
 URL_SHAPE = "redis://HOST:PORT/DB, e.g. redis://127.0.0.1:6379/0"
 
 
@@ -134,14 +136,15 @@ class RedisEventStore:
     def key(self, user: str) -> str:
         return self.prefix + user
 
-    async def add(self, user: str, items: Sequence[str]) -> None:
+    async def add(self, user: str, items: Sequence[str], times_ms: Sequence[int] | None = None) -> None:
         if not items:
             return
         key = self.key(user)
+        entries = [f"{t}{SEP}{item}" for item, t in zip(items, times_ms, strict=True)] if times_ms else list(items)
 
         async def transaction(client: Redis) -> list[Any]:
             async with client.pipeline(transaction=True) as pipe:
-                pipe.lpush(key, *items)  # pushed one after the other: the last item ends up first
+                pipe.lpush(key, *entries)  # pushed one after the other: the last item ends up first
                 pipe.ltrim(key, 0, self.max_events - 1)
                 pipe.pexpire(key, self.ttl_ms)
                 pipe.dbsize()
@@ -150,9 +153,18 @@ class RedisEventStore:
         replies = await self._call("store the events", transaction)
         self._keys = int(replies[-1])
 
-    async def recent(self, user: str) -> list[str]:
+    async def recent(self, user: str) -> Recent:
         key = self.key(user)
-        return list(await self._call("look the user up", lambda c: c.lrange(key, 0, self.max_events - 1)))
+        entries = await self._call("look the user up", lambda c: c.lrange(key, 0, self.max_events - 1))
+        items, last_ms = [], -1
+        for entry in entries:
+            head, sep, item = entry.partition(SEP)
+            if sep and head.isascii() and head.isdigit():
+                items.append(item)
+                last_ms = max(last_ms, int(head))
+            else:
+                items.append(entry)
+        return Recent(items, last_ms)
 
     async def forget(self, user: str) -> None:
         key = self.key(user)

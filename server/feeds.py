@@ -1,6 +1,10 @@
-"""How a batch's rows become a graph's padded inputs (candidate lists and retrieval's scores of them)."""
+"""How a batch's rows become a graph's padded inputs (candidate lists, retrieval's scores of them, the
+request's times)."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -20,3 +24,37 @@ def required_scores(retrieval: list[np.ndarray] | None) -> list[np.ndarray]:
     if retrieval is None:
         raise ValueError("this version's ranker reads retrieval's scores of its candidates: pass them")
     return retrieval
+
+
+#: The request's times per row, unix seconds [B] each: when the user asks and their previous interaction (-1: none).
+Times = tuple[np.ndarray, np.ndarray]
+
+
+@dataclass(frozen=True)
+class RankInputs:
+    """Which inputs a pipeline version's ranking graphs take after the candidates: retrieval's scores of
+    them (a ranker that reads them, or a blend) and the request's times (a ranker that reads the
+    interaction's context)."""
+
+    retrieval: bool = False
+    context: bool = False
+
+    @classmethod
+    def of(cls, graph_inputs: list[dict[str, Any]]) -> RankInputs:
+        """The inputs the manifest lists for the ``rank`` graph."""
+        names = {t["name"] for t in graph_inputs}
+        return cls("retrieval_scores" in names, "request_time" in names)
+
+    def feed(
+        self, feed: dict[str, np.ndarray], retrieval: list[np.ndarray] | None, times: Times | None
+    ) -> dict[str, np.ndarray]:
+        """``feed`` with the inputs the graphs take: retrieval's scores of each candidate list (padded) and
+        the request's times (unknown when not given: request time -1, no previous interaction)."""
+        if self.retrieval:
+            feed["retrieval_scores"] = pad_rows(required_scores(retrieval), np.float32)
+        if self.context:
+            rows = len(feed["items"])
+            request, last = times if times is not None else (np.full(rows, -1), np.full(rows, -1))
+            feed["request_time"] = np.asarray(request, dtype=np.int64)
+            feed["last_time"] = np.asarray(last, dtype=np.int64)
+        return feed

@@ -11,7 +11,8 @@ server hold, scan or echo an unbounded amount of data:
   the model's mean encoded item size) to be larger is refused before the model runs, with
   RESOURCE_EXHAUSTED and what to lower; one that turns out larger once built is refused the same way
   rather than failing in gRPC after the fact;
-* an error message quotes at most :data:`SHOWN_CHARS` characters of any value it echoes.
+* an error message quotes at most :data:`SHOWN_CHARS` characters of any value it echoes;
+* a ``request_time`` is unix seconds from 0 (the server's clock) to :data:`MAX_REQUEST_TIME`.
 
 Breaking a limit is INVALID_ARGUMENT (RESOURCE_EXHAUSTED for the answer size), with a message that
 names the field, the limit and the length sent.
@@ -19,6 +20,7 @@ names the field, the limit and the length sent.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -29,6 +31,7 @@ from onnxrec.errors import ConfigError
 SHOWN_CHARS = 64  # most characters of a caller's value an error message quotes
 MAX_NAME_CHARS = 128  # the repository's limit on model names (exporter.repository.check_model_name)
 RESPONSE_OVERHEAD_BYTES = 24  # a RecommendResponse's fields besides its items, and its framing in a batch
+MAX_REQUEST_TIME = 32_503_680_000  # 3000-01-01 in unix seconds: a larger request_time is likely milliseconds
 MAX_REASONS = 3  # most reasons an explained item carries (server/explain.py), counted by the answer-size estimate
 
 
@@ -137,3 +140,14 @@ def scored_item_bytes(item_id: str, metadata: dict[str, str]) -> tuple[int, int]
     for key, value in metadata.items():
         meta += _field_len(_field_len(len(key.encode())) + _field_len(len(value.encode())))
     return _field_len(plain), _field_len(meta)
+
+
+def request_time(value: int) -> int:
+    """A request's ``request_time`` in unix seconds, the server's clock for 0; INVALID_ARGUMENT when it is
+    negative or past :data:`MAX_REQUEST_TIME`."""
+    if value == 0:
+        return int(time.time())
+    if 0 < value <= MAX_REQUEST_TIME:
+        return value
+    hint = " (milliseconds? it takes seconds)" if value > MAX_REQUEST_TIME else ""
+    raise invalid(f"request_time must be unix seconds from 1 to {MAX_REQUEST_TIME}, or 0 for now; got {value}{hint}")

@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 
 from onnxrec.errors import OnnxrecError
 from onnxrec.exporter.repository import read_manifest, verify_files
-from onnxrec.server.feeds import pad_rows, required_scores
+from onnxrec.server.feeds import RankInputs, Times, pad_rows
 from onnxrec.server.index_search import IndexSearch
 from onnxrec.server.limits import scored_item_bytes
 from onnxrec.server.sessions import (
@@ -98,10 +98,8 @@ class LoadedModel:
         spec = m.get("feature_spec", {})
         self.user_features = feature_inputs(m, "recommend_from_history")  # what each graph reads, in order
         self.rank_features = feature_inputs(m, "rank_from_history") if self.pipeline else []
-        # a ranker that reads retrieval's score and rank of each candidate (its graphs take retrieval_scores)
-        self.rank_reads_retrieval = self.pipeline and any(
-            t["name"] == "retrieval_scores" for t in m["graphs"]["rank"]["inputs"]
-        )
+        # what the ranking graphs take after the candidates: retrieval's scores, the request's times
+        self.rank_inputs = RankInputs.of(m["graphs"]["rank"]["inputs"]) if self.pipeline else RankInputs()
         self._vocab = {f["name"]: {v: i + 1 for i, v in enumerate(f["vocabulary"])} for f in spec.get("user", [])}
         self._feature_codes: dict[str, np.ndarray] = {}  # feature -> encoded value per user index (lazily)
         self.explain_refusal = explain_refusal(m)  # None: explain requests are answered
@@ -260,38 +258,42 @@ class LoadedModel:
         found = self.index.search(vectors, exclude, min(k or self.graph_k_max, self.graph_k_max))
         return [TopK(items=items.astype(np.int64), scores=scores) for items, scores in found]
 
-    def score(self, users: np.ndarray, candidates: list[np.ndarray]) -> list[np.ndarray]:
+    def score(self, users: np.ndarray, candidates: list[np.ndarray], times: Times | None = None) -> list[np.ndarray]:
         """Scores of each user's candidates (rows padded to one width inside, cut back after): the
-        ranker's in a pipeline version (:meth:`rank_any`), else the ``score`` graph's."""
+        ranker's in a pipeline version (:meth:`rank_any`, at the request's ``times``), else the ``score``
+        graph's."""
         if self.pipeline:
-            return self.rank_any(users, candidates)
+            return self.rank_any(users, candidates, times)
         feed = {"user_idx": users.astype(np.int64), "items": pad_rows(candidates)}
         (scores,) = self._run("score", feed)
         return [scores[j, : len(c)] for j, c in enumerate(candidates)]
 
     def rank(
-        self, users: np.ndarray, candidates: list[np.ndarray], retrieval: list[np.ndarray] | None = None
+        self,
+        users: np.ndarray,
+        candidates: list[np.ndarray],
+        retrieval: list[np.ndarray] | None = None,
+        times: Times | None = None,
     ) -> list[np.ndarray]:
         """The ranker's scores (``rank``) of known users' candidate lists, each in retrieval's order with
-        retrieval's scores ``retrieval`` (read when the ranker reads them)."""
+        retrieval's scores ``retrieval``, at the request's ``times`` (each read when the ranker reads it)."""
         feed = {"user_idx": users.astype(np.int64), "items": pad_rows(candidates)}
-        if self.rank_reads_retrieval:
-            feed["retrieval_scores"] = pad_rows(required_scores(retrieval), np.float32)
-        (scores,) = self._run("rank", feed)
+        (scores,) = self._run("rank", self.rank_inputs.feed(feed, retrieval, times))
         return [scores[j, : len(c)] for j, c in enumerate(candidates)]
 
-    def rank_any(self, users: np.ndarray, candidates: list[np.ndarray]) -> list[np.ndarray]:
+    def rank_any(self, users: np.ndarray, candidates: list[np.ndarray], times: Times | None = None) -> list[np.ndarray]:
         """The ranker's scores of candidate lists in any order (Score on a pipeline version): a ranker that
         reads retrieval's score and rank gets each list in retrieval's order, scored by the ``score``
         graph, then its scores put back in the caller's order."""
-        if not self.rank_reads_retrieval:
-            return self.rank(users, candidates)
+        if not self.rank_inputs.retrieval:
+            return self.rank(users, candidates, None, times)
         (found,) = self._run("score", {"user_idx": users.astype(np.int64), "items": pad_rows(candidates)})
         orders = [np.argsort(-found[j, : len(c)], kind="stable") for j, c in enumerate(candidates)]
         ranked = self.rank(
             users,
             [c[o] for c, o in zip(candidates, orders, strict=True)],
             [found[j, o] for j, o in enumerate(orders)],
+            times,
         )
         out = []
         for o, s in zip(orders, ranked, strict=True):
@@ -306,12 +308,12 @@ class LoadedModel:
         candidates: list[np.ndarray],
         features: Sequence[Sequence[int]],
         retrieval: list[np.ndarray] | None = None,
+        times: Times | None = None,
     ) -> list[np.ndarray]:
         """The ranker's scores of each candidate list for users it does not know (pipeline versions);
-        ``features`` encoded in :attr:`rank_features` order, ``retrieval`` as in :meth:`rank`."""
+        ``features`` encoded in :attr:`rank_features` order, ``retrieval`` and ``times`` as in :meth:`rank`."""
         feed = {"history": self._pad(history), "items": pad_rows(candidates)}
-        if self.rank_reads_retrieval:
-            feed["retrieval_scores"] = pad_rows(required_scores(retrieval), np.float32)
+        self.rank_inputs.feed(feed, retrieval, times)
         for j, name in enumerate(self.rank_features):
             feed[f"user_{name}"] = np.array([f[j] for f in features], dtype=np.int64)
         (scores,) = self._run("rank_from_history", feed)

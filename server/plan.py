@@ -15,7 +15,7 @@ from typing import Any
 import grpc
 import numpy as np
 
-from onnxrec.server.limits import MAX_NAME_CHARS, RequestError, RequestLimits, invalid, shown
+from onnxrec.server.limits import MAX_NAME_CHARS, RequestError, RequestLimits, invalid, request_time, shown
 from onnxrec.server.loaded_model import LoadedModel, Reasons, TopK
 from onnxrec.server.registry import ModelNotFound, ModelRegistry
 from onnxrec.server.served import ServedModel
@@ -41,8 +41,10 @@ class RecommendQuery:
         "history",
         "include_metadata",
         "k",
+        "last_time",
         "rank_features",
         "reasons",
+        "request_time",
         "served",
         "source",
         "top",
@@ -65,6 +67,8 @@ class RecommendQuery:
         self.features: Sequence[int] = ()  # encoded user features (SOURCE_HISTORY)
         self.rank_features: Sequence[int] = ()  # the same, in the ranker's order (pipelines, SOURCE_HISTORY)
         self.top: TopK | None = None
+        self.request_time = 0  # when the user asks (unix seconds), for a ranker that reads the context
+        self.last_time = -1  # the user's latest tracked event (unix seconds; -1: none tracked)
         self.explain = False  # fill each item's reasons (server/explain.py)
         self.reasons: Reasons | None = None  # the reasons of top's first k items, once explained
 
@@ -144,6 +148,7 @@ class Planner:
         user = model.user_index.get(user_id)
         query = RecommendQuery(served, request.k, request.include_metadata)
         query.user_id, query.exclude_seen = user_id, exclude_seen
+        query.request_time = request_time(request.request_time)
         if request.explain:
             if model.explain_refusal is not None:
                 raise RequestError(grpc.StatusCode.FAILED_PRECONDITION, model.explain_refusal)

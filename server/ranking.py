@@ -3,9 +3,10 @@
 Retrieval (:class:`~onnxrec.server.pipeline.ModelRetrieval`) answers a pipeline version's query with
 its ``fetch`` candidates (the request's ``candidates``, or the version's), seen and excluded items
 already left out, best first with retrieval's scores; :class:`Ranking` scores them (with those scores
-and positions, for a ranker that reads retrieval's score and rank) with the ``rank`` graph (users the ranker knows) or
-``rank_from_history`` (the others), through their own batchers, and keeps the best ``k`` by the
-ranker's score. Popularity answers and one-stage versions pass through untouched.
+and positions, for a ranker that reads retrieval's score and rank; with the request's time and the
+user's latest tracked event, for one that reads the interaction's context) with the ``rank`` graph
+(users the ranker knows) or ``rank_from_history`` (the others), through their own batchers, and keeps
+the best ``k`` by the ranker's score. Popularity answers and one-stage versions pass through untouched.
 """
 
 from __future__ import annotations
@@ -44,11 +45,12 @@ async def _rank(part: list[RecommendQuery], deadline: float | None) -> None:
     tops = [q.top for q in part if q.top is not None]
     candidates = [t.items for t in tops]
     retrieval = [t.scores for t in tops]
+    times = [q.request_time for q in part], [q.last_time for q in part]
     if known:
-        rows = RankRows(candidates, [q.user for q in part], [], [], retrieval)
+        rows = RankRows(candidates, [q.user for q in part], [], [], retrieval, *times)
         scores = await served.rank.submit(rows, deadline=deadline, weight=len(part))
     else:
-        rows = RankRows(candidates, [], [q.history for q in part], [q.rank_features for q in part], retrieval)
+        rows = RankRows(candidates, [], [q.history for q in part], [q.rank_features for q in part], retrieval, *times)
         scores = await served.rank_history.submit(rows, deadline=deadline, weight=len(part))
     for q, items, s in zip(part, candidates, scores, strict=True):
         order = np.argsort(-s, kind="stable")[: q.k]

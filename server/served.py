@@ -16,6 +16,7 @@ import numpy as np
 
 from onnxrec.server.batch_policy import AdaptivePolicy, BatchPolicy
 from onnxrec.server.batcher import BatcherConfig, DynamicBatcher
+from onnxrec.server.feeds import Times
 from onnxrec.server.loaded_model import LoadedModel, TopK
 
 __all__ = ["ExplainRows", "HistoryRows", "RankRows", "RecommendRows", "ScoreRow", "ServedModel", "SimilarRow"]
@@ -58,9 +59,17 @@ class RankRows:
     history: list[np.ndarray]
     features: list[Sequence[int]]
     retrieval: list[np.ndarray]  # retrieval's scores of each candidate list (its order)
+    request_time: list[int]  # when each user asks (unix seconds)
+    last_time: list[int]  # each user's latest tracked event (unix seconds; -1: none)
 
     def __len__(self) -> int:
         return len(self.candidates)
+
+    @staticmethod
+    def times(items: Sequence[RankRows]) -> Times:
+        """The request's times of every row of ``items``, in order."""
+        request = np.array([t for it in items for t in it.request_time], dtype=np.int64)
+        return request, np.array([t for it in items for t in it.last_time], dtype=np.int64)
 
 
 @dataclass(slots=True)
@@ -83,6 +92,7 @@ class ScoreRow:
 
     user: int
     candidates: np.ndarray
+    request_time: int  # when the user asks (unix seconds), for a ranker that reads the context
 
 
 @dataclass(slots=True)
@@ -143,7 +153,8 @@ class ServedModel:
         return _per_item(self.model.recommend_from_history(history, exclude, features, k), items)
 
     def _run_score(self, items: list[ScoreRow]) -> list[np.ndarray]:
-        return self.model.score(np.array([it.user for it in items]), [it.candidates for it in items])
+        times = (np.array([it.request_time for it in items]), np.full(len(items), -1))
+        return self.model.score(np.array([it.user for it in items]), [it.candidates for it in items], times)
 
     def _run_similar(self, items: list[SimilarRow]) -> list[TopK]:
         return self.model.similar(np.array([it.item for it in items]), max(it.k for it in items))
@@ -151,7 +162,7 @@ class ServedModel:
     def _run_rank(self, items: list[RankRows]) -> list[list[np.ndarray]]:
         users = np.array([u for it in items for u in it.users], dtype=np.int64)
         retrieval = [r for it in items for r in it.retrieval]
-        scores = self.model.rank(users, [c for it in items for c in it.candidates], retrieval)
+        scores = self.model.rank(users, [c for it in items for c in it.candidates], retrieval, RankRows.times(items))
         return _per_item(scores, items)
 
     def _run_rank_history(self, items: list[RankRows]) -> list[list[np.ndarray]]:
@@ -159,7 +170,8 @@ class ServedModel:
         features = [f for it in items for f in it.features]
         retrieval = [r for it in items for r in it.retrieval]
         candidates = [c for it in items for c in it.candidates]
-        return _per_item(self.model.rank_from_history(history, candidates, features, retrieval), items)
+        times = RankRows.times(items)
+        return _per_item(self.model.rank_from_history(history, candidates, features, retrieval, times), items)
 
     def _run_explain(self, items: list[ExplainRows]) -> list[list[np.ndarray]]:
         users = np.array([u for it in items for u in it.users], dtype=np.int64)

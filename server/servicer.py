@@ -22,7 +22,7 @@ from onnxrec.server.config import ServerConfig
 from onnxrec.server.events import EventStore, RecentEvents, make_store, track
 from onnxrec.server.explain import Explanation
 from onnxrec.server.forget import Eraser
-from onnxrec.server.limits import RequestLimits, invalid, shown
+from onnxrec.server.limits import RequestLimits, invalid, request_time, shown
 from onnxrec.server.metrics import ServerMetrics
 from onnxrec.server.pipeline import ModelRetrieval, PopularityRetrieval, RecommendPipeline, Stage
 from onnxrec.server.plan import Planner, items_to_indices, not_found
@@ -107,12 +107,13 @@ class RecommenderServicer:
         if n == 0 or n > most:
             raise invalid(f"item_ids must hold 1 to {most} ids, got {n}")
         self.limits.check_ids(request.item_ids, "item_ids")
+        at = request_time(request.request_time)
         candidates = items_to_indices(model, request.item_ids, "item_ids")
         user = model.user_index.get(request.user_id)
         if user is None:
             scores, source = model.popularity[candidates].astype(np.float32), pb.SOURCE_POPULARITY
         else:
-            scores = await served.score.submit(ScoreRow(user, candidates), deadline=deadline)
+            scores = await served.score.submit(ScoreRow(user, candidates, at), deadline=deadline)
             source = pb.SOURCE_MODEL
         response = pb.ScoreResponse(model_name=model.name, model_version=model.version, source=source)
         add = response.items.add
@@ -179,4 +180,5 @@ class RecommenderServicer:
             execution_provider=model.provider,
             stages=model.stages,
             candidates=model.candidates,
+            context_fields=model.rank_inputs.context,
         )

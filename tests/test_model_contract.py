@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import ast
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
@@ -64,7 +65,9 @@ class CML(Recommender):
     def user_tables(self) -> list[nn.Embedding]:
         return [self.user_emb]
 
-    def score_with_user(self, user_rows: list[torch.Tensor], items: torch.Tensor | None) -> torch.Tensor:
+    def score_with_user(
+        self, user_rows: list[torch.Tensor], items: torch.Tensor | None, inputs: Mapping[str, Any] | None = None
+    ) -> torch.Tensor:
         (p,) = user_rows
         q = self.item_emb.weight.unsqueeze(0) if items is None else self.item_emb(items)  # [1 or B, N, d]
         return -((p.unsqueeze(1) - q) ** 2).sum(-1)

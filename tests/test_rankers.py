@@ -172,7 +172,7 @@ def test_deepfm_is_its_fm_part_plus_an_mlp_over_the_concatenated_field_embedding
     fm.load_state_dict({k: v for k, v in deep.state_dict().items() if not k.startswith("deep.")})
     users, items, inputs = _inputs()
     with torch.no_grad():
-        u_fields, _ = deep.fields.user_terms(deep.fields.user.id_rows(users), deep.fields.user_values(inputs))
+        u_fields, _ = deep.fields.user_terms(deep.fields.user.id_rows(users), deep.fields.user_values(users, inputs))
         i_fields, _ = deep.fields.item_terms(items, deep.item_feature_rows(items))
         concat = torch.cat([u_fields.flatten(-2).unsqueeze(1).expand(-1, N, -1), i_fields.flatten(-2)], dim=-1)
         expected = fm.score_candidates(users, items, inputs) + deep.deep(concat).squeeze(-1)

@@ -252,7 +252,7 @@ pipeline_slow = pytest.mark.slow
 @pipeline_slow
 def test_the_manifest_says_the_ranker_reads_retrieval(repo: Path) -> None:
     model = LoadedModel(repo / "pipe" / "1")
-    assert model.rank_reads_retrieval
+    assert model.rank_inputs.retrieval and not model.rank_inputs.context
     assert model.manifest["stages"][-1]["retrieval_fields"] is True
     for graph in ("rank", "rank_from_history"):
         names = [t["name"] for t in model.manifest["graphs"][graph]["inputs"]]
@@ -357,7 +357,7 @@ def test_a_blended_pipeline_serves_the_pytorch_blend(
     one = LoadedModel(repo / "one" / "1")
     ckpt, _ = open_run(runs["mlp"])
     mlp, blend = model_from_checkpoint(ckpt).eval(), Blend.from_dict(ckpt["blend"])
-    assert blend is not None and LoadedModel(repo / "blend" / "1").rank_reads_retrieval
+    assert blend is not None and LoadedModel(repo / "blend" / "1").rank_inputs.retrieval
     assert LoadedModel(repo / "blend" / "1").manifest["stages"][-1]["blend"] == ckpt["blend"]
     for user in one.user_ids[:10]:
         uid = str(user)

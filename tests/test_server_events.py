@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from onnxrec.server.events import MemoryEventStore
+from onnxrec.server.events import MemoryEventStore, Recent
 from onnxrec.server.loaded_model import LoadedModel
 from onnxrec.v1 import recommender_pb2 as pb
 from onnxrec.v1 import recommender_pb2_grpc as pb_grpc
@@ -40,16 +40,16 @@ def test_store_evicts_the_least_recently_used_user_and_keeps_the_last_items() ->
         await store.add("b", ["3"])
         await store.add("a", ["4", "5"])  # a is now the most recent; its items: 2, 4, 5 (3 at most)
         await store.add("c", ["6"])  # at the limit: b, the least recently used, goes
-        assert await store.recent("a") == ["5", "4", "2"]
-        assert await store.recent("b") == []
-        assert await store.recent("c") == ["6"]
+        assert (await store.recent("a")).items == ["5", "4", "2"]
+        assert (await store.recent("b")).items == []
+        assert (await store.recent("c")).items == ["6"]
         assert store.stats().users == 2 and store.stats().evictions == 1
         clock.now = 61.0  # a's and c's items expire 60 s after their last event
-        assert await store.recent("a") == []
+        assert (await store.recent("a")).items == []
         await store.add("d", ["7"])
         assert store.stats().users == 1  # c expired too (dropped from the old end on the next add)
         await store.forget("d")
-        assert await store.recent("d") == [] and store.stats().users == 0
+        assert (await store.recent("d")).items == [] and store.stats().users == 0
 
     asyncio.run(scenario())
 
@@ -68,11 +68,23 @@ def test_store_stays_within_its_bounds(adds: list[tuple[int, list[int]]]) -> Non
             history.setdefault(str(user), []).extend(str(i) for i in items)
             assert store.stats().users <= 4
         for user, items in history.items():
-            got = await store.recent(user)  # (an evicted user that came back holds only what came after)
+            got = (await store.recent(user)).items  # (an evicted user that came back holds only what came after)
             assert len(got) <= 5 and got == list(reversed(items))[: len(got)]
         if adds:
             last_user, last_items = adds[-1]
-            assert len(await store.recent(str(last_user))) >= min(5, len(last_items))
+            assert len((await store.recent(str(last_user))).items) >= min(5, len(last_items))
+
+    asyncio.run(scenario())
+
+
+def test_the_store_keeps_the_latest_events_time() -> None:
+    async def scenario() -> None:
+        store = MemoryEventStore(max_users=4, max_events=5, ttl_s=3600)
+        await store.add("a", ["1"])
+        assert await store.recent("a") == Recent(["1"], -1)  # no time given: unknown
+        await store.add("a", ["2", "3"], [5_000, 9_000])
+        await store.add("a", ["4"], [7_000])  # an older event tracked later: the latest stays
+        assert await store.recent("a") == Recent(["4", "3", "2", "1"], 9_000)
 
     asyncio.run(scenario())
 

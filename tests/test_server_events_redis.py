@@ -22,7 +22,7 @@ import redis
 
 from onnxrec.errors import ConfigError
 from onnxrec.server.config import load_server_config
-from onnxrec.server.events import make_store
+from onnxrec.server.events import Recent, make_store
 from onnxrec.server.events_redis import (
     KEY_PREFIX,
     RedisAddress,
@@ -189,18 +189,23 @@ def test_store_round_trip(redis_server: RedisServer) -> None:
     async def scenario() -> None:
         store = RedisEventStore(redis_server.url(db=1), max_events=3, ttl_s=60)
         other = RedisEventStore(redis_server.url(db=1), max_events=3, ttl_s=60)
-        assert await store.recent("a") == []
+        assert (await store.recent("a")).items == []
         await store.add("a", ["1", "2"])
         await store.add("b", ["3"])
         await other.add("a", ["4", "5"])  # a's items: 5, 4, 2 (3 at most)
-        assert await store.recent("a") == ["5", "4", "2"] == await other.recent("a")
-        assert await store.recent("b") == ["3"]
+        assert (await store.recent("a")).items == ["5", "4", "2"] == (await other.recent("a")).items
+        assert (await store.recent("b")).items == ["3"]
         assert admin.lrange(KEY_PREFIX + "a", 0, -1) == ["5", "4", "2"]  # plain strings, no pickle
         assert 0 < admin.ttl(KEY_PREFIX + "a") <= 60 and 0 < admin.ttl(KEY_PREFIX + "b") <= 60
         assert store.stats().users == 2 == other.stats().users  # DBSIZE as of each one's last add
         assert store.stats().evictions == 0
+        await store.add("t", ["7", "8"], [1_700_000_000_000, 1_700_000_004_000])  # with their times
+        await other.add("t", ["9"], [1_700_000_002_000])  # an older event tracked later
+        assert await store.recent("t") == Recent(["9", "8", "7"], 1_700_000_004_000)
+        assert admin.lrange(KEY_PREFIX + "t", 0, 0) == ["1700000002000\x1f9"]
+        assert (await store.recent("a")).last_ms == -1  # entries without a time
         await other.forget("a")
-        assert await store.recent("a") == [] and admin.exists(KEY_PREFIX + "a") == 0
+        assert (await store.recent("a")).items == [] and admin.exists(KEY_PREFIX + "a") == 0
         await store.aclose()
         await other.aclose()
 
@@ -215,9 +220,9 @@ def test_the_ttl_drops_a_quiet_user(redis_server: RedisServer) -> None:
     async def scenario() -> None:
         store = RedisEventStore(redis_server.url(db=2), max_events=3, ttl_s=0.3)
         await store.add("q", ["1"])
-        assert await store.recent("q") == ["1"]
+        assert (await store.recent("q")).items == ["1"]
         await asyncio.sleep(0.5)
-        assert await store.recent("q") == []
+        assert (await store.recent("q")).items == []
         await store.aclose()
 
     asyncio.run(scenario())
@@ -233,13 +238,13 @@ def test_after_a_redis_restart_one_call_fails_not_one_per_pooled_connection(
     async def scenario() -> None:
         store = RedisEventStore(own.url(), max_events=3, ttl_s=60, retry_after_s=0.05)
         await store.add("r", ["1"])
-        assert await asyncio.gather(*(store.recent("r") for _ in range(8))) == [["1"]] * 8
+        assert [r.items for r in await asyncio.gather(*(store.recent("r") for _ in range(8)))] == [["1"]] * 8
         own.stop()
         own.start()
         failures = 0
         for _ in range(20):
             try:
-                assert await store.recent("r") == []  # a new Redis: nothing kept
+                assert (await store.recent("r")).items == []  # a new Redis: nothing kept
                 break
             except StoreUnavailableError:
                 failures += 1
@@ -293,7 +298,9 @@ def test_two_servers_share_one_redis(
     finally:
         assert a.stop() == 0
     with redis_server.client(db=3) as admin:
-        assert admin.lrange(KEY_PREFIX + "shared-newcomer", 0, -1) == tracked[::-1]
+        # each entry: the event's time (rpc.track: 1000 + j ms), the unit separator, the item id
+        want = [f"{1000 + j}\x1f{item}" for j, item in enumerate(tracked)][::-1]
+        assert admin.lrange(KEY_PREFIX + "shared-newcomer", 0, -1) == want
         admin.flushdb()
 
 

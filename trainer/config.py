@@ -73,6 +73,12 @@ class TrainConfig:
         "with --candidates-from: an fm or linear ranker also reads each candidate's retrieval score and rank as "
         "fields (a pipeline version passes them from its retrieval stage)",
     )
+    context_fields: bool = setting(
+        False,
+        "with --candidates-from: an fm, deepfm or linear ranker also reads the interaction's context as fields (hour "
+        "of day and day of week in UTC, time since the user's previous interaction, from the log's timestamps); a "
+        "pipeline version takes each request's time",
+    )
     blend: bool = setting(
         True,
         "with --candidates-from: after training, choose on validation how much retrieval's score weighs against "

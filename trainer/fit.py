@@ -273,7 +273,8 @@ class _EpochData:
                 items = torch.from_numpy(seq.items[pos]).to(device)
                 negs_np = self.negatives.draw(gen, users_np, self.num_negatives)
                 negs = torch.from_numpy(negs_np).to(device)
-                inputs = user_inputs(self.model, self.ds, users_np, hist, device)
+                times = (seq.times[pos], seq.times_before(pos)) if self.model.reads_context else None
+                inputs = user_inputs(self.model, self.ds, users_np, hist, device, times)
                 if self.model.reads_retrieval:
                     cands = np.concatenate([seq.items[pos][:, None], negs_np], axis=1)
                     inputs |= training_retrieval_inputs(self.negatives, users_np, cands, device)

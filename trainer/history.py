@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -12,10 +12,12 @@ from onnxrec.trainer.data.split import Part
 
 @dataclass(frozen=True)
 class UserSequences:
-    """Items per user in time order (CSR): ``items[indptr[u]:indptr[u + 1]]``, oldest first."""
+    """Items per user in time order (CSR): ``items[indptr[u]:indptr[u + 1]]``, oldest first, and when
+    each happened (``times``, unix seconds; empty when not given)."""
 
     indptr: np.ndarray  # int64 [num_users + 1]
     items: np.ndarray  # int64 [nnz]
+    times: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))  # int64 [nnz]
 
     @classmethod
     def from_parts(cls, parts: list[Part], num_users: int) -> UserSequences:
@@ -26,12 +28,27 @@ class UserSequences:
         order = np.lexsort((i, t, u))
         indptr = np.zeros(num_users + 1, dtype=np.int64)
         np.cumsum(np.bincount(u, minlength=num_users), out=indptr[1:])
-        return cls(indptr, i[order])
+        return cls(indptr, i[order], t[order])
 
     def recent(self, users: np.ndarray, length: int) -> np.ndarray:
         """The last ``length`` items of each user, newest first, padded with -1: [B, length]."""
         users = np.asarray(users, dtype=np.int64)
         return _items_before(self.items, self.indptr[users + 1], self.indptr[users], length)
+
+    def last_times(self, users: np.ndarray) -> np.ndarray:
+        """Each user's latest interaction time [B] (unix seconds; -1 for a user with none)."""
+        users = np.asarray(users, dtype=np.int64)
+        ends = self.indptr[users + 1]
+        has = ends > self.indptr[users]
+        return np.where(has, self.times[np.maximum(ends - 1, 0)] if len(self.times) else -1, -1).astype(np.int64)
+
+    def times_before(self, positions: np.ndarray) -> np.ndarray:
+        """For training examples at ``positions`` of :attr:`items`: when the same user's previous
+        interaction happened [B] (-1 for a user's first)."""
+        positions = np.asarray(positions, dtype=np.int64)
+        owner = np.searchsorted(self.indptr, positions, side="right") - 1
+        first = positions == self.indptr[owner]
+        return np.where(first, -1, self.times[np.maximum(positions - 1, 0)]).astype(np.int64)
 
     def of(self, user: int) -> np.ndarray:
         """All items of ``user``, oldest first."""
@@ -44,6 +61,29 @@ def known_sequences(ds: Dataset, stage: str) -> UserSequences:
     s = ds.splits
     parts = {"valid": [s.train], "test": [s.train, s.valid], "serve": [s.train, s.valid, s.test]}[stage]
     return UserSequences.from_parts(parts, ds.num_users)
+
+
+class StageTimes:
+    """The request times of an evaluation: per stage, each user's first held-out interaction (when the
+    user asks; -1 for a user with none) and their latest interaction known at that stage (-1: none), for
+    rankers that read the interaction's context. Computed once per stage."""
+
+    def __init__(self, ds: Dataset) -> None:
+        self.ds = ds
+        self._cache: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+
+    def __call__(self, users: np.ndarray, stage: str) -> tuple[np.ndarray, np.ndarray]:
+        """``request_time`` and ``last_time`` [B] of ``users`` at ``stage`` (``valid`` or ``test``)."""
+        if stage not in self._cache:
+            part = self.ds.splits.valid if stage == "valid" else self.ds.splits.test
+            never = np.iinfo(np.int64).max
+            first = np.full(self.ds.num_users, never, dtype=np.int64)
+            np.minimum.at(first, part.user_idx.astype(np.int64), part.timestamp.astype(np.int64))
+            known = known_sequences(self.ds, stage).last_times(np.arange(self.ds.num_users))
+            self._cache[stage] = (np.where(first == never, -1, first), known)
+        request, last = self._cache[stage]
+        users = np.asarray(users, dtype=np.int64)
+        return request[users], last[users]
 
 
 def training_histories(seq: UserSequences, length: int, positions: np.ndarray) -> np.ndarray:

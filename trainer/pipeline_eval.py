@@ -32,7 +32,7 @@ from onnxrec.trainer.blend import Blend, fit_blend
 from onnxrec.trainer.checkpoint import model_from_checkpoint
 from onnxrec.trainer.data.dataset import Dataset
 from onnxrec.trainer.evaluate import evaluate, users_per_batch
-from onnxrec.trainer.history import UserSequences, known_sequences
+from onnxrec.trainer.history import StageTimes, UserSequences, known_sequences
 from onnxrec.trainer.models.base import Recommender
 from onnxrec.trainer.models.fields import with_retrieval_inputs
 from onnxrec.trainer.runs import open_run_trained_on
@@ -112,6 +112,7 @@ class PipelineScorer:
         self.device = torch.device(device)
         self.blend = blend  # the final ranking's blend of retrieval's score and the ranker's (trainer/blend.py)
         self._known: dict[str, UserSequences] = {}
+        self._times = StageTimes(ds)
         self._recall: dict[str, np.ndarray] = {}
 
     @contextmanager
@@ -139,12 +140,14 @@ class PipelineScorer:
     ) -> np.ndarray:
         """The ranker's logits [B, C] of ``items`` [B, C] (in retrieval's order) for ``users`` at ``stage``;
         a ranker that reads retrieval's score and rank is given ``retrieval_scores`` [B, C] and each
-        candidate's position as its rank, as a served pipeline gives them."""
+        candidate's position as its rank, as a served pipeline gives them; one that reads the context, the
+        time of the user's held-out interaction and of their latest one known at ``stage``."""
         was_training = self.ranker.training
         self.ranker.eval()
         try:
             history = self.known(stage).recent(users, self.ranker.history_len) if self.ranker.history_len else None
-            inputs = user_inputs(self.ranker, self.ds, users, history, self.device)
+            times = self._times(users, stage) if self.ranker.reads_context else None
+            inputs = user_inputs(self.ranker, self.ds, users, history, self.device, times)
             if self.ranker.reads_retrieval:
                 if retrieval_scores is None:
                     raise ConfigError("this ranker reads retrieval's scores of its candidates: give them")

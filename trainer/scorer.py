@@ -13,19 +13,29 @@ import torch
 
 from onnxrec.errors import TrainingError
 from onnxrec.trainer.data.dataset import Dataset
-from onnxrec.trainer.history import UserSequences, known_sequences
+from onnxrec.trainer.history import StageTimes, UserSequences, known_sequences
 from onnxrec.trainer.models.base import Recommender
+from onnxrec.trainer.models.context import context_inputs
 
 
 def user_inputs(
-    model: Recommender, ds: Dataset, users: np.ndarray, history: np.ndarray | None, device: torch.device
+    model: Recommender,
+    ds: Dataset,
+    users: np.ndarray,
+    history: np.ndarray | None,
+    device: torch.device,
+    times: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> dict[str, Any]:
-    """The extra per-user inputs ``model`` reads: user features and (if used) the history."""
+    """The extra per-user inputs ``model`` reads: user features, (if used) the history, and (a ranker that
+    reads the interaction's context) the request's and the previous interaction's ``times`` [B] each."""
     inputs: dict[str, Any] = {}
     for name in model.user_feature_names:
         inputs[f"user_{name}"] = torch.from_numpy(ds.user_features[name][users]).to(device)
     if model.history_len and history is not None:
         inputs["history"] = torch.from_numpy(history).to(device)
+    if model.reads_context and times is not None:
+        request, last = (torch.from_numpy(np.ascontiguousarray(t, dtype=np.int64)).to(device) for t in times)
+        inputs |= context_inputs(request, last)
     return inputs
 
 
@@ -43,6 +53,7 @@ class ModelScorer:
         self.device = torch.device(device)
         self._known: dict[str, UserSequences] = {}
         self._items: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._times = StageTimes(ds)
 
     @contextmanager
     def items_once(self) -> Iterator[None]:
@@ -62,7 +73,8 @@ class ModelScorer:
             if stage not in self._known:
                 self._known[stage] = known_sequences(self.ds, stage)
             history = self._known[stage].recent(users, self.model.history_len)
-        inputs = user_inputs(self.model, self.ds, users, history, self.device)
+        times = self._times(users, stage) if self.model.reads_context else None
+        inputs = user_inputs(self.model, self.ds, users, history, self.device, times)
         if self._items is not None and self.model.history_len:
             inputs["item_table"] = self._items[0]
         return torch.from_numpy(np.asarray(users, dtype=np.int64)).to(self.device), inputs

@@ -24,7 +24,7 @@ import torch.distributed as dist
 
 from onnxrec import __version__
 from onnxrec.atomic import atomic_dir
-from onnxrec.errors import TrainingError
+from onnxrec.errors import ConfigError, TrainingError
 from onnxrec.trainer.candidates import load_pool
 from onnxrec.trainer.checkpoint import CHECKPOINT_FILE, FORMAT, load_checkpoint, save_checkpoint
 from onnxrec.trainer.config import TrainConfig
@@ -50,6 +50,8 @@ from onnxrec.trainer.scorer import ModelScorer
 log = logging.getLogger("onnxrec.train")
 #: The rankers that read retrieval's score and rank as fields when trained on its candidates.
 RETRIEVAL_FIELD_MODELS = ("fm", "linear")
+#: The rankers that can read the interaction's context (``--context-fields``).
+CONTEXT_FIELD_MODELS = ("fm", "deepfm", "linear")
 
 
 def column_mapping(cfg: TrainConfig) -> ColumnMapping:
@@ -117,8 +119,8 @@ def _train(cfg: TrainConfig, out: Path, threads: int) -> Path:
     if cfg.candidates_from:
         with torch.random.fork_rng():  # rebuilding the retrieval model draws initial weights: not from our stream
             pool = load_pool(Path(cfg.candidates_from), ds, cfg.candidates, cfg.device)
-    if resume is None and pool is not None:
-        mcfg_dict = with_retrieval_fields(model_type, mcfg_dict, pool, cfg)
+    if resume is None:
+        mcfg_dict = with_ranker_fields(model_type, mcfg_dict, pool, cfg)
     model = build_model(model_type, mcfg_dict)
     check_model_memory(sum(p.numel() for p in model.parameters()), ds.num_users, ds.num_items)
     model.set_item_features({k: torch.from_numpy(v) for k, v in ds.item_features.items()})
@@ -196,6 +198,29 @@ def with_retrieval_fields(
             f"({pool.source['model_type']} is not); train with --no-retrieval-fields"
         )
     return {**mcfg, "retrieval": asdict(pool.features.fields_config())}
+
+
+def with_ranker_fields(
+    model_type: str, mcfg: dict[str, Any], pool: CandidatePool | None, cfg: TrainConfig
+) -> dict[str, Any]:
+    """``mcfg`` with the fields a ranker reads besides users and items: retrieval's score and rank when
+    trained on ``pool``, the interaction's context with ``--context-fields``."""
+    if pool is not None:
+        mcfg = with_retrieval_fields(model_type, mcfg, pool, cfg)
+    return with_context_fields(model_type, mcfg, cfg) if cfg.context_fields else mcfg
+
+
+def with_context_fields(model_type: str, mcfg: dict[str, Any], cfg: TrainConfig) -> dict[str, Any]:
+    """``mcfg`` reading the interaction's context (``--context-fields``): rankers of a pipeline only."""
+    if model_type not in CONTEXT_FIELD_MODELS:
+        raise ConfigError(
+            f"--context-fields: {model_type} reads no context; use one of {', '.join(CONTEXT_FIELD_MODELS)}"
+        )
+    if not cfg.candidates_from:
+        raise ConfigError(
+            "--context-fields: the context is a ranker's field; train on a retrieval run's --candidates-from"
+        )
+    return {**mcfg, "context": True}
 
 
 def final_metrics(model: Recommender, ds: Dataset, cfg: TrainConfig, pipeline: PipelineScorer | None) -> dict[str, Any]:

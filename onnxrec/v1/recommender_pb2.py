@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1connxrec/v1/recommender.proto\x12\nonnxrec.v1\")\n\x08ModelRef\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\"\xba\x01\n\nScoredItem\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\x12\x36\n\x08metadata\x18\x03 \x03(\x0b\x32$.onnxrec.v1.ScoredItem.MetadataEntry\x12#\n\x07reasons\x18\x04 \x03(\x0b\x32\x12.onnxrec.v1.Reason\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x94\x01\n\x06Reason\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\x14\n\x0c\x63ontribution\x18\x02 \x01(\x02\x12\x32\n\x08metadata\x18\x03 \x03(\x0b\x32 .onnxrec.v1.Reason.MetadataEntry\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xe5\x02\n\x10RecommendRequest\x12#\n\x05model\x18\x01 \x01(\x0b\x32\x14.onnxrec.v1.ModelRef\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\t\n\x01k\x18\x03 \x01(\x05\x12\x0f\n\x07history\x18\x04 \x03(\t\x12\x18\n\x10\x65xclude_item_ids\x18\x05 \x03(\t\x12\x19\n\x0c\x65xclude_seen\x18\x06 \x01(\x08H\x00\x88\x01\x01\x12\x18\n\x10include_metadata\x18\x07 \x01(\x08\x12\x45\n\ruser_features\x18\x08 \x03(\x0b\x32..onnxrec.v1.RecommendRequest.UserFeaturesEntry\x12\x12\n\ncandidates\x18\t \x01(\x05\x12\x0f\n\x07\x65xplain\x18\n \x01(\x08\x1a\x33\n\x11UserFeaturesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x0f\n\r_exclude_seen\"\xac\x01\n\x11RecommendResponse\x12%\n\x05items\x18\x01 \x03(\x0b\x32\x16.onnxrec.v1.ScoredItem\x12\x12\n\nmodel_name\x18\x02 \x01(\t\x12\x15\n\rmodel_version\x18\x03 \x01(\x03\x12\"\n\x06source\x18\x04 \x01(\x0e\x32\x12.onnxrec.v1.Source\x12\x11\n\tretrieval\x18\x05 \x01(\t\x12\x0e\n\x06stages\x18\x06 \x03(\t\"G\n\x15RecommendBatchRequest\x12.\n\x08requests\x18\x01 \x03(\x0b\x32\x1c.onnxrec.v1.RecommendRequest\"J\n\x16RecommendBatchResponse\x12\x30\n\tresponses\x18\x01 \x03(\x0b\x32\x1d.onnxrec.v1.RecommendResponse\"V\n\x0cScoreRequest\x12#\n\x05model\x18\x01 \x01(\x0b\x32\x14.onnxrec.v1.ModelRef\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x10\n\x08item_ids\x18\x03 \x03(\t\"\x85\x01\n\rScoreResponse\x12%\n\x05items\x18\x01 \x03(\x0b\x32\x16.onnxrec.v1.ScoredItem\x12\x12\n\nmodel_name\x18\x02 \x01(\t\x12\x15\n\rmodel_version\x18\x03 \x01(\x03\x12\"\n\x06source\x18\x04 \x01(\x0e\x32\x12.onnxrec.v1.Source\"p\n\x13SimilarItemsRequest\x12#\n\x05model\x18\x01 \x01(\x0b\x32\x14.onnxrec.v1.ModelRef\x12\x0f\n\x07item_id\x18\x02 \x01(\t\x12\t\n\x01k\x18\x03 \x01(\x05\x12\x18\n\x10include_metadata\x18\x04 \x01(\x08\"h\n\x14SimilarItemsResponse\x12%\n\x05items\x18\x01 \x03(\x0b\x32\x16.onnxrec.v1.ScoredItem\x12\x12\n\nmodel_name\x18\x02 \x01(\t\x12\x15\n\rmodel_version\x18\x03 \x01(\x03\"\x13\n\x11ListModelsRequest\"Z\n\x0cModelSummary\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08versions\x18\x02 \x03(\x03\x12\x16\n\x0elatest_version\x18\x03 \x01(\x03\x12\x12\n\nmodel_type\x18\x04 \x01(\t\">\n\x12ListModelsResponse\x12(\n\x06models\x18\x01 \x03(\x0b\x32\x18.onnxrec.v1.ModelSummary\">\n\x17GetModelMetadataRequest\x12#\n\x05model\x18\x01 \x01(\x0b\x32\x14.onnxrec.v1.ModelRef\"\xf2\x02\n\x18GetModelMetadataResponse\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\x12\n\nmodel_type\x18\x03 \x01(\t\x12\x11\n\tnum_users\x18\x04 \x01(\x03\x12\x11\n\tnum_items\x18\x05 \x01(\x03\x12\r\n\x05k_max\x18\x06 \x01(\x05\x12\x13\n\x0bhistory_len\x18\x07 \x01(\x05\x12\x15\n\ruser_features\x18\x08 \x03(\t\x12\x0e\n\x06graphs\x18\t \x03(\t\x12\x42\n\x07metrics\x18\n \x03(\x0b\x32\x31.onnxrec.v1.GetModelMetadataResponse.MetricsEntry\x12\x1a\n\x12\x65xecution_provider\x18\x0b \x01(\t\x12\x0e\n\x06stages\x18\x0c \x03(\t\x12\x12\n\ncandidates\x18\r \x01(\x05\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"W\n\tUserEvent\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x0f\n\x07item_id\x18\x02 \x01(\t\x12\x12\n\nevent_type\x18\x03 \x01(\t\x12\x14\n\x0ctimestamp_ms\x18\x04 \x01(\x03\"`\n\x12TrackEventsRequest\x12#\n\x05model\x18\x01 \x01(\x0b\x32\x14.onnxrec.v1.ModelRef\x12%\n\x06\x65vents\x18\x02 \x03(\x0b\x32\x15.onnxrec.v1.UserEvent\"6\n\x13TrackEventsResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x05\x12\r\n\x05users\x18\x02 \x01(\x05\"3\n\x11\x46orgetUserRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\"=\n\x12\x46orgetUserResponse\x12\x0f\n\x07version\x18\x01 \x01(\x03\x12\x16\n\x0e\x65vents_removed\x18\x02 \x01(\x08*]\n\x06Source\x12\x16\n\x12SOURCE_UNSPECIFIED\x10\x00\x12\x10\n\x0cSOURCE_MODEL\x10\x01\x12\x12\n\x0eSOURCE_HISTORY\x10\x02\x12\x15\n\x11SOURCE_POPULARITY\x10\x03\x32\x91\x05\n\x12RecommenderService\x12H\n\tRecommend\x12\x1c.onnxrec.v1.RecommendRequest\x1a\x1d.onnxrec.v1.RecommendResponse\x12W\n\x0eRecommendBatch\x12!.onnxrec.v1.RecommendBatchRequest\x1a\".onnxrec.v1.RecommendBatchResponse\x12<\n\x05Score\x12\x18.onnxrec.v1.ScoreRequest\x1a\x19.onnxrec.v1.ScoreResponse\x12Q\n\x0cSimilarItems\x12\x1f.onnxrec.v1.SimilarItemsRequest\x1a .onnxrec.v1.SimilarItemsResponse\x12K\n\nListModels\x12\x1d.onnxrec.v1.ListModelsRequest\x1a\x1e.onnxrec.v1.ListModelsResponse\x12]\n\x10GetModelMetadata\x12#.onnxrec.v1.GetModelMetadataRequest\x1a$.onnxrec.v1.GetModelMetadataResponse\x12N\n\x0bTrackEvents\x12\x1e.onnxrec.v1.TrackEventsRequest\x1a\x1f.onnxrec.v1.TrackEventsResponse\x12K\n\nForgetUser\x12\x1d.onnxrec.v1.ForgetUserRequest\x1a\x1e.onnxrec.v1.ForgetUserResponseBI\n\x0e\x64\x65v.onnxrec.v1B\x10RecommenderProtoP\x01Z#onnxrec/gen/go/onnxrec/v1;onnxrecv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1connxrec/v1/recommender.proto\x12\nonnxrec.v1\")\n\x08ModelRef\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\"\xba\x01\n\nScoredItem\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\x12\x36\n\x08metadata\x18\x03 \x03(\x0b\x32$.onnxrec.v1.ScoredItem.MetadataEntry\x12#\n\x07reasons\x18\x04 \x03(\x0b\x32\x12.onnxrec.v1.Reason\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x94\x01\n\x06Reason\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\x14\n\x0c\x63ontribution\x18\x02 \x01(\x02\x12\x32\n\x08metadata\x18\x03 \x03(\x0b\x32 .onnxrec.v1.Reason.MetadataEntry\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xfb\x02\n\x10RecommendRequest\x12#\n\x05model\x18\x01 \x01(\x0b\x32\x14.onnxrec.v1.ModelRef\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\t\n\x01k\x18\x03 \x01(\x05\x12\x0f\n\x07history\x18\x04 \x03(\t\x12\x18\n\x10\x65xclude_item_ids\x18\x05 \x03(\t\x12\x19\n\x0c\x65xclude_seen\x18\x06 \x01(\x08H\x00\x88\x01\x01\x12\x18\n\x10include_metadata\x18\x07 \x01(\x08\x12\x45\n\ruser_features\x18\x08 \x03(\x0b\x32..onnxrec.v1.RecommendRequest.UserFeaturesEntry\x12\x12\n\ncandidates\x18\t \x01(\x05\x12\x0f\n\x07\x65xplain\x18\n \x01(\x08\x12\x14\n\x0crequest_time\x18\x0b \x01(\x03\x1a\x33\n\x11UserFeaturesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x0f\n\r_exclude_seen\"\xac\x01\n\x11RecommendResponse\x12%\n\x05items\x18\x01 \x03(\x0b\x32\x16.onnxrec.v1.ScoredItem\x12\x12\n\nmodel_name\x18\x02 \x01(\t\x12\x15\n\rmodel_version\x18\x03 \x01(\x03\x12\"\n\x06source\x18\x04 \x01(\x0e\x32\x12.onnxrec.v1.Source\x12\x11\n\tretrieval\x18\x05 \x01(\t\x12\x0e\n\x06stages\x18\x06 \x03(\t\"G\n\x15RecommendBatchRequest\x12.\n\x08requests\x18\x01 \x03(\x0b\x32\x1c.onnxrec.v1.RecommendRequest\"J\n\x16RecommendBatchResponse\x12\x30\n\tresponses\x18\x01 \x03(\x0b\x32\x1d.onnxrec.v1.RecommendResponse\"l\n\x0cScoreRequest\x12#\n\x05model\x18\x01 \x01(\x0b\x32\x14.onnxrec.v1.ModelRef\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x10\n\x08item_ids\x18\x03 \x03(\t\x12\x14\n\x0crequest_time\x18\x04 \x01(\x03\"\x85\x01\n\rScoreResponse\x12%\n\x05items\x18\x01 \x03(\x0b\x32\x16.onnxrec.v1.ScoredItem\x12\x12\n\nmodel_name\x18\x02 \x01(\t\x12\x15\n\rmodel_version\x18\x03 \x01(\x03\x12\"\n\x06source\x18\x04 \x01(\x0e\x32\x12.onnxrec.v1.Source\"p\n\x13SimilarItemsRequest\x12#\n\x05model\x18\x01 \x01(\x0b\x32\x14.onnxrec.v1.ModelRef\x12\x0f\n\x07item_id\x18\x02 \x01(\t\x12\t\n\x01k\x18\x03 \x01(\x05\x12\x18\n\x10include_metadata\x18\x04 \x01(\x08\"h\n\x14SimilarItemsResponse\x12%\n\x05items\x18\x01 \x03(\x0b\x32\x16.onnxrec.v1.ScoredItem\x12\x12\n\nmodel_name\x18\x02 \x01(\t\x12\x15\n\rmodel_version\x18\x03 \x01(\x03\"\x13\n\x11ListModelsRequest\"Z\n\x0cModelSummary\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08versions\x18\x02 \x03(\x03\x12\x16\n\x0elatest_version\x18\x03 \x01(\x03\x12\x12\n\nmodel_type\x18\x04 \x01(\t\">\n\x12ListModelsResponse\x12(\n\x06models\x18\x01 \x03(\x0b\x32\x18.onnxrec.v1.ModelSummary\">\n\x17GetModelMetadataRequest\x12#\n\x05model\x18\x01 \x01(\x0b\x32\x14.onnxrec.v1.ModelRef\"\x8a\x03\n\x18GetModelMetadataResponse\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\x12\n\nmodel_type\x18\x03 \x01(\t\x12\x11\n\tnum_users\x18\x04 \x01(\x03\x12\x11\n\tnum_items\x18\x05 \x01(\x03\x12\r\n\x05k_max\x18\x06 \x01(\x05\x12\x13\n\x0bhistory_len\x18\x07 \x01(\x05\x12\x15\n\ruser_features\x18\x08 \x03(\t\x12\x0e\n\x06graphs\x18\t \x03(\t\x12\x42\n\x07metrics\x18\n \x03(\x0b\x32\x31.onnxrec.v1.GetModelMetadataResponse.MetricsEntry\x12\x1a\n\x12\x65xecution_provider\x18\x0b \x01(\t\x12\x0e\n\x06stages\x18\x0c \x03(\t\x12\x12\n\ncandidates\x18\r \x01(\x05\x12\x16\n\x0e\x63ontext_fields\x18\x0e \x01(\x08\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"W\n\tUserEvent\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x0f\n\x07item_id\x18\x02 \x01(\t\x12\x12\n\nevent_type\x18\x03 \x01(\t\x12\x14\n\x0ctimestamp_ms\x18\x04 \x01(\x03\"`\n\x12TrackEventsRequest\x12#\n\x05model\x18\x01 \x01(\x0b\x32\x14.onnxrec.v1.ModelRef\x12%\n\x06\x65vents\x18\x02 \x03(\x0b\x32\x15.onnxrec.v1.UserEvent\"6\n\x13TrackEventsResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x05\x12\r\n\x05users\x18\x02 \x01(\x05\"3\n\x11\x46orgetUserRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\"=\n\x12\x46orgetUserResponse\x12\x0f\n\x07version\x18\x01 \x01(\x03\x12\x16\n\x0e\x65vents_removed\x18\x02 \x01(\x08*]\n\x06Source\x12\x16\n\x12SOURCE_UNSPECIFIED\x10\x00\x12\x10\n\x0cSOURCE_MODEL\x10\x01\x12\x12\n\x0eSOURCE_HISTORY\x10\x02\x12\x15\n\x11SOURCE_POPULARITY\x10\x03\x32\x91\x05\n\x12RecommenderService\x12H\n\tRecommend\x12\x1c.onnxrec.v1.RecommendRequest\x1a\x1d.onnxrec.v1.RecommendResponse\x12W\n\x0eRecommendBatch\x12!.onnxrec.v1.RecommendBatchRequest\x1a\".onnxrec.v1.RecommendBatchResponse\x12<\n\x05Score\x12\x18.onnxrec.v1.ScoreRequest\x1a\x19.onnxrec.v1.ScoreResponse\x12Q\n\x0cSimilarItems\x12\x1f.onnxrec.v1.SimilarItemsRequest\x1a .onnxrec.v1.SimilarItemsResponse\x12K\n\nListModels\x12\x1d.onnxrec.v1.ListModelsRequest\x1a\x1e.onnxrec.v1.ListModelsResponse\x12]\n\x10GetModelMetadata\x12#.onnxrec.v1.GetModelMetadataRequest\x1a$.onnxrec.v1.GetModelMetadataResponse\x12N\n\x0bTrackEvents\x12\x1e.onnxrec.v1.TrackEventsRequest\x1a\x1f.onnxrec.v1.TrackEventsResponse\x12K\n\nForgetUser\x12\x1d.onnxrec.v1.ForgetUserRequest\x1a\x1e.onnxrec.v1.ForgetUserResponseBI\n\x0e\x64\x65v.onnxrec.v1B\x10RecommenderProtoP\x01Z#onnxrec/gen/go/onnxrec/v1;onnxrecv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -40,8 +40,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RECOMMENDREQUEST_USERFEATURESENTRY']._serialized_options = b'8\001'
   _globals['_GETMODELMETADATARESPONSE_METRICSENTRY']._loaded_options = None
   _globals['_GETMODELMETADATARESPONSE_METRICSENTRY']._serialized_options = b'8\001'
-  _globals['_SOURCE']._serialized_start=2528
-  _globals['_SOURCE']._serialized_end=2621
+  _globals['_SOURCE']._serialized_start=2596
+  _globals['_SOURCE']._serialized_end=2689
   _globals['_MODELREF']._serialized_start=44
   _globals['_MODELREF']._serialized_end=85
   _globals['_SCOREDITEM']._serialized_start=88
@@ -53,45 +53,45 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_REASON_METADATAENTRY']._serialized_start=227
   _globals['_REASON_METADATAENTRY']._serialized_end=274
   _globals['_RECOMMENDREQUEST']._serialized_start=428
-  _globals['_RECOMMENDREQUEST']._serialized_end=785
-  _globals['_RECOMMENDREQUEST_USERFEATURESENTRY']._serialized_start=717
-  _globals['_RECOMMENDREQUEST_USERFEATURESENTRY']._serialized_end=768
-  _globals['_RECOMMENDRESPONSE']._serialized_start=788
-  _globals['_RECOMMENDRESPONSE']._serialized_end=960
-  _globals['_RECOMMENDBATCHREQUEST']._serialized_start=962
-  _globals['_RECOMMENDBATCHREQUEST']._serialized_end=1033
-  _globals['_RECOMMENDBATCHRESPONSE']._serialized_start=1035
-  _globals['_RECOMMENDBATCHRESPONSE']._serialized_end=1109
-  _globals['_SCOREREQUEST']._serialized_start=1111
-  _globals['_SCOREREQUEST']._serialized_end=1197
-  _globals['_SCORERESPONSE']._serialized_start=1200
-  _globals['_SCORERESPONSE']._serialized_end=1333
-  _globals['_SIMILARITEMSREQUEST']._serialized_start=1335
-  _globals['_SIMILARITEMSREQUEST']._serialized_end=1447
-  _globals['_SIMILARITEMSRESPONSE']._serialized_start=1449
-  _globals['_SIMILARITEMSRESPONSE']._serialized_end=1553
-  _globals['_LISTMODELSREQUEST']._serialized_start=1555
-  _globals['_LISTMODELSREQUEST']._serialized_end=1574
-  _globals['_MODELSUMMARY']._serialized_start=1576
-  _globals['_MODELSUMMARY']._serialized_end=1666
-  _globals['_LISTMODELSRESPONSE']._serialized_start=1668
-  _globals['_LISTMODELSRESPONSE']._serialized_end=1730
-  _globals['_GETMODELMETADATAREQUEST']._serialized_start=1732
-  _globals['_GETMODELMETADATAREQUEST']._serialized_end=1794
-  _globals['_GETMODELMETADATARESPONSE']._serialized_start=1797
-  _globals['_GETMODELMETADATARESPONSE']._serialized_end=2167
-  _globals['_GETMODELMETADATARESPONSE_METRICSENTRY']._serialized_start=2121
-  _globals['_GETMODELMETADATARESPONSE_METRICSENTRY']._serialized_end=2167
-  _globals['_USEREVENT']._serialized_start=2169
-  _globals['_USEREVENT']._serialized_end=2256
-  _globals['_TRACKEVENTSREQUEST']._serialized_start=2258
-  _globals['_TRACKEVENTSREQUEST']._serialized_end=2354
-  _globals['_TRACKEVENTSRESPONSE']._serialized_start=2356
-  _globals['_TRACKEVENTSRESPONSE']._serialized_end=2410
-  _globals['_FORGETUSERREQUEST']._serialized_start=2412
-  _globals['_FORGETUSERREQUEST']._serialized_end=2463
-  _globals['_FORGETUSERRESPONSE']._serialized_start=2465
-  _globals['_FORGETUSERRESPONSE']._serialized_end=2526
-  _globals['_RECOMMENDERSERVICE']._serialized_start=2624
-  _globals['_RECOMMENDERSERVICE']._serialized_end=3281
+  _globals['_RECOMMENDREQUEST']._serialized_end=807
+  _globals['_RECOMMENDREQUEST_USERFEATURESENTRY']._serialized_start=739
+  _globals['_RECOMMENDREQUEST_USERFEATURESENTRY']._serialized_end=790
+  _globals['_RECOMMENDRESPONSE']._serialized_start=810
+  _globals['_RECOMMENDRESPONSE']._serialized_end=982
+  _globals['_RECOMMENDBATCHREQUEST']._serialized_start=984
+  _globals['_RECOMMENDBATCHREQUEST']._serialized_end=1055
+  _globals['_RECOMMENDBATCHRESPONSE']._serialized_start=1057
+  _globals['_RECOMMENDBATCHRESPONSE']._serialized_end=1131
+  _globals['_SCOREREQUEST']._serialized_start=1133
+  _globals['_SCOREREQUEST']._serialized_end=1241
+  _globals['_SCORERESPONSE']._serialized_start=1244
+  _globals['_SCORERESPONSE']._serialized_end=1377
+  _globals['_SIMILARITEMSREQUEST']._serialized_start=1379
+  _globals['_SIMILARITEMSREQUEST']._serialized_end=1491
+  _globals['_SIMILARITEMSRESPONSE']._serialized_start=1493
+  _globals['_SIMILARITEMSRESPONSE']._serialized_end=1597
+  _globals['_LISTMODELSREQUEST']._serialized_start=1599
+  _globals['_LISTMODELSREQUEST']._serialized_end=1618
+  _globals['_MODELSUMMARY']._serialized_start=1620
+  _globals['_MODELSUMMARY']._serialized_end=1710
+  _globals['_LISTMODELSRESPONSE']._serialized_start=1712
+  _globals['_LISTMODELSRESPONSE']._serialized_end=1774
+  _globals['_GETMODELMETADATAREQUEST']._serialized_start=1776
+  _globals['_GETMODELMETADATAREQUEST']._serialized_end=1838
+  _globals['_GETMODELMETADATARESPONSE']._serialized_start=1841
+  _globals['_GETMODELMETADATARESPONSE']._serialized_end=2235
+  _globals['_GETMODELMETADATARESPONSE_METRICSENTRY']._serialized_start=2189
+  _globals['_GETMODELMETADATARESPONSE_METRICSENTRY']._serialized_end=2235
+  _globals['_USEREVENT']._serialized_start=2237
+  _globals['_USEREVENT']._serialized_end=2324
+  _globals['_TRACKEVENTSREQUEST']._serialized_start=2326
+  _globals['_TRACKEVENTSREQUEST']._serialized_end=2422
+  _globals['_TRACKEVENTSRESPONSE']._serialized_start=2424
+  _globals['_TRACKEVENTSRESPONSE']._serialized_end=2478
+  _globals['_FORGETUSERREQUEST']._serialized_start=2480
+  _globals['_FORGETUSERREQUEST']._serialized_end=2531
+  _globals['_FORGETUSERRESPONSE']._serialized_start=2533
+  _globals['_FORGETUSERRESPONSE']._serialized_end=2594
+  _globals['_RECOMMENDERSERVICE']._serialized_start=2692
+  _globals['_RECOMMENDERSERVICE']._serialized_end=3349
 # @@protoc_insertion_point(module_scope)

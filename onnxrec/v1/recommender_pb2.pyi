@@ -63,7 +63,7 @@ class Reason(_message.Message):
     def __init__(self, item_id: _Optional[str] = ..., contribution: _Optional[float] = ..., metadata: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class RecommendRequest(_message.Message):
-    __slots__ = ("model", "user_id", "k", "history", "exclude_item_ids", "exclude_seen", "include_metadata", "user_features", "candidates", "explain")
+    __slots__ = ("model", "user_id", "k", "history", "exclude_item_ids", "exclude_seen", "include_metadata", "user_features", "candidates", "explain", "request_time")
     class UserFeaturesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -81,6 +81,7 @@ class RecommendRequest(_message.Message):
     USER_FEATURES_FIELD_NUMBER: _ClassVar[int]
     CANDIDATES_FIELD_NUMBER: _ClassVar[int]
     EXPLAIN_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_TIME_FIELD_NUMBER: _ClassVar[int]
     model: ModelRef
     user_id: str
     k: int
@@ -91,7 +92,8 @@ class RecommendRequest(_message.Message):
     user_features: _containers.ScalarMap[str, str]
     candidates: int
     explain: bool
-    def __init__(self, model: _Optional[_Union[ModelRef, _Mapping]] = ..., user_id: _Optional[str] = ..., k: _Optional[int] = ..., history: _Optional[_Iterable[str]] = ..., exclude_item_ids: _Optional[_Iterable[str]] = ..., exclude_seen: _Optional[bool] = ..., include_metadata: _Optional[bool] = ..., user_features: _Optional[_Mapping[str, str]] = ..., candidates: _Optional[int] = ..., explain: _Optional[bool] = ...) -> None: ...
+    request_time: int
+    def __init__(self, model: _Optional[_Union[ModelRef, _Mapping]] = ..., user_id: _Optional[str] = ..., k: _Optional[int] = ..., history: _Optional[_Iterable[str]] = ..., exclude_item_ids: _Optional[_Iterable[str]] = ..., exclude_seen: _Optional[bool] = ..., include_metadata: _Optional[bool] = ..., user_features: _Optional[_Mapping[str, str]] = ..., candidates: _Optional[int] = ..., explain: _Optional[bool] = ..., request_time: _Optional[int] = ...) -> None: ...
 
 class RecommendResponse(_message.Message):
     __slots__ = ("items", "model_name", "model_version", "source", "retrieval", "stages")
@@ -122,14 +124,16 @@ class RecommendBatchResponse(_message.Message):
     def __init__(self, responses: _Optional[_Iterable[_Union[RecommendResponse, _Mapping]]] = ...) -> None: ...
 
 class ScoreRequest(_message.Message):
-    __slots__ = ("model", "user_id", "item_ids")
+    __slots__ = ("model", "user_id", "item_ids", "request_time")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     USER_ID_FIELD_NUMBER: _ClassVar[int]
     ITEM_IDS_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_TIME_FIELD_NUMBER: _ClassVar[int]
     model: ModelRef
     user_id: str
     item_ids: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, model: _Optional[_Union[ModelRef, _Mapping]] = ..., user_id: _Optional[str] = ..., item_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+    request_time: int
+    def __init__(self, model: _Optional[_Union[ModelRef, _Mapping]] = ..., user_id: _Optional[str] = ..., item_ids: _Optional[_Iterable[str]] = ..., request_time: _Optional[int] = ...) -> None: ...
 
 class ScoreResponse(_message.Message):
     __slots__ = ("items", "model_name", "model_version", "source")
@@ -194,7 +198,7 @@ class GetModelMetadataRequest(_message.Message):
     def __init__(self, model: _Optional[_Union[ModelRef, _Mapping]] = ...) -> None: ...
 
 class GetModelMetadataResponse(_message.Message):
-    __slots__ = ("name", "version", "model_type", "num_users", "num_items", "k_max", "history_len", "user_features", "graphs", "metrics", "execution_provider", "stages", "candidates")
+    __slots__ = ("name", "version", "model_type", "num_users", "num_items", "k_max", "history_len", "user_features", "graphs", "metrics", "execution_provider", "stages", "candidates", "context_fields")
     class MetricsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -215,6 +219,7 @@ class GetModelMetadataResponse(_message.Message):
     EXECUTION_PROVIDER_FIELD_NUMBER: _ClassVar[int]
     STAGES_FIELD_NUMBER: _ClassVar[int]
     CANDIDATES_FIELD_NUMBER: _ClassVar[int]
+    CONTEXT_FIELDS_FIELD_NUMBER: _ClassVar[int]
     name: str
     version: int
     model_type: str
@@ -228,7 +233,8 @@ class GetModelMetadataResponse(_message.Message):
     execution_provider: str
     stages: _containers.RepeatedScalarFieldContainer[str]
     candidates: int
-    def __init__(self, name: _Optional[str] = ..., version: _Optional[int] = ..., model_type: _Optional[str] = ..., num_users: _Optional[int] = ..., num_items: _Optional[int] = ..., k_max: _Optional[int] = ..., history_len: _Optional[int] = ..., user_features: _Optional[_Iterable[str]] = ..., graphs: _Optional[_Iterable[str]] = ..., metrics: _Optional[_Mapping[str, float]] = ..., execution_provider: _Optional[str] = ..., stages: _Optional[_Iterable[str]] = ..., candidates: _Optional[int] = ...) -> None: ...
+    context_fields: bool
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[int] = ..., model_type: _Optional[str] = ..., num_users: _Optional[int] = ..., num_items: _Optional[int] = ..., k_max: _Optional[int] = ..., history_len: _Optional[int] = ..., user_features: _Optional[_Iterable[str]] = ..., graphs: _Optional[_Iterable[str]] = ..., metrics: _Optional[_Mapping[str, float]] = ..., execution_provider: _Optional[str] = ..., stages: _Optional[_Iterable[str]] = ..., candidates: _Optional[int] = ..., context_fields: _Optional[bool] = ...) -> None: ...
 
 class UserEvent(_message.Message):
     __slots__ = ("user_id", "item_id", "event_type", "timestamp_ms")

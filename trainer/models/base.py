@@ -20,7 +20,9 @@ The exporter reads a model only through this contract, never its class:
 
 ``inputs`` is a dict of per-user tensors: ``history`` [B, H] (item indices, newest first, -1 pads),
 ``user_<name>`` [B] per user feature, and optionally ``item_table`` ([num_items, D], the item vectors
-of a factorized model when the caller already has them, so the history need not recompute them).
+of a factorized model when the caller already has them, so the history need not recompute them); a
+ranker also reads retrieval's scores and ranks of its candidates and the request's times, when it
+reads them (:meth:`Recommender.retrieval_inputs`, :meth:`Recommender.context_inputs`).
 """
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ import torch
 from torch import nn
 
 from onnxrec.trainer.models.config import ModelConfig
+from onnxrec.trainer.models.context import context_inputs
+from onnxrec.trainer.models.fields import with_retrieval_inputs
 
 
 class Recommender(nn.Module):
@@ -103,11 +107,15 @@ class Recommender(nn.Module):
         :meth:`score_with_user` rows built from its history instead of rows of these tables."""
         raise NotImplementedError(f"{type(self).__name__} has no per-user tables")
 
-    def score_with_user(self, user_rows: list[torch.Tensor], items: torch.Tensor | None) -> torch.Tensor:
+    def score_with_user(
+        self, user_rows: list[torch.Tensor], items: torch.Tensor | None, inputs: Mapping[str, Any] | None = None
+    ) -> torch.Tensor:
         """Scores from explicit user rows (one [B, d] tensor per :meth:`user_tables` entry) for
         ``items`` [B, N], or for every item when ``items`` is None -> [B, N or num_items]. A model that
         reads user side features scores such a user with every feature unknown (0): the rows are all
-        it is given."""
+        it is given. ``inputs`` holds what a ranker reads besides the user, when it reads it: retrieval's
+        scores and ranks of ``items`` (:attr:`reads_retrieval`), the request's times
+        (:attr:`reads_context`)."""
         raise NotImplementedError(f"{type(self).__name__} does not score from user rows")
 
     def item_representation(self) -> torch.Tensor:
@@ -134,18 +142,28 @@ class Recommender(nn.Module):
         retrieval run's candidates. Such a model scores candidate lists, never a whole catalog."""
         return False
 
+    @property
+    def reads_context(self) -> bool:
+        """Whether the model also reads the interaction's context (hour, weekday, time since the user's
+        previous interaction) from ``inputs["request_time"]`` and ``inputs["last_time"]`` [B] (unix
+        seconds; a ranker trained with ``--context-fields``, :mod:`~onnxrec.trainer.models.context`)."""
+        return bool(getattr(self.cfg, "context", False))
+
+    @staticmethod
+    def retrieval_inputs(scores: torch.Tensor, ranks: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The ``inputs`` entries of retrieval's ``scores`` and ``ranks`` of candidates [B, N]."""
+        return with_retrieval_inputs(scores, ranks)
+
+    @staticmethod
+    def context_inputs(request_time: torch.Tensor, last_time: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The ``inputs`` entries of the request's times [B] (unix seconds; ``last_time`` -1: none)."""
+        return context_inputs(request_time, last_time)
+
     def retrieval_term(
         self, u: torch.Tensor, v: torch.Tensor, scores: torch.Tensor, ranks: torch.Tensor
     ) -> torch.Tensor:
         """The retrieval fields' part [B, N] of the scores of candidates whose item vectors are ``v``
         [B, N, D], for user vectors ``u`` [B, D] (:attr:`reads_retrieval` models)."""
-        raise NotImplementedError(f"{type(self).__name__} reads no retrieval fields")
-
-    def score_with_retrieval(
-        self, user_rows: list[torch.Tensor], items: torch.Tensor, scores: torch.Tensor, ranks: torch.Tensor
-    ) -> torch.Tensor:
-        """:meth:`score_with_user` of candidate lists ``items`` [B, N] with their retrieval ``scores`` and
-        ``ranks`` [B, N] (:attr:`reads_retrieval` models)."""
         raise NotImplementedError(f"{type(self).__name__} reads no retrieval fields")
 
     # ------------------------------------------------------------------ factorized models

@@ -14,12 +14,17 @@ two sums Rendle's O(k n) identity for the pairwise term needs).
 
 The id fields' rows are looked up by the caller (:meth:`FieldSide.id_rows`), so a user the model does
 not know can be scored from estimated id rows (fold-in) instead; such a user's side features are
-scored as unknown (0), the value :meth:`FieldSide.unknown_values` gives.
+scored as unknown (0), the values :func:`fold_in_values` gives.
 
 A ranker trained on a retrieval run's candidates (``onnxrec train --candidates-from RUN``) also reads two
 fields of the (user, item) pair, :class:`RetrievalFields`: the retrieval model's score of the item
 (standardised with the candidates' mean and spread) and the item's rank among the user's candidates,
 as one of a few log-spaced buckets (0, 1, 2-3, 4-7, ..., and one for "beyond the candidates").
+
+A ranker trained with ``--context-fields`` also reads the interaction's context (hour of day, day of
+week, time since the user's previous interaction: :mod:`~onnxrec.trainer.models.context`) as three
+more user-side fields: :func:`user_side_features` lists them after the user features,
+:func:`user_values` and :func:`fold_in_values` give their values.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ import torch
 from torch import nn
 
 from onnxrec.trainer.models.config import FeatureInput, ModelConfig
+from onnxrec.trainer.models.context import CONTEXT_FEATURES, read_context
 
 #: Standard deviation of the embeddings' initial values (linear weights start at zero).
 INIT_STD = 0.05
@@ -48,6 +54,8 @@ class FieldConfig(ModelConfig):
     item_features: tuple[FeatureInput, ...] = field(default=())
     # the retrieval stage's score and rank as fields (a ranker trained on a retrieval run's candidates)
     retrieval: RetrievalFieldsConfig | None = None
+    # the interaction's context (hour, weekday, time since the previous interaction) as user-side fields
+    context: bool = False
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Self:
@@ -61,6 +69,35 @@ class FieldConfig(ModelConfig):
     def with_retrieval(self, retrieval: RetrievalFieldsConfig) -> Self:
         """This config, reading retrieval's score and rank of each candidate too."""
         return replace(self, retrieval=retrieval)
+
+
+def user_side_features(cfg: FieldConfig) -> tuple[FeatureInput, ...]:
+    """The user side's fields after its id: the user features, then the context's when ``cfg.context``."""
+    return cfg.user_features + (CONTEXT_FEATURES if cfg.context else ())
+
+
+def _context(
+    cfg: FieldConfig, inputs: Mapping[str, Any] | None, batch: int, device: torch.device
+) -> list[torch.Tensor]:
+    return read_context(inputs, batch, device) if cfg.context else []
+
+
+def user_values(cfg: FieldConfig, users: torch.Tensor, inputs: Mapping[str, Any]) -> list[torch.Tensor]:
+    """The user side's field values for ``users`` [B] (every field after the id, in
+    :func:`user_side_features` order): the encoded user features of ``inputs`` and the context of its
+    times (unknown when it holds none)."""
+    values = [inputs[f"user_{f.name}"] for f in cfg.user_features]
+    return values + _context(cfg, inputs, users.shape[0], users.device)
+
+
+def fold_in_values(
+    cfg: FieldConfig, batch: int, device: torch.device, inputs: Mapping[str, Any] | None
+) -> list[torch.Tensor]:
+    """:func:`user_values` of ``batch`` users known by their id rows alone (folded in): their user
+    features unknown (0), the context of ``inputs``' times (unknown when None or absent)."""
+    shapes = [(batch,) if f.width == 1 else (batch, f.width) for f in cfg.user_features]
+    values = [torch.zeros(s, dtype=torch.long, device=device) for s in shapes]
+    return values + _context(cfg, inputs, batch, device)
 
 
 @dataclass(frozen=True)
@@ -130,11 +167,6 @@ class FieldSide(nn.Module):
     def id_rows(self, ids: torch.Tensor) -> list[torch.Tensor]:
         """The rows of :meth:`tables` for ``ids`` (any shape): [..., 1] and [..., dim]."""
         return [t(ids) for t in self.tables()]
-
-    def unknown_values(self, batch: int, device: torch.device) -> list[torch.Tensor]:
-        """Every side feature unknown (0) for ``batch`` rows: [batch] or [batch, width] per feature."""
-        shapes = [(batch,) if f.width == 1 else (batch, f.width) for f in self.features]
-        return [torch.zeros(s, dtype=torch.long, device=device) for s in shapes]
 
     def linear(self, id_rows: list[torch.Tensor], values: list[torch.Tensor]) -> torch.Tensor:
         """``sum_j w_j x_j`` over the side's fields [...], from the id field's rows (``id_rows[0]``,

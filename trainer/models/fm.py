@@ -20,12 +20,17 @@ An FM trained on a retrieval run's candidates also reads retrieval's score and r
 the (user, item) pair, so such an FM scores candidate lists (:meth:`FM.score_candidates`, the ``rank``
 graphs of a pipeline version) and not a catalog.
 
+Trained with ``--context-fields``, both read the interaction's context (hour, weekday, time since the
+user's previous interaction) as three more user-side fields: an FM's user vector then depends on the
+request's times (``inputs["request_time"]``, ``inputs["last_time"]``) and stays factorized.
+
 Neither encodes a user it does not know: such a user is folded in from its history (its id rows are
 estimated, see :meth:`~onnxrec.trainer.models.base.Recommender.user_tables`), its side features unknown.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,9 +43,12 @@ from onnxrec.trainer.models.fields import (
     FieldConfig,
     FieldSide,
     RetrievalFields,
+    fold_in_values,
     once_per_item,
     retrieval_inputs,
     self_interactions,
+    user_side_features,
+    user_values,
 )
 from onnxrec.trainer.models.mlp import DEFAULT_LAYERS, mlp_stack
 
@@ -61,22 +69,22 @@ class _Fields(nn.Module):
     def __init__(self, cfg: FieldConfig) -> None:
         super().__init__()
         self.cfg = cfg
-        self.user = FieldSide(cfg.num_users, cfg.user_features, cfg.dim)
+        self.user = FieldSide(cfg.num_users, user_side_features(cfg), cfg.dim)
         self.item = FieldSide(cfg.num_items, cfg.item_features, cfg.dim)
         self.bias = nn.Parameter(torch.zeros(1))
         self.retrieval = RetrievalFields(cfg.retrieval, cfg.dim) if cfg.retrieval is not None else None
 
-    def user_values(self, inputs: dict[str, Any]) -> list[torch.Tensor]:
-        """The encoded user features in ``inputs``, in the config's order."""
-        return [inputs[f"user_{f.name}"] for f in self.cfg.user_features]
+    def user_values(self, users: torch.Tensor, inputs: dict[str, Any]) -> list[torch.Tensor]:
+        """The user side's values in ``inputs`` (features, then the context when the model reads it)."""
+        return user_values(self.cfg, users, inputs)
 
-    def user_terms(
-        self, rows: list[torch.Tensor], values: list[torch.Tensor] | None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The user side from its id rows and features (None: unknown): its field embeddings
-        [B, F_U, k] and ``c_U`` [B] (bias + linear terms + the pairs within the side)."""
-        if values is None:
-            values = self.user.unknown_values(rows[0].shape[0], rows[0].device)
+    def fold_in_values(self, rows: list[torch.Tensor], inputs: Mapping[str, Any] | None) -> list[torch.Tensor]:
+        """The user side's values of users given by id ``rows``: features unknown, the context of ``inputs``."""
+        return fold_in_values(self.cfg, rows[0].shape[0], rows[0].device, inputs)
+
+    def user_terms(self, rows: list[torch.Tensor], values: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The user side from its id rows and field values: its field embeddings [B, F_U, k] and
+        ``c_U`` [B] (bias + linear terms + the pairs within the side)."""
         fields, squares = self.user.embeddings(rows, values)
         return fields, self.bias + self.user.linear(rows, values) + self_interactions(fields.sum(-2), squares)
 
@@ -102,13 +110,13 @@ class FM(FactorizedRecommender):
             items = torch.arange(self.cfg.num_items, device=self.fields.bias.device)
         return self.fields.item_terms(items, self.item_feature_rows(items))
 
-    def _user_vectors(self, rows: list[torch.Tensor], values: list[torch.Tensor] | None) -> torch.Tensor:
+    def _user_vectors(self, rows: list[torch.Tensor], values: list[torch.Tensor]) -> torch.Tensor:
         fields, const = self.fields.user_terms(rows, values)
         return torch.cat([fields.sum(-2), const.unsqueeze(-1)], dim=-1)
 
     def user_vectors(self, users: torch.Tensor, inputs: dict[str, Any]) -> torch.Tensor:
         """``[S_U, c_U]`` [B, k + 1]."""
-        return self._user_vectors(self.fields.user.id_rows(users), self.fields.user_values(inputs))
+        return self._user_vectors(self.fields.user.id_rows(users), self.fields.user_values(users, inputs))
 
     def item_vectors(self, items: torch.Tensor | None = None) -> torch.Tensor:
         """``[S_I, 1]`` [N, k + 1]."""
@@ -122,22 +130,22 @@ class FM(FactorizedRecommender):
     def user_tables(self) -> list[nn.Embedding]:
         return self.fields.user.tables()
 
-    def fold_in_user_vectors(self, user_rows: list[torch.Tensor]) -> torch.Tensor:
-        """The user vector of the id rows ``user_rows``, the user's side features unknown: exactly
-        :meth:`score_with_user`'s scores."""
-        return self._user_vectors(user_rows, None)
+    def fold_in_user_vectors(
+        self, user_rows: list[torch.Tensor], inputs: Mapping[str, Any] | None = None
+    ) -> torch.Tensor:
+        """The user vector of the id rows ``user_rows``, the user's side features unknown and the context
+        that of ``inputs``' times: exactly :meth:`score_with_user`'s scores."""
+        return self._user_vectors(user_rows, self.fields.fold_in_values(user_rows, inputs))
 
     @property
     def reads_retrieval(self) -> bool:
         return self.fields.retrieval is not None
 
-    def score_with_user(self, user_rows: list[torch.Tensor], items: torch.Tensor | None) -> torch.Tensor:
-        return self._scores(self.fold_in_user_vectors(user_rows), items)
-
-    def score_with_retrieval(
-        self, user_rows: list[torch.Tensor], items: torch.Tensor, scores: torch.Tensor, ranks: torch.Tensor
+    def score_with_user(
+        self, user_rows: list[torch.Tensor], items: torch.Tensor | None, inputs: Mapping[str, Any] | None = None
     ) -> torch.Tensor:
-        return self._scores(self.fold_in_user_vectors(user_rows), items, (scores, ranks))
+        retrieval = retrieval_inputs(inputs) if inputs is not None else None
+        return self._scores(self.fold_in_user_vectors(user_rows, inputs), items, retrieval)
 
     def score_all(self, users: torch.Tensor, inputs: dict[str, Any]) -> torch.Tensor:
         if self.reads_retrieval:
@@ -226,19 +234,19 @@ class DeepFM(Recommender):
         items = torch.arange(self.cfg.num_items, device=self.fields.bias.device)
         return self.fields.item_terms(items, self.item_feature_rows(items))[0].sum(-2)
 
-    def score_with_user(self, user_rows: list[torch.Tensor], items: torch.Tensor | None) -> torch.Tensor:
-        """Scores of a user given by its id rows, its side features unknown."""
-        return self._score(user_rows, None, items)
+    def score_with_user(
+        self, user_rows: list[torch.Tensor], items: torch.Tensor | None, inputs: Mapping[str, Any] | None = None
+    ) -> torch.Tensor:
+        """Scores of a user given by its id rows, its side features unknown (the context of ``inputs``)."""
+        return self._score(user_rows, self.fields.fold_in_values(user_rows, inputs), items)
 
     def score_candidates(self, users: torch.Tensor, items: torch.Tensor, inputs: dict[str, Any]) -> torch.Tensor:
-        return self._score(self.fields.user.id_rows(users), self.fields.user_values(inputs), items)
+        return self._score(self.fields.user.id_rows(users), self.fields.user_values(users, inputs), items)
 
     def score_all(self, users: torch.Tensor, inputs: dict[str, Any]) -> torch.Tensor:
-        return self._score(self.fields.user.id_rows(users), self.fields.user_values(inputs), None)
+        return self._score(self.fields.user.id_rows(users), self.fields.user_values(users, inputs), None)
 
-    def _score(
-        self, rows: list[torch.Tensor], values: list[torch.Tensor] | None, items: torch.Tensor | None
-    ) -> torch.Tensor:
+    def _score(self, rows: list[torch.Tensor], values: list[torch.Tensor], items: torch.Tensor | None) -> torch.Tensor:
         """FM + MLP logits [B, N] of the user (id rows, features) for ``items`` [B, N] (None: every
         item, whose side is computed once for the batch)."""
         u_fields, c_u = self.fields.user_terms(rows, values)  # [B, F_U, k], [B]

@@ -10,11 +10,14 @@ A user the model does not know is folded in from its history (its id weight esti
 features unknown; a user's part does not change its ranking, so it ranks items by ``c_I``.
 
 Trained on a retrieval run's candidates, it also weighs retrieval's score and rank of each candidate
-(:class:`~onnxrec.trainer.models.fields.RetrievalFields`, linear terms only).
+(:class:`~onnxrec.trainer.models.fields.RetrievalFields`, linear terms only). With ``--context-fields``
+it weighs the interaction's context too; being user-side terms only, they change a user's scores, not
+their order.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -24,7 +27,16 @@ from torch.nn import functional as F
 
 from onnxrec.trainer.models.base import FactorizedRecommender
 from onnxrec.trainer.models.config import ModelOptions
-from onnxrec.trainer.models.fields import FieldConfig, FieldSide, RetrievalFields, multi_hot_weights, retrieval_inputs
+from onnxrec.trainer.models.fields import (
+    FieldConfig,
+    FieldSide,
+    RetrievalFields,
+    fold_in_values,
+    multi_hot_weights,
+    retrieval_inputs,
+    user_side_features,
+    user_values,
+)
 
 
 @dataclass(frozen=True)
@@ -45,7 +57,7 @@ class Linear(FactorizedRecommender):
 
     def __init__(self, cfg: LinearConfig) -> None:
         super().__init__(cfg)
-        self.user = FieldSide(cfg.num_users, cfg.user_features, 0)
+        self.user = FieldSide(cfg.num_users, user_side_features(cfg), 0)
         self.item = FieldSide(cfg.num_items, cfg.item_features, 0)
         self.bias = nn.Parameter(torch.zeros(1))
         self.retrieval = RetrievalFields(cfg.retrieval, 0) if cfg.retrieval is not None else None
@@ -79,17 +91,12 @@ class Linear(FactorizedRecommender):
             raise ValueError("this linear model reads retrieval's score and rank: it scores candidate lists")
         return super().score_all(users, inputs)
 
-    def score_with_retrieval(
-        self, user_rows: list[torch.Tensor], items: torch.Tensor, scores: torch.Tensor, ranks: torch.Tensor
-    ) -> torch.Tensor:
-        return self.score_with_user(user_rows, items) + self._retrieval(scores, ranks)
-
     def _all(self, items: torch.Tensor | None) -> torch.Tensor:
         return torch.arange(self.cfg.num_items, device=self.bias.device) if items is None else items
 
     def user_vectors(self, users: torch.Tensor, inputs: dict[str, Any]) -> torch.Tensor:
         """``[c_U]`` [B, 1]: the bias and the user id's and user features' weights."""
-        values = [inputs[f"user_{f.name}"] for f in self.cfg.user_features]
+        values = user_values(self.cfg, users, inputs)
         return (self.bias + self.user.linear(self.user.id_rows(users), values)).unsqueeze(-1)
 
     def item_vectors(self, items: torch.Tensor | None = None) -> torch.Tensor:
@@ -104,16 +111,30 @@ class Linear(FactorizedRecommender):
     def user_tables(self) -> list[nn.Embedding]:
         return self.user.tables()
 
-    def fold_in_user_vectors(self, user_rows: list[torch.Tensor]) -> torch.Tensor:
-        """``[c_U]`` of the id weight ``user_rows[0]``, the user's side features unknown."""
-        rows = user_rows[0].shape[0]
-        return (self.bias + self.user.linear(user_rows, self.user.unknown_values(rows, self.bias.device))).unsqueeze(-1)
+    def fold_in_user_vectors(
+        self, user_rows: list[torch.Tensor], inputs: Mapping[str, Any] | None = None
+    ) -> torch.Tensor:
+        """``[c_U]`` of the id weight ``user_rows[0]``, the user's side features unknown, the context that
+        of ``inputs``' times."""
+        values = fold_in_values(self.cfg, user_rows[0].shape[0], self.bias.device, inputs)
+        return (self.bias + self.user.linear(user_rows, values)).unsqueeze(-1)
 
-    def score_with_user(self, user_rows: list[torch.Tensor], items: torch.Tensor | None) -> torch.Tensor:
-        u = self.fold_in_user_vectors(user_rows)  # [B, 1]
+    def score_with_user(
+        self, user_rows: list[torch.Tensor], items: torch.Tensor | None, inputs: Mapping[str, Any] | None = None
+    ) -> torch.Tensor:
+        u = self.fold_in_user_vectors(user_rows, inputs)  # [B, 1]
         if items is None:
-            return u + self.item_bias().unsqueeze(0)
-        return u + self.item_bias(items.reshape(-1)).reshape(items.shape)
+            return self._checked(u + self.item_bias().unsqueeze(0), None)
+        out = u + self.item_bias(items.reshape(-1)).reshape(items.shape)
+        return self._checked(out, retrieval_inputs(inputs) if inputs is not None else None)
+
+    def _checked(self, out: torch.Tensor, retrieval: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
+        """``out`` plus the retrieval fields' weights of ``retrieval`` when the model reads them."""
+        if self.retrieval is None:
+            return out
+        if retrieval is None:
+            raise ValueError("this linear model reads retrieval's score and rank: give them for a candidate list")
+        return out + self._retrieval(*retrieval)
 
     def item_representation(self) -> torch.Tensor:
         """Per item, each of its side-feature values' contribution to the logit (``w_j x_j`` at the

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -58,7 +59,9 @@ class MF(FactorizedRecommender):
         """The factor row; the user bias row only shifts every score of the user alike."""
         return user_rows[0]
 
-    def score_with_user(self, user_rows: list[torch.Tensor], items: torch.Tensor | None) -> torch.Tensor:
+    def score_with_user(
+        self, user_rows: list[torch.Tensor], items: torch.Tensor | None, inputs: Mapping[str, Any] | None = None
+    ) -> torch.Tensor:
         p, bu = user_rows
         if items is None:
             return p @ self.item_emb.weight.T + self.item_bias() + bu

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import itertools
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -59,7 +61,9 @@ class MLP(Recommender):
     def item_representation(self) -> torch.Tensor:
         return self.item_emb.weight
 
-    def score_with_user(self, user_rows: list[torch.Tensor], items: torch.Tensor | None) -> torch.Tensor:
+    def score_with_user(
+        self, user_rows: list[torch.Tensor], items: torch.Tensor | None, inputs: Mapping[str, Any] | None = None
+    ) -> torch.Tensor:
         (ue,) = user_rows
         if items is None:
             items = self.all_items(ue.shape[0], self.cfg.num_items, ue.device)
@@ -107,7 +111,9 @@ class NeuMF(Recommender):
     def item_representation(self) -> torch.Tensor:
         return torch.cat([self.gmf_item.weight, self.mlp_item.weight], dim=1)
 
-    def score_with_user(self, user_rows: list[torch.Tensor], items: torch.Tensor | None) -> torch.Tensor:
+    def score_with_user(
+        self, user_rows: list[torch.Tensor], items: torch.Tensor | None, inputs: Mapping[str, Any] | None = None
+    ) -> torch.Tensor:
         gu, mu = user_rows
         if items is None:
             items = self.all_items(gu.shape[0], self.cfg.num_items, gu.device)
