@@ -304,8 +304,9 @@ class ContextRankGraph(_Base):
 
     def __init__(self, model: Recommender, tables: ServingTables) -> None:
         super().__init__(model, tables)
-        for name in ("item_matrix", "item_bias"):  # the item side is the model's own here
-            self._buffers.pop(name, None)
+        if not self.history_len:  # the item side is the model's own here (the history reads item_matrix)
+            for name in ("item_matrix", "item_bias"):
+                self._buffers.pop(name, None)
         self.register_buffer("last_table", torch.from_numpy(tables.last_time.astype(np.int64)))
 
     def forward(self, user_idx: torch.Tensor, items: torch.Tensor, *rest: torch.Tensor) -> torch.Tensor:
@@ -319,7 +320,12 @@ class ContextRankHistoryGraph(FoldIn):
     not know (folded in from their history; ``last_time`` -1 when no interaction of theirs is known)."""
 
     def forward(self, history: torch.Tensor, items: torch.Tensor, *rest: torch.Tensor) -> torch.Tensor:
-        return self.model.score_with_user(self.fold_in_rows(history), items, request_inputs(self.model, rest))
+        inputs = request_inputs(self.model, rest)
+        if self.encodes:  # the model's own user encoder: user -1 with the history and features
+            features = rest[int(self.model.reads_retrieval) + 2 :]
+            inputs |= self.user_inputs(features, history)
+            return self.model.score_candidates(self.unknown_users(history), items, inputs)
+        return self.model.score_with_user(self.fold_in_rows(history), items, inputs)
 
 
 class BlendedRankGraph(nn.Module):

@@ -28,7 +28,6 @@ from onnxrec.exporter.onnx_io import export_module
 from onnxrec.exporter.spec import GraphSpec, TensorSpec
 from onnxrec.server.loaded_model import LoadedModel
 from onnxrec.trainer.checkpoint import model_from_checkpoint
-from onnxrec.trainer.config import TrainConfig
 from onnxrec.trainer.data.dataset import Dataset
 from onnxrec.trainer.history import StageTimes, UserSequences, known_sequences
 from onnxrec.trainer.models.base import Recommender
@@ -41,9 +40,9 @@ from onnxrec.trainer.scorer import user_inputs
 from onnxrec.trainer.train import train
 from onnxrec.v1 import recommender_pb2 as pb
 from onnxrec.v1 import recommender_pb2_grpc as pb_grpc
-from tests.serverproc import start_server
-from tests.small_runs import export_pipelines, train_small_runs
-from tests.test_rankers import OPTIONS, _active, _emb, _features, _inputs
+from tests.serverproc import served
+from tests.small_runs import export_pipelines, ranker_config, train_small_runs
+from tests.test_rankers import OPTIONS, _brute_force_fm, _inputs
 
 MONDAY = 1_704_067_200  # 2024-01-01 00:00:00 UTC, a Monday
 C = 24  # candidates of the served pipelines
@@ -134,21 +133,8 @@ def test_fm_with_context_equals_a_brute_force_sum_over_every_pair() -> None:
     users, items, inputs = _inputs()
     times = _times(len(users))
     ctx = context_values(times["request_time"], times["last_time"])
-    sides = model.fields.user, model.fields.item
-    expected = torch.zeros(items.shape, dtype=torch.float64)
     with torch.no_grad():
-        for b in range(items.shape[0]):
-            for n in range(items.shape[1]):
-                user_values, item_values = _features(model, users, items, inputs, b, n)
-                user_values = [*user_values, *(c[b] for c in ctx)]
-                active = [(sides[0], *a) for a in _active(sides[0], int(users[b]), user_values)]
-                active += [(sides[1], *a) for a in _active(sides[1], int(items[b, n]), item_values)]
-                total = model.fields.bias[0] + sum(lin.weight[row, 0] * x for _, lin, row, x in active)
-                for i in range(len(active)):
-                    for j in range(i + 1, len(active)):
-                        (si, li, ri, xi), (sj, lj, rj, xj) = active[i], active[j]
-                        total = total + (_emb(si, li).weight[ri] @ _emb(sj, lj).weight[rj]) * xi * xj
-                expected[b, n] = total
+        expected = _brute_force_fm(model, users, items, inputs, ctx)
         got = model.score_candidates(users, items, inputs | times)
     torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-10 * float(expected.abs().max()))
 
@@ -214,39 +200,26 @@ def test_evaluation_asks_at_the_held_out_interactions_time(synthetic: Dataset) -
 
 @pytest.fixture(scope="module")
 def runs(synthetic: Dataset, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """A two-tower retrieval run; an FM (retrieval fields, context) and a DeepFM (context, no blend)
-    trained on its top-C candidates."""
+    """A two-tower retrieval run; an FM (retrieval fields, context), a DeepFM and a two-tower (context, no
+    blend) trained on its top-C candidates."""
     root = tmp_path_factory.mktemp("context-runs")
     out = train_small_runs(synthetic, root, ("twotower",))
-    cfg = TrainConfig(
-        data=str(root / "data"),
-        out=str(root / "fm"),
-        model="fm",
-        epochs=2,
-        dim=8,
-        progress=False,
-        threads=1,
-        candidates_from=str(out["twotower"]),
-        candidates=C,
-        context_fields=True,
-    )
+    cfg = ranker_config(root, out["twotower"], "fm", "fm", C, context_fields=True)
     deep = replace(cfg, out=str(root / "deepfm"), model="deepfm", layers=(16,), blend=False)
-    return {**out, "fm": train(cfg), "deepfm": train(deep)}
+    tower = replace(deep, out=str(root / "tt"), model="twotower", history_len=8, layers=())
+    return {**out, "fm": train(cfg), "deepfm": train(deep), "twotower-ranker": train(tower)}
 
 
 @pytest.fixture(scope="module")
 def repo(runs: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
-    rankers = {"fm": runs["fm"], "deepfm": runs["deepfm"]}
+    rankers = {"fm": runs["fm"], "deepfm": runs["deepfm"], "tt": runs["twotower-ranker"]}
     return export_pipelines(runs["twotower"], tmp_path_factory.mktemp("context-repo"), C, rankers)
 
 
 @pytest.fixture(scope="module")
 def server(repo: Path, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
-    srv = start_server(repo, tmp_path_factory.mktemp("context-log") / "server.log")
-    try:
+    with served(repo, tmp_path_factory.mktemp("context-log") / "server.log") as srv:
         yield srv
-    finally:
-        srv.stop()
 
 
 @pytest.fixture(scope="module")
@@ -262,8 +235,11 @@ def _torch_scores(
     their last one in the data), with retrieval's scores and positions when it reads them."""
     model: Any = model_from_checkpoint(open_run(run)[0]).eval()
     cpu = torch.device("cpu")
-    last = known_sequences(ds, "serve").last_times(np.array([user]))
-    inputs = user_inputs(model, ds, np.array([user]), None, cpu, (np.array([at]), last))
+    known = known_sequences(ds, "serve")
+    history = known.recent(np.array([user]), model.history_len) if model.history_len else None
+    inputs = user_inputs(
+        model, ds, np.array([user]), history, cpu, (np.array([at]), known.last_times(np.array([user])))
+    )
     if model.reads_retrieval and retrieval is not None:
         inputs |= position_inputs(retrieval[None], cpu)
     with torch.no_grad():
@@ -275,7 +251,7 @@ pipeline_slow = pytest.mark.slow
 
 @pipeline_slow
 def test_the_version_says_its_ranker_reads_the_context(stub, repo: Path) -> None:  # type: ignore[no-untyped-def]
-    for name in ("fm", "deepfm"):
+    for name in ("fm", "deepfm", "tt"):
         model = LoadedModel(repo / name / "1")
         assert model.rank_inputs.context and model.manifest["stages"][-1]["context_fields"] is True
         for graph in ("rank", "rank_from_history"):
@@ -291,7 +267,7 @@ def test_the_version_says_its_ranker_reads_the_context(stub, repo: Path) -> None
 
 
 @pipeline_slow
-@pytest.mark.parametrize("name", ["fm", "deepfm"])
+@pytest.mark.parametrize("name", ["fm", "deepfm", "tt"])
 def test_score_is_the_pytorch_rankers_at_the_requests_time(  # type: ignore[no-untyped-def]
     stub, repo: Path, runs: dict[str, Path], synthetic: Dataset, name: str
 ) -> None:
@@ -308,7 +284,8 @@ def test_score_is_the_pytorch_rankers_at_the_requests_time(  # type: ignore[no-u
     for at in (MONDAY + 3 * 3600, MONDAY + 4 * 86_400 + 20 * 3600):
         reply = stub.Score(pb.ScoreRequest(model=ref, user_id=uid, item_ids=items, request_time=at), timeout=30)
         want = np.empty(len(items))
-        want[order] = _torch_scores(runs[name], synthetic, one.user_index[uid], idx[order], at, found[order])
+        run = runs["twotower-ranker" if name == "tt" else name]
+        want[order] = _torch_scores(run, synthetic, one.user_index[uid], idx[order], at, found[order])
         got = np.array([s.score for s in reply.items])
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5 * max(1.0, float(np.abs(want).max())))
         answers.append(got)
@@ -318,7 +295,7 @@ def test_score_is_the_pytorch_rankers_at_the_requests_time(  # type: ignore[no-u
 @pipeline_slow
 def test_batch_answers_equal_single_answers_at_each_entrys_time(stub, repo: Path) -> None:  # type: ignore[no-untyped-def]
     one = LoadedModel(repo / "one" / "1")
-    for name in ("fm", "deepfm"):
+    for name in ("fm", "deepfm", "tt"):
         ref = pb.ModelRef(name=name)
         requests = [
             pb.RecommendRequest(model=ref, user_id=str(u), k=10, request_time=MONDAY + j * 7_919)

@@ -75,7 +75,7 @@ class TrainConfig:
     )
     context_fields: bool = setting(
         False,
-        "with --candidates-from: an fm, deepfm or linear ranker also reads the interaction's context as fields (hour "
+        "with --candidates-from: an fm, deepfm, linear or twotower ranker also reads the interaction's context (hour "
         "of day and day of week in UTC, time since the user's previous interaction, from the log's timestamps); a "
         "pipeline version takes each request's time",
     )

@@ -51,7 +51,7 @@ log = logging.getLogger("onnxrec.train")
 #: The rankers that read retrieval's score and rank as fields when trained on its candidates.
 RETRIEVAL_FIELD_MODELS = ("fm", "linear")
 #: The rankers that can read the interaction's context (``--context-fields``).
-CONTEXT_FIELD_MODELS = ("fm", "deepfm", "linear")
+CONTEXT_FIELD_MODELS = ("fm", "deepfm", "linear", "twotower")
 
 
 def column_mapping(cfg: TrainConfig) -> ColumnMapping:

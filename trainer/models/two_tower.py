@@ -2,9 +2,10 @@
 
 The item tower embeds the item id and the item's side features. The user tower embeds the user id,
 the user's side features and the user's recent history (a learned recency-weighted mean of the
-history items' tower outputs). Ids pass through index 0 = "unknown", and training drops ids at
-random (``id_dropout``), so a user or item unseen in training but with features or a history still
-gets a sensible vector.
+history items' tower outputs), and, trained as a ranker with ``--context-fields``, the interaction's
+context (:mod:`~onnxrec.trainer.models.context`) like three more user features. Ids pass through
+index 0 = "unknown", and training drops ids at random (``id_dropout``), so a user or item unseen in
+training but with features or a history still gets a sensible vector.
 
 With ``text_dim`` > 0 the item tower also reads each item's text vector (``data prepare --item-text``,
 a buffer given once by :meth:`TwoTower.set_item_text` and saved with the weights) through a linear
@@ -24,6 +25,7 @@ from torch import nn
 
 from onnxrec.trainer.models.base import FactorizedRecommender
 from onnxrec.trainer.models.config import FeatureInput, ModelConfig, ModelOptions
+from onnxrec.trainer.models.context import CONTEXT_FEATURES, read_context
 from onnxrec.trainer.models.mlp import mlp_stack
 
 DEFAULT_HIDDEN = (128,)
@@ -44,6 +46,7 @@ class TwoTowerConfig(ModelConfig):
     dropout: float = 0.0
     id_dropout: float = 0.0
     text_dim: int = 0  # 0 = no item text input
+    context: bool = False  # the user tower also reads the interaction's context (trained as a ranker)
 
     @classmethod
     def from_options(cls, opts: ModelOptions) -> TwoTowerConfig:
@@ -108,7 +111,9 @@ class TwoTower(FactorizedRecommender):
         self.item_id = nn.Embedding(cfg.num_items + 1, d, padding_idx=0)
         nn.init.normal_(self.user_id.weight, std=0.05)
         nn.init.normal_(self.item_id.weight, std=0.05)
-        self.user_feats = _FeatureEmbeddings(cfg.user_features, cfg.feature_dim)
+        self.user_feats = _FeatureEmbeddings(
+            cfg.user_features + (CONTEXT_FEATURES if cfg.context else ()), cfg.feature_dim
+        )
         self.item_feats = _FeatureEmbeddings(cfg.item_features, cfg.feature_dim)
         self.item_b = nn.Parameter(torch.zeros(cfg.num_items))
         user_in = d + self.user_feats.out_dim + (d if cfg.history_len else 0)
@@ -215,7 +220,10 @@ class TwoTower(FactorizedRecommender):
 
     def user_vectors(self, users: torch.Tensor, inputs: dict[str, Any]) -> torch.Tensor:
         x = [self.user_id(self._ids(users, self.cfg.num_users))]
-        x += self.user_feats([inputs[f"user_{f.name}"] for f in self.cfg.user_features])
+        values = [inputs[f"user_{f.name}"] for f in self.cfg.user_features]
+        if self.cfg.context:
+            values += read_context(inputs, users.shape[0], users.device)
+        x += self.user_feats(values)
         if self.history_len:
             x.append(self.history_vector(inputs["history"], inputs.get("item_table")))
         return self.user_mlp(torch.cat(x, dim=-1))
