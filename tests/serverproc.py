@@ -9,7 +9,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -62,6 +62,16 @@ def start_server(
     if wait_serving:
         wait_health(server.address, health_pb2.HealthCheckResponse.SERVING, deadline - time.monotonic())
     return server
+
+
+@contextlib.contextmanager
+def served(repository: Path, log: Path, *args: str) -> Iterator[ServerProcess]:
+    """:func:`start_server` for the block, stopped after it."""
+    srv = start_server(repository, log, *args)
+    try:
+        yield srv
+    finally:
+        srv.stop()
 
 
 def wait_health(address: str, status: int, timeout: float, credentials: grpc.ChannelCredentials | None = None) -> None:

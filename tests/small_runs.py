@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 from onnxrec.exporter.export import ExportOptions, export
 from onnxrec.trainer.config import TrainConfig
@@ -31,6 +32,23 @@ def train_small_runs(dataset: Dataset, root: Path, models: Iterable[str]) -> dic
         )
         for m in models
     }
+
+
+def ranker_config(root: Path, retrieval: Path, name: str, model: str, candidates: int, **overrides: Any) -> TrainConfig:
+    """A 2-epoch ranker (dim 8, one thread) on ``retrieval``'s top ``candidates``, into ``root / name``, on the
+    dataset :func:`train_small_runs` saved under ``root``."""
+    return TrainConfig(
+        data=str(root / "data"),
+        out=str(root / name),
+        model=model,
+        epochs=2,
+        dim=8,
+        progress=False,
+        threads=1,
+        candidates_from=str(retrieval),
+        candidates=candidates,
+        **overrides,
+    )
 
 
 def export_pipelines(retrieval: Path, root: Path, candidates: int, rankers: dict[str, Path]) -> Path:

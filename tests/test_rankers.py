@@ -92,15 +92,21 @@ def _features(model: Recommender, users: torch.Tensor, items: torch.Tensor, inpu
 
 
 def _brute_force_fm(
-    model: FM | DeepFM, users: torch.Tensor, items: torch.Tensor, inputs: dict[str, Any]
+    model: FM | DeepFM,
+    users: torch.Tensor,
+    items: torch.Tensor,
+    inputs: dict[str, Any],
+    more_user_values: list[torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """b + sum_j w_j x_j + sum_{i<j} <v_i, v_j> x_i x_j, by a double loop over every pair of the active
-    features of each (user, item) example."""
+    features of each (user, item) example; ``more_user_values`` ([B] each) are user-side fields after the
+    user features (the context's)."""
     sides = model.fields.user, model.fields.item
     out = torch.zeros(items.shape, dtype=torch.float64)
     for b in range(items.shape[0]):
         for n in range(items.shape[1]):
             user_values, item_values = _features(model, users, items, inputs, b, n)
+            user_values += [v[b] for v in more_user_values or []]
             active = [(sides[0], *a) for a in _active(sides[0], int(users[b]), user_values)]
             active += [(sides[1], *a) for a in _active(sides[1], int(items[b, n]), item_values)]
             total = model.fields.bias[0] + sum(lin.weight[row, 0] * x for _, lin, row, x in active)

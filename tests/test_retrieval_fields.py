@@ -25,7 +25,6 @@ from onnxrec.server.loaded_model import LoadedModel
 from onnxrec.trainer.blend import Blend, fit_blend
 from onnxrec.trainer.candidates import load_pool
 from onnxrec.trainer.checkpoint import model_from_checkpoint
-from onnxrec.trainer.config import TrainConfig
 from onnxrec.trainer.data.dataset import Dataset
 from onnxrec.trainer.evaluate import evaluate
 from onnxrec.trainer.models.fields import RetrievalFields, RetrievalFieldsConfig
@@ -39,8 +38,8 @@ from onnxrec.trainer.scorer import ModelScorer, user_inputs
 from onnxrec.trainer.train import train
 from onnxrec.v1 import recommender_pb2 as pb
 from onnxrec.v1 import recommender_pb2_grpc as pb_grpc
-from tests.serverproc import start_server
-from tests.small_runs import export_pipelines, train_small_runs
+from tests.serverproc import served
+from tests.small_runs import export_pipelines, ranker_config, train_small_runs
 from tests.test_rankers import OPTIONS, _active, _brute_force_fm, _emb, _features, _inputs
 
 FIELDS = RetrievalFieldsConfig(candidates=8, score_shift=0.3, score_scale=1.7)
@@ -165,17 +164,7 @@ def runs(synthetic: Dataset, tmp_path_factory: pytest.TempPathFactory) -> dict[s
     two-tower's top-C candidates (retrieval fields by default)."""
     root = tmp_path_factory.mktemp("fields-runs")
     out = train_small_runs(synthetic, root, ("twotower", "mf"))
-    cfg = TrainConfig(
-        data=str(root / "data"),
-        out=str(root / "fm"),
-        model="fm",
-        epochs=2,
-        dim=8,
-        progress=False,
-        threads=1,
-        candidates_from=str(out["twotower"]),
-        candidates=C,
-    )
+    cfg = ranker_config(root, out["twotower"], "fm", "fm", C)
     mlp = replace(cfg, out=str(root / "mlp"), model="mlp", layers=(16,))
     return {
         **out,
@@ -226,12 +215,11 @@ def repo(runs: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Pat
 
 @pytest.fixture(scope="module")
 def stub(repo: Path, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
-    srv = start_server(repo, tmp_path_factory.mktemp("fields-log") / "server.log")
-    try:
-        with grpc.insecure_channel(srv.address) as channel:
-            yield pb_grpc.RecommenderServiceStub(channel)
-    finally:
-        srv.stop()
+    with (
+        served(repo, tmp_path_factory.mktemp("fields-log") / "server.log") as srv,
+        grpc.insecure_channel(srv.address) as channel,
+    ):
+        yield pb_grpc.RecommenderServiceStub(channel)
 
 
 def _fm(runs: dict[str, Path]) -> Any:
