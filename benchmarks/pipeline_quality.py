@@ -14,8 +14,10 @@ Runs (``TrainConfig`` defaults unless named; one torch thread):
 * rankers: ``fm`` standalone (``loss=softmax, epochs=30, weight_decay=0.1``, the best FM setting of
   ``quality_ml100k.py``); ``fm``, ``deepfm``, ``mlp`` trained on the two-tower's top-200 candidates
   (``--candidates-from``, BCE, hard-negative fraction 0.5 and 1.0); FM on the candidates with the
-  softmax setting (4 and 32 negatives per positive); and the two-tower itself retrained on the
-  candidates as a ranker (fraction 1.0 with 4 negatives, 0.5 with 32): see :data:`RANKERS`.
+  softmax setting (4 and 32 negatives per positive); the two-tower itself retrained on the
+  candidates as a ranker (fraction 1.0 with 4 negatives, 0.5 with 32); and FM, DeepFM and that two-tower
+  ranker reading the interaction's context (``--context-fields``), each paired with its twin without it:
+  see :data:`RANKERS`.
 
 Each ranker model's setting is selected on the validation split's pipeline full NDCG@10; the test split
 is reported for every setting, selected or not. Paired tests on the test split, one stage against each
@@ -103,6 +105,12 @@ RANKERS: list[tuple[str, str, dict[str, Any]]] = [
     ("fm fields hard 1.0", "fm", {"hard": 1.0}),
     ("fm fields hard 0.5 softmax", "fm", {"hard": 0.5, "loss": "softmax"}),
     ("linear fields hard 0.5", "linear", {"hard": 0.5}),
+    # rankers that also read the interaction's context (hour, weekday, time since the previous interaction);
+    # each is compared with its twin without it (the same name less " context")
+    ("fm context hard 0.5", "fm", {"hard": 0.5, "retrieval_fields": False, "context_fields": True}),
+    ("deepfm context hard 0.5", "deepfm", {"hard": 0.5, "context_fields": True}),
+    ("fm fields context hard 0.5", "fm", {"hard": 0.5, "context_fields": True}),
+    ("twotower context hard 0.5 32neg", "twotower", {"hard": 0.5, "num_negatives": 32, "context_fields": True}),
 ]
 
 
@@ -123,6 +131,7 @@ class Ranker:
     test: dict[str, Any] = field(default_factory=dict)
     selected: bool = False
     paired: dict[str, Any] = field(default_factory=dict)
+    paired_vs_twin: dict[str, Any] = field(default_factory=dict)  # a context ranker against its twin without
 
 
 def log(msg: str) -> None:
@@ -301,10 +310,14 @@ def run_all(ds: Dataset, tmp: Path, names: list[str], quick: bool) -> tuple[dict
     one_stage["test_recall@200"] = itself["retrieval"][f"recall@{CANDIDATES}"]
     log(f"two-tower: test full NDCG@10 {one_stage['test']['full'][f'ndcg@{K}']:.4f} ({wall:.0f} s)")
     rankers = []
+    test_ranks = {}
     for name, model, setting in (r for r in RANKERS if r[0] in names):
         record, run = train_ranker(name, model, setting, data, tmp, retrieval_run, quick)
-        ranks = score_pipeline(record, run, retrieval, ds)
+        ranks = test_ranks[name] = score_pipeline(record, run, retrieval, ds)
         record.paired = paired_tests(base_ranks, ranks)
+        twin = name.replace(" context", "")
+        if twin != name and twin in test_ranks:
+            record.paired_vs_twin = {"twin": twin, **paired_tests(test_ranks[twin], ranks)}
         rankers.append(record)
         log(
             f"{name}: valid full NDCG@10 {record.valid['full'][f'ndcg@{K}']:.4f}, test "
