@@ -33,7 +33,6 @@ from onnxrec.trainer.history import StageTimes, UserSequences, known_sequences
 from onnxrec.trainer.models.base import Recommender
 from onnxrec.trainer.models.context import GAP_EDGES_S, context_inputs, context_values
 from onnxrec.trainer.models.fm import FM
-from onnxrec.trainer.models.registry import MODEL_TYPES, build_model
 from onnxrec.trainer.pipeline_eval import position_inputs
 from onnxrec.trainer.runs import open_run
 from onnxrec.trainer.scorer import user_inputs
@@ -42,7 +41,7 @@ from onnxrec.v1 import recommender_pb2 as pb
 from onnxrec.v1 import recommender_pb2_grpc as pb_grpc
 from tests.serverproc import served
 from tests.small_runs import export_pipelines, ranker_config, train_small_runs
-from tests.test_rankers import OPTIONS, _brute_force_fm, _inputs
+from tests.test_rankers import _brute_force_fm, _inputs, _random_model
 
 MONDAY = 1_704_067_200  # 2024-01-01 00:00:00 UTC, a Monday
 C = 24  # candidates of the served pipelines
@@ -102,19 +101,11 @@ def test_the_exported_encoding_is_exact_at_every_boundary(tmp_path: Path) -> Non
 # ---------------------------------------------------------------- the models' logits
 
 
-def _random_model(name: str) -> Recommender:
+def _context_model(name: str) -> Recommender:
     """``name`` reading the context, float64, every parameter random, random item features."""
-    torch.manual_seed(0)
-    cfg = replace(MODEL_TYPES[name].config.from_options(OPTIONS), context=True)  # type: ignore[type-var]
-    model = build_model(name, cfg.to_dict()).double()
-    with torch.no_grad():
-        for p in model.parameters():
-            p.normal_(std=0.5)
-    genres = torch.randint(0, 8, (OPTIONS.num_items, 4))
-    genres[::3, 1:] = 0
-    model.set_item_features({"genres": genres, "year": torch.randint(0, 7, (OPTIONS.num_items,))})
+    model = _random_model(name, lambda cfg: replace(cfg, context=True))
     assert model.reads_context
-    return model.eval()
+    return model
 
 
 def _times(b: int) -> dict[str, torch.Tensor]:
@@ -128,7 +119,7 @@ def _times(b: int) -> dict[str, torch.Tensor]:
 def test_fm_with_context_equals_a_brute_force_sum_over_every_pair() -> None:
     """The context's three fields are three more user-side features of the FM: their weights, their
     pairs with each other, with the user's and with the item's features."""
-    model = _random_model("fm")
+    model = _context_model("fm")
     assert isinstance(model, FM)
     users, items, inputs = _inputs()
     times = _times(len(users))
@@ -140,7 +131,7 @@ def test_fm_with_context_equals_a_brute_force_sum_over_every_pair() -> None:
 
 
 def test_the_linear_models_context_moves_a_users_scores_not_their_order() -> None:
-    model = _random_model("linear")
+    model = _context_model("linear")
     users, items, inputs = _inputs()
     times = _times(len(users))
     with torch.no_grad():
@@ -156,7 +147,7 @@ def test_the_linear_models_context_moves_a_users_scores_not_their_order() -> Non
 def test_a_folded_in_user_reads_the_same_context(name: str) -> None:
     """Scores from a user's own id rows (the fold-in path) equal the known user's, side features unknown,
     at the same request times; and the context changes them."""
-    model = _random_model(name)
+    model = _context_model(name)
     users, items, inputs = _inputs()
     times = _times(len(users))
     unknown = {k: torch.zeros_like(v) for k, v in inputs.items()}

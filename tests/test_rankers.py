@@ -5,6 +5,7 @@ exported with ONNX parity."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -42,12 +43,13 @@ OPTIONS = ModelOptions(
 B, N = 6, 5  # users and candidates per user in the hand-computed checks
 
 
-def _random_model(name: str) -> Recommender:
-    """``name`` built from :data:`OPTIONS` through the registry, in float64, every parameter random
-    (the linear weights and the feature tables' unknown rows too, so the checks see them or their
-    absence), with random item features (multi-hot rows with padding)."""
+def _random_model(name: str, configure: Callable[[Any], Any] | None = None) -> Recommender:
+    """``name`` built from :data:`OPTIONS` through the registry (its config changed by ``configure``), in
+    float64, every parameter random (the linear weights and the feature tables' unknown rows too, so the
+    checks see them or their absence), with random item features (multi-hot rows with padding)."""
     torch.manual_seed(0)
-    model = build_model(name, MODEL_TYPES[name].config.from_options(OPTIONS).to_dict()).double()
+    cfg = MODEL_TYPES[name].config.from_options(OPTIONS)
+    model = build_model(name, (configure(cfg) if configure else cfg).to_dict()).double()
     with torch.no_grad():
         for p in model.parameters():
             p.normal_(std=0.5)

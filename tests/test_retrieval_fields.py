@@ -30,7 +30,6 @@ from onnxrec.trainer.evaluate import evaluate
 from onnxrec.trainer.models.fields import RetrievalFields, RetrievalFieldsConfig
 from onnxrec.trainer.models.fm import FM
 from onnxrec.trainer.models.linear import Linear
-from onnxrec.trainer.models.registry import MODEL_TYPES, build_model
 from onnxrec.trainer.pipeline_eval import PipelineScorer, position_inputs
 from onnxrec.trainer.retrieval_features import RetrievalFeatures
 from onnxrec.trainer.runs import open_run
@@ -40,7 +39,7 @@ from onnxrec.v1 import recommender_pb2 as pb
 from onnxrec.v1 import recommender_pb2_grpc as pb_grpc
 from tests.serverproc import served
 from tests.small_runs import export_pipelines, ranker_config, train_small_runs
-from tests.test_rankers import OPTIONS, _active, _brute_force_fm, _emb, _features, _inputs
+from tests.test_rankers import _active, _brute_force_fm, _emb, _features, _inputs, _random_model
 
 FIELDS = RetrievalFieldsConfig(candidates=8, score_shift=0.3, score_scale=1.7)
 C = 24  # candidates of the served pipeline (of the synthetic catalog's 200 items)
@@ -48,17 +47,9 @@ C = 24  # candidates of the served pipeline (of the synthetic catalog's 200 item
 
 def _model_with_fields(name: str) -> FM | Linear:
     """``name`` from the rankers' test options, reading retrieval fields, float64, every parameter random."""
-    torch.manual_seed(0)
-    cfg = MODEL_TYPES[name].config.from_options(OPTIONS).with_retrieval(FIELDS)  # type: ignore[attr-defined]
-    model = build_model(name, cfg.to_dict()).double()
-    with torch.no_grad():
-        for p in model.parameters():
-            p.normal_(std=0.5)
-    genres = torch.randint(0, 8, (OPTIONS.num_items, 4))
-    genres[::3, 1:] = 0
-    model.set_item_features({"genres": genres, "year": torch.randint(0, 7, (OPTIONS.num_items,))})
+    model = _random_model(name, lambda cfg: cfg.with_retrieval(FIELDS))
     assert isinstance(model, FM | Linear) and model.reads_retrieval
-    return model.eval()
+    return model
 
 
 def _retrieval(shape: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
