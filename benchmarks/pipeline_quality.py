@@ -156,7 +156,7 @@ def train_run(data: Path, out: Path, model: str, setting: dict[str, Any], retrie
 def held_out_ranks(scorer: Scorer, ds: Dataset, stage: str) -> tuple[np.ndarray, np.ndarray]:
     """Per evaluated user, the full view's items above the held-out item and level with it (exactly
     what :func:`~onnxrec.trainer.evaluate.evaluate` counts; leave-one-out: one held-out item each)."""
-    part = ds.splits.valid if stage == "valid" else ds.splits.test
+    part = ds.splits.held_out(stage)
     known = known_sequences(ds, stage)
     greater, equal = np.zeros(len(part.user_idx), np.int64), np.zeros(len(part.user_idx), np.int64)
     once = getattr(scorer, "items_once", None)

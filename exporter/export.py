@@ -135,16 +135,8 @@ def serving_tables(model: Recommender, ds: Dataset) -> ServingTables:
         history=history,
         user_features=ds.user_features,
         centroids=fold_in_centroids(model, users, seqs.items, ds.num_items),
-        last_time=last_times(ds),
+        last_time=seqs.last_times(np.arange(ds.num_users)),
     )
-
-
-def last_times(ds: Dataset) -> np.ndarray:
-    """Each user's last known interaction [num_users] (unix seconds; -1: none)."""
-    out = np.full(ds.num_users, -1, dtype=np.int64)
-    for part in (ds.splits.train, ds.splits.valid, ds.splits.test):
-        np.maximum.at(out, part.user_idx.astype(np.int64), part.timestamp.astype(np.int64))
-    return out
 
 
 def _write_side_files(ds: Dataset, out: Path) -> None:

@@ -275,11 +275,12 @@ class RetrievalRankHistoryGraph(FoldIn):
 
 def request_inputs(
     model: Recommender, rest: Sequence[torch.Tensor], last_known: torch.Tensor | None = None
-) -> dict[str, Any]:
+) -> tuple[dict[str, Any], Sequence[torch.Tensor]]:
     """The ranker's per-request ``inputs`` from a ranking graph's inputs after the items: retrieval's
     scores [B, C] when it reads them (each candidate's position its rank), then ``request_time`` and
     ``last_time`` [B] when it reads the context; the user's previous interaction is the later of
-    ``last_time`` and ``last_known`` [B] (known users' last interaction at export)."""
+    ``last_time`` and ``last_known`` [B] (known users' last interaction at export). Also the graph's
+    inputs after those (the user features of a history graph)."""
     inputs: dict[str, Any] = {}
     at = 0
     if model.reads_retrieval:
@@ -290,7 +291,8 @@ def request_inputs(
         if last_known is not None:
             last_time = torch.maximum(last_time, last_known)
         inputs |= Recommender.context_inputs(request_time, last_time)
-    return inputs
+        at += 2
+    return inputs, rest[at:]
 
 
 class ContextRankGraph(_Base):
@@ -310,7 +312,7 @@ class ContextRankGraph(_Base):
         self.register_buffer("last_table", torch.from_numpy(tables.last_time.astype(np.int64)))
 
     def forward(self, user_idx: torch.Tensor, items: torch.Tensor, *rest: torch.Tensor) -> torch.Tensor:
-        inputs = request_inputs(self.model, rest, self.last_table[user_idx])
+        inputs, _ = request_inputs(self.model, rest, self.last_table[user_idx])
         return self.model.score_candidates(user_idx, items, self.known_user_inputs(user_idx) | inputs)
 
 
@@ -320,9 +322,8 @@ class ContextRankHistoryGraph(FoldIn):
     not know (folded in from their history; ``last_time`` -1 when no interaction of theirs is known)."""
 
     def forward(self, history: torch.Tensor, items: torch.Tensor, *rest: torch.Tensor) -> torch.Tensor:
-        inputs = request_inputs(self.model, rest)
+        inputs, features = request_inputs(self.model, rest)
         if self.encodes:  # the model's own user encoder: user -1 with the history and features
-            features = rest[int(self.model.reads_retrieval) + 2 :]
             inputs |= self.user_inputs(features, history)
             return self.model.score_candidates(self.unknown_users(history), items, inputs)
         return self.model.score_with_user(self.fold_in_rows(history), items, inputs)

@@ -176,8 +176,8 @@ def test_evaluation_asks_at_the_held_out_interactions_time(synthetic: Dataset) -
         ("valid", synthetic.splits.valid, [synthetic.splits.train]),
         ("test", synthetic.splits.test, [synthetic.splits.train, synthetic.splits.valid]),
     ):
-        request, last = times(users, stage)
         seqs = known_sequences(synthetic, stage)
+        request, last = times(users, stage, seqs)
         for row, u in enumerate(users):
             held = part.timestamp[part.user_idx == u]
             assert request[row] == (held.min() if len(held) else -1)

@@ -60,7 +60,7 @@ def evaluate(
 def _evaluate(
     scorer: Scorer, ds: Dataset, stage: str, ks: tuple[int, ...], views: tuple[str, ...], batch_size: int
 ) -> dict[str, dict[str, float]]:
-    part = ds.splits.valid if stage == "valid" else ds.splits.test
+    part = ds.splits.held_out(stage)
     negatives = ds.splits.valid_negatives if stage == "valid" else ds.splits.test_negatives
     users = np.unique(part.user_idx)
     single = len(users) == len(part.user_idx)

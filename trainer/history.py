@@ -72,15 +72,16 @@ class StageTimes:
         self.ds = ds
         self._cache: dict[str, tuple[np.ndarray, np.ndarray]] = {}
 
-    def __call__(self, users: np.ndarray, stage: str) -> tuple[np.ndarray, np.ndarray]:
-        """``request_time`` and ``last_time`` [B] of ``users`` at ``stage`` (``valid`` or ``test``)."""
+    def __call__(self, users: np.ndarray, stage: str, known: UserSequences) -> tuple[np.ndarray, np.ndarray]:
+        """``request_time`` and ``last_time`` [B] of ``users`` at ``stage`` (``valid`` or ``test``), whose
+        known interactions are ``known`` (the caller's :func:`known_sequences` of the stage)."""
         if stage not in self._cache:
-            part = self.ds.splits.valid if stage == "valid" else self.ds.splits.test
+            part = self.ds.splits.held_out(stage)
             never = np.iinfo(np.int64).max
             first = np.full(self.ds.num_users, never, dtype=np.int64)
             np.minimum.at(first, part.user_idx.astype(np.int64), part.timestamp.astype(np.int64))
-            known = known_sequences(self.ds, stage).last_times(np.arange(self.ds.num_users))
-            self._cache[stage] = (np.where(first == never, -1, first), known)
+            last = known.last_times(np.arange(self.ds.num_users))
+            self._cache[stage] = (np.where(first == never, -1, first), last)
         request, last = self._cache[stage]
         users = np.asarray(users, dtype=np.int64)
         return request[users], last[users]

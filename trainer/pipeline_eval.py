@@ -32,7 +32,7 @@ from onnxrec.trainer.blend import Blend, fit_blend
 from onnxrec.trainer.checkpoint import model_from_checkpoint
 from onnxrec.trainer.data.dataset import Dataset
 from onnxrec.trainer.evaluate import evaluate, users_per_batch
-from onnxrec.trainer.history import StageTimes, UserSequences, known_sequences
+from onnxrec.trainer.history import StageTimes, UserSequences
 from onnxrec.trainer.models.base import Recommender
 from onnxrec.trainer.models.fields import with_retrieval_inputs
 from onnxrec.trainer.runs import open_run_trained_on
@@ -111,7 +111,6 @@ class PipelineScorer:
         self.candidates = candidates
         self.device = torch.device(device)
         self.blend = blend  # the final ranking's blend of retrieval's score and the ranker's (trainer/blend.py)
-        self._known: dict[str, UserSequences] = {}
         self._times = StageTimes(ds)
         self._recall: dict[str, np.ndarray] = {}
 
@@ -122,10 +121,9 @@ class PipelineScorer:
             yield
 
     def known(self, stage: str) -> UserSequences:
-        """What is known about each user at ``stage`` (left out of the candidates)."""
-        if stage not in self._known:
-            self._known[stage] = known_sequences(self.ds, stage)
-        return self._known[stage]
+        """What is known about each user at ``stage`` (left out of the candidates): the retrieval scorer's,
+        computed once per stage for both."""
+        return self.retrieval.known(stage)
 
     def candidate_sets(self, users: np.ndarray, stage: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The retrieval scores [B, I] of ``users`` at ``stage``, and their candidates: items [B, C],
@@ -146,7 +144,7 @@ class PipelineScorer:
         self.ranker.eval()
         try:
             history = self.known(stage).recent(users, self.ranker.history_len) if self.ranker.history_len else None
-            times = self._times(users, stage) if self.ranker.reads_context else None
+            times = self._times(users, stage, self.known(stage)) if self.ranker.reads_context else None
             inputs = user_inputs(self.ranker, self.ds, users, history, self.device, times)
             if self.ranker.reads_retrieval:
                 if retrieval_scores is None:
@@ -177,7 +175,7 @@ class PipelineScorer:
     def candidate_values(self, stage: str) -> tuple[np.ndarray, np.ndarray]:
         """Retrieval's scores and the ranker's logits of every real candidate of the users held out at
         ``stage`` (what :func:`~onnxrec.trainer.blend.fit_blend` standardises with)."""
-        part = self.ds.splits.valid if stage == "valid" else self.ds.splits.test
+        part = self.ds.splits.held_out(stage)
         users = np.unique(part.user_idx)
         step = users_per_batch(self.ds.num_items, 512)
         r_all, k_all = [], []
@@ -189,7 +187,7 @@ class PipelineScorer:
         return np.concatenate(r_all), np.concatenate(k_all)
 
     def _count_recall(self, users: np.ndarray, stage: str, items: np.ndarray, valid: np.ndarray) -> None:
-        part = self.ds.splits.valid if stage == "valid" else self.ds.splits.test
+        part = self.ds.splits.held_out(stage)
         if stage not in self._recall:
             self._recall[stage] = np.full(self.ds.num_users, np.nan)
         lo = np.searchsorted(part.user_idx, users, side="left")

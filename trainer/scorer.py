@@ -67,13 +67,15 @@ class ModelScorer:
         finally:
             self._items = None
 
+    def known(self, stage: str) -> UserSequences:
+        """What is known about each user at ``stage`` (computed once per stage)."""
+        if stage not in self._known:
+            self._known[stage] = known_sequences(self.ds, stage)
+        return self._known[stage]
+
     def _inputs(self, users: np.ndarray, stage: str) -> tuple[torch.Tensor, dict[str, Any]]:
-        history = None
-        if self.model.history_len:
-            if stage not in self._known:
-                self._known[stage] = known_sequences(self.ds, stage)
-            history = self._known[stage].recent(users, self.model.history_len)
-        times = self._times(users, stage) if self.model.reads_context else None
+        history = self.known(stage).recent(users, self.model.history_len) if self.model.history_len else None
+        times = self._times(users, stage, self.known(stage)) if self.model.reads_context else None
         inputs = user_inputs(self.model, self.ds, users, history, self.device, times)
         if self._items is not None and self.model.history_len:
             inputs["item_table"] = self._items[0]

@@ -62,6 +62,10 @@ class Splits:
     valid_negatives: np.ndarray  # int32 [num valid users, num_negatives], rows follow unique(valid.user_idx)
     test_negatives: np.ndarray
 
+    def held_out(self, stage: str) -> Part:
+        """The part evaluated at ``stage``: validation for ``valid``, test otherwise."""
+        return self.valid if stage == "valid" else self.test
+
 
 def _part(enc: EncodedInteractions, rows: np.ndarray) -> Part:
     return Part(enc.user_idx[rows], enc.item_idx[rows], enc.timestamp[rows], enc.rating[rows])
