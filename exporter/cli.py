@@ -99,6 +99,12 @@ class NonNegativeNumber(click.ParamType):
     "auto builds the first and, when its recall@10 falls short of --min-recall, the second too (twice the build).",
 )
 @click.option(
+    "--index-only",
+    is_flag=True,
+    help="With an index: write the user-vector graphs and the index, no catalog-sized exact graph (catalogs "
+    "past about 4M 64-dim items need it; SimilarItems and Explain are then refused).",
+)
+@click.option(
     "--index-nlist", type=int, default=0, help="IVF: number of lists (default: about 4 x sqrt(number of items))."
 )
 @click.option(
@@ -146,6 +152,7 @@ def export_command(
     index_ef_construction: int,
     index_ef_search: int,
     index_graph: str,
+    index_only: bool,
     index_nlist: int,
     index_nprobe: int,
     min_recall: float,
@@ -168,6 +175,7 @@ def export_command(
         index_ef_construction=index_ef_construction,
         index_ef_search=index_ef_search,
         index_graph=index_graph,
+        index_only=index_only,
         index_nlist=index_nlist,
         index_nprobe=index_nprobe,
         min_recall=min_recall,

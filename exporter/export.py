@@ -28,8 +28,16 @@ import torch
 from onnxrec import __version__
 from onnxrec.atomic import atomic_dir
 from onnxrec.errors import ExportError
+from onnxrec.exporter.catalog import check_catalog, index_only_explain, vector_scorer
 from onnxrec.exporter.explain_jobs import explain_jobs
-from onnxrec.exporter.graph_jobs import GraphJob, JobSizes, fold_in_history_len, graph_jobs, vector_jobs
+from onnxrec.exporter.graph_jobs import (
+    GraphJob,
+    JobSizes,
+    fold_in_history_len,
+    graph_jobs,
+    parity_batches,
+    vector_jobs,
+)
 from onnxrec.exporter.graphs import ServingTables, fold_in_centroids
 from onnxrec.exporter.index import (
     AUTO_MAX_EF_SEARCH,
@@ -103,6 +111,7 @@ class ExportOptions:
     min_recall: float = DEFAULT_MIN_RECALL  # the index's recall@10 below which the export fails
     recall_users: int = RECALL_USERS
     index_graph: str = "auto"  # HNSW: auto (inner product, then lifted L2 if short of min_recall) or one of them
+    index_only: bool = False  # with an index: no catalog-sized exact graphs (exporter/catalog.py)
     # a pipeline version (exporter/pipeline.py): the ranker run and how many candidates retrieval passes it
     ranker: Path | None = None
     candidates: int = DEFAULT_CANDIDATES
@@ -188,8 +197,8 @@ def _write_graphs(
     variants: dict[str, Any] = {p: {"files": [], "split": "valid"} for p in opts.precisions}
     for g in jobs:
         log.info("exporting %s", g.spec.name)
-        export_module(g.module, g.spec, g.example, raw / g.spec.file)
-        optimize_offline(raw / g.spec.file, out / g.spec.file)
+        external = export_module(g.module, g.spec, g.example, raw / g.spec.file)
+        optimize_offline(raw / g.spec.file, out / g.spec.file, external)
         session = cpu_session(out / g.spec.file)
         check_signature(session, g.spec)
         with np.errstate(invalid="ignore"):  # -inf in both outputs (explain's padding) subtracts to NaN, masked
@@ -263,13 +272,16 @@ def _prove_index(kind: str, model: Recommender, ds: Dataset, jobs: list[GraphJob
     return _ProvenIndex(built, vectors, recall)
 
 
-def _write_index(proven: _ProvenIndex, jobs: list[GraphJob], out: Path, opts: ExportOptions) -> dict[str, Any]:
-    """Check the index's contract in onnxruntime (user_vector . item vector = the score graph's score, on
-    the score graph's parity batches), write the index into ``out`` and return the manifest's ``index``."""
-    score_batches = next(j.batches for j in jobs if j.spec.name == "score")
-    scores = check_vector_scores(out, proven.vectors, score_batches, Tolerance(atol=opts.atol, rtol=opts.rtol))
+def _write_index(
+    proven: _ProvenIndex, score_batches: list[Any], out: Path, opts: ExportOptions, scorer: Any
+) -> dict[str, Any]:
+    """Check the index's contract in onnxruntime (user_vector . item vector = the score graph's score, or
+    without one the PyTorch model's, ``scorer``, on the score graph's parity batches), write the index
+    into ``out`` and return the manifest's ``index``."""
+    tolerance = Tolerance(atol=opts.atol, rtol=opts.rtol)
+    scores = check_vector_scores(out, proven.vectors, score_batches, tolerance, scorer)
     entry = manifest_entry(proven.built, proven.vectors, proven.built.write(out), proven.recall)
-    return entry | {"score_check": scores}
+    return entry | {"score_check": scores, "index_only": opts.index_only}
 
 
 def _manifest(
@@ -328,16 +340,21 @@ def export(
     if ranker is not None:
         check_candidates(opts.candidates, opts.k_max, ds.num_items)
     kind = choose_kind(opts.index, model.factorized, ckpt["model_type"], ds.num_items)
+    check_catalog(model, kind, opts)
     tables = serving_tables(model, ds)
     t0 = time.perf_counter()
     graph_k = max(opts.k_max, opts.candidates) if ranker is not None else opts.k_max  # retrieval returns C
     sizes = JobSizes(graph_k, opts.max_batch, opts.parity_users, opts.seed)
-    jobs = graph_jobs(model, ds, tables, sizes)
-    explain, explained = explain_jobs(model, ckpt["model_type"], ds, tables, sizes)
-    jobs += explain
+    batches = parity_batches(model, ds, tables, sizes)
+    if opts.index_only:
+        jobs, explained = [], index_only_explain()
+    else:
+        jobs = graph_jobs(model, ds, tables, sizes, batches)
+        explain, explained = explain_jobs(model, ckpt["model_type"], ds, tables, sizes)
+        jobs += explain
     proven = None
     if kind != "exact":
-        jobs += vector_jobs(model, tables, jobs)
+        jobs += vector_jobs(model, tables, batches)
         proven = _prove_index(kind, model, ds, jobs, opts)
     if ranker is not None:
         jobs += rank_jobs(ranker, ds, serving_tables(ranker.model, ds), sizes, opts.candidates)
@@ -348,7 +365,10 @@ def export(
             variants[precision]["quality"] = quality
             log.info("%s variant: validation HR@10 change %+.4f", precision, quality["hr@10_change"])
         _write_side_files(ds, tmp)
-        index = _write_index(proven, jobs, tmp, opts) if proven else None
+        index = None
+        if proven:
+            scorer = vector_scorer(tmp, model, tables, opts.index_only)
+            index = _write_index(proven, batches["score"], tmp, opts, scorer)
         manifest = {
             **_manifest(name, version, ckpt, ds, model, jobs, opts.k_max),
             "stages": stages_entry(run, ckpt, kind, ranker, opts.candidates),

@@ -31,7 +31,7 @@ from onnx import numpy_helper
 
 from onnxrec.atomic import atomic_dir
 from onnxrec.errors import ExportError
-from onnxrec.exporter.repository import MANIFEST, file_hashes, list_versions, read_manifest, verify_files
+from onnxrec.exporter.repository import MANIFEST, data_file, file_hashes, list_versions, read_manifest, verify_files
 from onnxrec.ledger import LEDGER, append_user, ledger_users
 
 __all__ = ["LEDGER", "Forgotten", "forget", "forgotten_users"]
@@ -181,8 +181,24 @@ def _zero_user_rows(path: Path, row: int, num_users: int) -> int:
             init.CopyFrom(numpy_helper.from_array(values, init.name))
             zeroed += 1
     if zeroed:
-        onnx.save(graph_model, str(path))
+        _save(graph_model, path)
     return zeroed
+
+
+def _save(graph_model: onnx.ModelProto, path: Path) -> None:
+    """Write a graph back, its weights beside it again when they were (ONNX external data, rewritten)."""
+    if not data_file(path).exists():
+        onnx.save(graph_model, str(path))
+        return
+    data_file(path).unlink()  # onnx appends to an existing data file
+    onnx.save(
+        graph_model,
+        str(path),
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location=data_file(path).name,
+        size_threshold=1024,
+    )
 
 
 def _zero_variants(tmp: Path, manifest: dict[str, Any], row: int) -> list[int]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -73,16 +74,16 @@ def example_inputs(*arrays: np.ndarray) -> tuple[torch.Tensor, ...]:
     return tuple(torch.from_numpy(np.ascontiguousarray(a, dtype=np.int64)) for a in arrays)
 
 
-def graph_jobs(model: Recommender, ds: Dataset, tables: ServingTables, sizes: JobSizes) -> list[GraphJob]:
-    """The four exact graphs of every version: recommend, recommend_from_history, score, similar_items."""
+def parity_batches(model: Recommender, ds: Dataset, tables: ServingTables, sizes: JobSizes) -> dict[str, list[Any]]:
+    """The batches each graph's parity is checked on, by graph name (recommend, recommend_from_history,
+    score, similar_items): real users (and items) first, then random inputs at batch sizes 1, an odd
+    size and the largest."""
     rng = np.random.default_rng(sizes.seed)
-    k = min(sizes.k_max, ds.num_items)
     n_users, n_items = ds.num_users, ds.num_items
     seqs = known_sequences(ds, "serve")
     real_users = np.arange(min(n_users, sizes.parity_users))
     odd = 7 if sizes.max_batch > 7 else 1
     batch_sizes = sorted({1, odd, sizes.max_batch})
-    feature_names = model.user_feature_names
     h = fold_in_history_len(model)
 
     def rand_exclude(b: int) -> np.ndarray:
@@ -91,7 +92,7 @@ def graph_jobs(model: Recommender, ds: Dataset, tables: ServingTables, sizes: Jo
         return ex
 
     def user_feats(users: np.ndarray) -> list[np.ndarray]:
-        return [tables.user_features[f][users] for f in feature_names]
+        return [tables.user_features[f][users] for f in model.user_feature_names]
 
     rec_batches = [
         (u, _pad_rows([seqs.of(int(x)) for x in u], 1 + max(len(seqs.of(int(x))) for x in u)))
@@ -118,7 +119,22 @@ def graph_jobs(model: Recommender, ds: Dataset, tables: ServingTables, sizes: Jo
 
     sim_batches = [(i,) for i in chunks(min(n_items, sizes.parity_users), sizes.max_batch)]
     sim_batches += [(rng.integers(0, n_items, size=b),) for b in batch_sizes]
+    return {
+        "recommend": rec_batches,
+        "recommend_from_history": hist_batches,
+        "score": score_batches,
+        "similar_items": sim_batches,
+    }
 
+
+def graph_jobs(
+    model: Recommender, ds: Dataset, tables: ServingTables, sizes: JobSizes, batches: dict[str, list[Any]]
+) -> list[GraphJob]:
+    """The four exact graphs of a version: recommend, recommend_from_history, score, similar_items,
+    checked on :func:`parity_batches`' ``batches``."""
+    k = min(sizes.k_max, ds.num_items)
+    n_users, n_items = ds.num_users, ds.num_items
+    feature_names = model.user_feature_names
     b0, k_sim = 3, min(k, max(n_items - 1, 1))
     features0 = [np.ones(b0)] * len(feature_names)
     return [
@@ -126,31 +142,33 @@ def graph_jobs(model: Recommender, ds: Dataset, tables: ServingTables, sizes: Jo
             recommend_spec(k),
             RecommendGraph(model, tables, k),
             example_inputs(np.arange(b0) % n_users, np.full((b0, 4), -1)),
-            rec_batches,
+            batches["recommend"],
         ),
         GraphJob(
             history_spec(k, feature_names),
             HistoryGraph(model, tables, k),
             example_inputs(np.zeros((b0, 5)), np.full((b0, 4), -1), *features0),
-            hist_batches,
+            batches["recommend_from_history"],
         ),
         GraphJob(
             score_spec(),
             ScoreGraph(model, tables),
             example_inputs(np.arange(b0) % n_users, np.zeros((b0, 6))),
-            score_batches,
+            batches["score"],
         ),
         GraphJob(
-            similar_spec(k_sim), SimilarItemsGraph(model, k_sim), example_inputs(np.arange(b0) % n_items), sim_batches
+            similar_spec(k_sim),
+            SimilarItemsGraph(model, k_sim),
+            example_inputs(np.arange(b0) % n_items),
+            batches["similar_items"],
         ),
     ]
 
 
-def vector_jobs(model: Recommender, tables: ServingTables, exact: list[GraphJob]) -> list[GraphJob]:
+def vector_jobs(model: Recommender, tables: ServingTables, batches: dict[str, list[Any]]) -> list[GraphJob]:
     """The two user-vector graphs of a version with an index (``user_vector`` and
     ``user_vector_from_history``), checked on the batches of ``recommend`` and
-    ``recommend_from_history`` (``exact``, from :func:`graph_jobs`) less their ``exclude``."""
-    jobs = {j.spec.name: j for j in exact}
+    ``recommend_from_history`` (:func:`parity_batches`) less their ``exclude``."""
     known, unknown = UserVectorGraph(model, tables), HistoryVectorGraph(model, tables)
     dim = int(known.user_matrix.shape[1])
     features = model.user_feature_names
@@ -160,12 +178,12 @@ def vector_jobs(model: Recommender, tables: ServingTables, exact: list[GraphJob]
             user_vector_spec(dim),
             known,
             example_inputs(np.arange(b0) % max(model.num_users, 1)),
-            [(b[0],) for b in jobs["recommend"].batches],
+            [(b[0],) for b in batches["recommend"]],
         ),
         GraphJob(
             history_vector_spec(dim, features),
             unknown,
             example_inputs(np.zeros((b0, 5)), *[np.ones(b0)] * len(features)),
-            [(b[0], *b[2:]) for b in jobs["recommend_from_history"].batches],
+            [(b[0], *b[2:]) for b in batches["recommend_from_history"]],
         ),
     ]

@@ -84,6 +84,11 @@ def format_index(index: dict[str, Any] | None) -> list[str]:
         f"  recall       @10 {recall.get('at10', float('nan')):.4f}, @100 {recall.get('at100', float('nan')):.4f} "
         f"over {recall.get('users', 0):,} users, seen items excluded "
         f"(at least {recall.get('min_recall_at10', float('nan')):g} @10 required)",
+        *(
+            ["  index only   no catalog-sized exact graph: Score reads the index's vectors; no SimilarItems, Explain"]
+            if index.get("index_only")
+            else []
+        ),
     ]
 
 

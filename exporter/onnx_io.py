@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from onnxrec.errors import ExportError
+from onnxrec.exporter.repository import data_file
 from onnxrec.exporter.spec import GraphSpec, K
 
 OPSET = 18
@@ -28,6 +29,15 @@ log = logging.getLogger("onnxrec.export")
 #: (python/cpython#106905); the export is deterministic, so it is run again.
 AST_RACE = "AST constructor recursion depth mismatch"
 AST_RACE_RETRIES = 2
+#: a graph whose weights pass this many bytes is written with them in a separate file beside it (ONNX
+#: external data, ``<graph>.onnx.data``): one protobuf message cannot pass 2 GiB, and a 10M-item
+#: catalog's 64-dim table alone is 2.6 GB
+EXTERNAL_DATA_BYTES = 1 << 30
+
+
+def weight_bytes(module: nn.Module) -> int:
+    """The bytes of ``module``'s parameters and buffers (what its graph holds as initializers)."""
+    return sum(t.numel() * t.element_size() for t in [*module.parameters(), *module.buffers()])
 
 
 @contextlib.contextmanager
@@ -41,9 +51,19 @@ def _quiet() -> Iterator[None]:
         yield
 
 
-def export_module(module: nn.Module, spec: GraphSpec, example: tuple[torch.Tensor, ...], path: Path) -> None:
-    """Export ``module`` called with ``example`` to ``path`` with ``spec``'s names and dynamic axes."""
+def export_module(
+    module: nn.Module,
+    spec: GraphSpec,
+    example: tuple[torch.Tensor, ...],
+    path: Path,
+    external_from_bytes: int | None = None,
+) -> bool:
+    """Export ``module`` called with ``example`` to ``path`` with ``spec``'s names and dynamic axes;
+    a module whose weights reach ``external_from_bytes`` (default :data:`EXTERNAL_DATA_BYTES`) keeps
+    them in :func:`data_file` (returns whether it did)."""
     module.eval()
+    limit = EXTERNAL_DATA_BYTES if external_from_bytes is None else external_from_bytes
+    external = weight_bytes(module) >= limit
     dims: dict[str, torch.export.Dim] = {}
     dynamic: list[dict[int, torch.export.Dim]] = []
     for tensor in spec.module_inputs:
@@ -61,7 +81,7 @@ def export_module(module: nn.Module, spec: GraphSpec, example: tuple[torch.Tenso
         shapes = tuple(dynamic)
     for attempt in range(1 + AST_RACE_RETRIES):
         try:
-            _export(module, spec, example, shapes, path)
+            _export(module, spec, example, shapes, path, external)
             break
         except ExportError:
             raise
@@ -71,15 +91,21 @@ def export_module(module: nn.Module, spec: GraphSpec, example: tuple[torch.Tenso
             log.warning("%s: the ONNX exporter hit CPython's ast race (%s); exporting again", spec.name, exc)
         except Exception as exc:  # torch.export raises many types; the message is what matters
             raise ExportError(f"{spec.name}: ONNX export failed: {_summary(exc)}") from exc
-    model = onnx.load(str(path))
+    model = onnx.load(str(path), load_external_data=False)  # external weights stay where they are
     model.ir_version = min(model.ir_version, IR_VERSION)
     if spec.k_max:
         add_k_input(model, spec)
     onnx.save(model, str(path))
+    return external
 
 
 def _export(
-    module: nn.Module, spec: GraphSpec, example: tuple[torch.Tensor, ...], shapes: tuple[Any, ...], path: Path
+    module: nn.Module,
+    spec: GraphSpec,
+    example: tuple[torch.Tensor, ...],
+    shapes: tuple[Any, ...],
+    path: Path,
+    external: bool,
 ) -> None:
     with _quiet(), torch.no_grad():
         program = torch.onnx.export(
@@ -90,12 +116,14 @@ def _export(
             output_names=[t.name for t in spec.outputs],
             dynamic_shapes=shapes,
             opset_version=OPSET,
-            external_data=False,
+            external_data=external,
             verbose=False,
         )
         if program is None:
             raise ExportError(f"{spec.name}: the ONNX exporter returned nothing")
-        program.save(str(path), external_data=False)
+        program.save(str(path), external_data=external)
+    if external and not data_file(path).exists():
+        raise ExportError(f"{spec.name}: the exporter wrote no {data_file(path).name}")
 
 
 def add_k_input(model: onnx.ModelProto, spec: GraphSpec) -> None:
@@ -127,8 +155,9 @@ def _summary(exc: Exception) -> str:
     return lines[0] if lines else type(exc).__name__
 
 
-def optimize_offline(src: Path, dst: Path) -> None:
-    """Save onnxruntime's basic (provider-independent) offline optimisation of ``src`` as ``dst``.
+def optimize_offline(src: Path, dst: Path, external: bool = False) -> None:
+    """Save onnxruntime's basic (provider-independent) offline optimisation of ``src`` as ``dst`` (with
+    ``external``, its weights in :func:`data_file` of ``dst``).
 
     Its warnings (``Removing initializer 'val_8'. It is not used by any node``: the exporter leaves
     constants that folding made unused, and this pass drops them) are nothing a user can act on;
@@ -137,6 +166,9 @@ def optimize_offline(src: Path, dst: Path) -> None:
     opts.log_severity_level = 3  # 0 verbose, 1 info, 2 warning, 3 error, 4 fatal
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
     opts.optimized_model_filepath = str(dst)
+    if external:
+        opts.add_session_config_entry("session.optimized_model_external_initializers_file_name", data_file(dst).name)
+        opts.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "1024")
     ort.InferenceSession(str(src), opts, providers=["CPUExecutionProvider"])
     onnx.checker.check_model(str(dst))
 

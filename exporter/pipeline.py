@@ -186,7 +186,9 @@ def stages_entry(
         "run": str(Path(run).resolve()),
         "model_type": ckpt["model_type"],
         "retrieval": index,
-        "graphs": ["recommend", "recommend_from_history"],
+        "graphs": ["recommend", "recommend_from_history"]
+        if index == "exact"
+        else ["user_vector", "user_vector_from_history"],
     }
     if ranker is None:
         return [retrieve]

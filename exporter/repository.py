@@ -54,6 +54,11 @@ def check_writable(repository: Path) -> None:
         raise ExportError(f"repository {repository} is not writable")
 
 
+def data_file(path: Path) -> Path:
+    """Where a graph written with external data keeps its weights: ``<graph>.onnx.data`` beside it."""
+    return path.with_name(path.name + ".data")
+
+
 def sha256_file(path: Path) -> str:
     """Hex sha256 of a file."""
     h = hashlib.sha256()

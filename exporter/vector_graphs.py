@@ -9,7 +9,7 @@ score graph's score. What a model can export is read from its contract, never fr
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -71,22 +71,26 @@ class HistoryVectorGraph(FoldIn):
         return with_ones(vectors)
 
 
+Scorer = Callable[[np.ndarray, np.ndarray], np.ndarray]  # (users [B], items [B, N]) -> scores [B, N]
+
+
 def check_vector_scores(
     version_dir: Path,
     item_vectors: np.ndarray,
     batches: Iterable[tuple[np.ndarray, ...]],
     tolerance: Tolerance,
+    scorer: Scorer,
 ) -> dict[str, Any]:
-    """The contract the index rests on, in onnxruntime: ``user_vector(user) . item_vectors[item]`` is the
-    ``score`` graph's score of (user, item), within the parity tolerance, for every (user, candidates)
-    batch. Raises :class:`ParityError`; returns the figures for the manifest."""
+    """The contract the index rests on, in onnxruntime: ``user_vector(user) . item_vectors[item]`` is
+    ``scorer``'s score of (user, item) (the ``score`` graph's, or the PyTorch model's), within the parity
+    tolerance, for every (user, candidates) batch. Raises :class:`ParityError`; returns the figures for
+    the manifest."""
     vector_session = cpu_session(version_dir / "user_vector.onnx")
-    score_session = cpu_session(version_dir / "score.onnx")
     worst, scale, rows = 0.0, 0.0, 0
     for batch in batches:
         users, items = np.asarray(batch[0], dtype=np.int64), np.asarray(batch[1], dtype=np.int64)
         (u,) = vector_session.run(["user_vector"], {"user_idx": users})
-        (scores,) = score_session.run(["scores"], {"user_idx": users, "items": items})
+        scores = scorer(users, items)
         dots = np.einsum("bd,bnd->bn", u.astype(np.float64), item_vectors[items].astype(np.float64))
         worst = max(worst, float(np.abs(dots - scores).max(initial=0.0)))
         scale = max(scale, max_abs_score(scores))

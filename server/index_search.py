@@ -57,7 +57,7 @@ class IndexSearch:
         if self.kind == "ivf":
             ivf = faiss.extract_index_ivf(self.index)
             ivf.nprobe = int(params.get("nprobe", ivf.nprobe))
-            ivf.make_direct_map()  # reconstruct_n, for the exhaustive fallback
+            ivf.make_direct_map()  # reconstruct_n / reconstruct_batch: the exhaustive fallback, Score
         if threads:
             faiss.omp_set_num_threads(threads)
         self.num_items = num_items
@@ -81,6 +81,17 @@ class IndexSearch:
             if len(i) < k and len(i) < self.num_items - sum(1 for d in drop if d >= 0):
                 s, i = self._exhaustive(vectors[j], drop, k)  # a graph index need not reach every item
             out.append((i, s))
+        return out
+
+    def score(self, vectors: np.ndarray, candidates: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """Per row: ``vectors[j]`` (a user's ``[u, 1]``) dotted with each of ``candidates[j]``'s stored
+        vectors (``[v, b]``), the score graph's scores of those items (an index-only version's Score)."""
+        flat = np.ascontiguousarray(np.concatenate(candidates), dtype=np.int64)
+        stored = self.index.reconstruct_batch(flat) if len(flat) else np.zeros((0, vectors.shape[1]), np.float32)
+        out, at = [], 0
+        for j, c in enumerate(candidates):
+            out.append((stored[at : at + len(c)] @ np.asarray(vectors[j], dtype=np.float32)).astype(np.float32))
+            at += len(c)
         return out
 
     def _search(self, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

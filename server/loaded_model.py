@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 
 from onnxrec.errors import OnnxrecError
 from onnxrec.exporter.repository import read_manifest, verify_files
-from onnxrec.server.feeds import RankInputs, Times, pad_rows
+from onnxrec.server.feeds import RankInputs, Times, TopK, pad_rows, split_topk
 from onnxrec.server.index_search import IndexSearch
 from onnxrec.server.limits import scored_item_bytes
 from onnxrec.server.sessions import (
@@ -25,6 +25,7 @@ from onnxrec.server.sessions import (
     cuda_status,
     explain_refusal,
     feature_inputs,
+    index_only,
     is_pipeline,
     open_sessions,
     resolve_device,
@@ -34,14 +35,6 @@ __all__ = ["LoadedModel", "ModelLoadError", "Reasons", "TopK", "cuda_status", "r
 from onnxrec.v1 import recommender_pb2 as pb
 
 log = logging.getLogger("onnxrec.server")
-
-
-class TopK(NamedTuple):
-    """A ranked answer: item indices and scores, best first (a named tuple: built per answered row, it
-    costs a seventh of a frozen dataclass, 0.3 against 2.1 us)."""
-
-    items: np.ndarray
-    scores: np.ndarray
 
 
 class Reasons(NamedTuple):
@@ -74,7 +67,8 @@ class LoadedModel:
         self.version: int = int(m["version"])
         self.model_type: str = m["model_type"]
         self.k_max: int = int(m["k_max"])  # what a request may ask for
-        self.graph_k_max: int = int(m["graphs"]["recommend"]["k_max"])  # what retrieval returns at most
+        # what retrieval returns at most (an index-only version has no recommend graph: k_max)
+        self.graph_k_max: int = int(m["graphs"].get("recommend", {}).get("k_max", self.k_max))
         self.pipeline = is_pipeline(m)
         self.stages: tuple[str, ...] = ("retrieve", "rank") if self.pipeline else ("retrieve",)
         self.candidates: int = int(m["stages"][-1]["candidates"]) if self.pipeline else 0
@@ -82,7 +76,7 @@ class LoadedModel:
         self.num_items: int = int(m["num_items"])
         self.history_len: int = int(m["history_len"])
         self.sessions = open_sessions(self.path, m, device, intra_op_threads, precision)
-        self.provider: str = self.sessions["recommend"].get_providers()[0]
+        self.provider: str = next(iter(self.sessions.values())).get_providers()[0]
         index = m.get("index")
         self.index = IndexSearch(self.path, index, self.num_items, intra_op_threads or 1) if index else None
         self.retrieval: str = self.index.kind if self.index else "exact"  # what answers carry
@@ -96,7 +90,10 @@ class LoadedModel:
         self.popular = np.load(self.path / "popular.npy", allow_pickle=False).astype(np.int64)
         self.popularity = np.asarray(items["popularity"].to_numpy(), dtype=np.float64)
         spec = m.get("feature_spec", {})
-        self.user_features = feature_inputs(m, "recommend_from_history")  # what each graph reads, in order
+        # the user features the history graphs read, in order
+        self.user_features = feature_inputs(
+            m, "user_vector_from_history" if index_only(m) else "recommend_from_history"
+        )
         self.rank_features = feature_inputs(m, "rank_from_history") if self.pipeline else []
         # what the ranking graphs take after the candidates: retrieval's scores, the request's times
         self.rank_inputs = RankInputs.of(m["graphs"]["rank"]["inputs"]) if self.pipeline else RankInputs()
@@ -104,6 +101,12 @@ class LoadedModel:
         self._feature_codes: dict[str, np.ndarray] = {}  # feature -> encoded value per user index (lazily)
         self.explain_refusal = explain_refusal(m)  # None: explain requests are answered
         self.explain_history_len = int((m.get("explain") or {}).get("history_len", 0))
+        self.similar_refusal = (  # None: similar-items requests are answered
+            f"model {self.name} version {self.version} was exported with --index-only: it has no similar_items "
+            "graph (export it without --index-only to answer SimilarItems)"
+            if index_only(m)
+            else None
+        )
         log.info(
             "loaded %s version %d (%s, %d users, %d items) on %s",
             self.name,
@@ -233,7 +236,7 @@ class LoadedModel:
             return self._search(vectors, exclude, k)
         feed = {"user_idx": np.asarray(users, dtype=np.int64), "exclude": self._pad_exclude(exclude)}
         scores, items = self._run("recommend", self._k(k, feed))
-        return _split(scores, items)
+        return split_topk(scores, items)
 
     def recommend_from_history(
         self,
@@ -251,7 +254,7 @@ class LoadedModel:
             return self._search(vectors, exclude, k)
         feed["exclude"] = self._pad_exclude(exclude)
         scores, items = self._run("recommend_from_history", self._k(k, feed))
-        return _split(scores, items)
+        return split_topk(scores, items)
 
     def _search(self, vectors: np.ndarray, exclude: list[np.ndarray], k: int | None) -> list[TopK]:
         assert self.index is not None
@@ -264,6 +267,10 @@ class LoadedModel:
         graph's."""
         if self.pipeline:
             return self.rank_any(users, candidates, times)
+        if "score" not in self.sessions:  # index-only: user_vector . each item's vector from the index
+            assert self.index is not None
+            (vectors,) = self._run("user_vector", {"user_idx": users.astype(np.int64)})
+            return self.index.score(vectors, candidates)
         feed = {"user_idx": users.astype(np.int64), "items": pad_rows(candidates)}
         (scores,) = self._run("score", feed)
         return [scores[j, : len(c)] for j, c in enumerate(candidates)]
@@ -344,7 +351,7 @@ class LoadedModel:
         """The k (default k_max) most similar items of each item."""
         feed = {"item_idx": np.asarray(items, dtype=np.int64)}
         scores, out = self._run("similar_items", self._k(k, feed))
-        return _split(scores, out)
+        return split_topk(scores, out)
 
     def warm_up(self, max_batch_size: int = 8) -> None:
         """Run every graph at the batch sizes the batcher will form, so no first request pays for
@@ -360,7 +367,8 @@ class LoadedModel:
             self.recommend(users, rows)
             self.recommend_from_history([np.array([0])] * b, rows, [[0] * len(self.user_features)] * b)
             self.score(users, [np.array([0])] * b)
-            self.similar(np.arange(b) % self.num_items)
+            if self.similar_refusal is None:
+                self.similar(np.arange(b) % self.num_items)
             if self.pipeline:
                 one = [np.array([0])] * b
                 self.rank(users, one, [np.zeros(1, dtype=np.float32)] * b)
@@ -370,28 +378,6 @@ class LoadedModel:
             if self.explain_refusal is None:
                 self.explain(users, [np.array([0])] * b, [np.array([0])] * b)
                 self.explain_from_history([np.array([0])] * b, [np.array([0])] * b, [[0] * len(self.user_features)] * b)
-
-
-def _split(scores: np.ndarray, items: np.ndarray) -> list[TopK]:
-    """One TopK per row, without the -inf entries (excluded items, or fewer items than k). A row is
-    sorted best first, so its last score tells whether it has any."""
-    if scores.shape[1] == 0:
-        return [TopK(items=items[j], scores=scores[j]) for j in range(len(scores))]
-    if len(scores) == 1:  # one row (a lone Recommend): no list of flags
-        s, i = scores[0], items[0]
-        if s[-1] == -np.inf:
-            keep = s > -np.inf
-            s, i = s[keep], i[keep]
-        return [TopK(i, s)]
-    complete = (scores[:, -1] > -np.inf).tolist()
-    out = []
-    for j, whole in enumerate(complete):
-        s, i = scores[j], items[j]
-        if not whole:
-            keep = s > -np.inf
-            s, i = s[keep], i[keep]
-        out.append(TopK(items=i, scores=s))
-    return out
 
 
 def _as_text(value: Any) -> str:

@@ -22,7 +22,7 @@ from onnxrec.server.config import ServerConfig
 from onnxrec.server.events import EventStore, RecentEvents, make_store, track
 from onnxrec.server.explain import Explanation
 from onnxrec.server.forget import Eraser
-from onnxrec.server.limits import RequestLimits, invalid, request_time, shown
+from onnxrec.server.limits import RequestError, RequestLimits, invalid, request_time, shown
 from onnxrec.server.metrics import ServerMetrics
 from onnxrec.server.pipeline import ModelRetrieval, PopularityRetrieval, RecommendPipeline, Stage
 from onnxrec.server.plan import Planner, items_to_indices, not_found
@@ -125,6 +125,8 @@ class RecommenderServicer:
         served = self.planner.served(request.model)
         model = served.model
         self.planner.check_k(request.k, model)
+        if model.similar_refusal is not None:
+            raise RequestError(grpc.StatusCode.FAILED_PRECONDITION, model.similar_refusal)
         self.limits.check_id(request.item_id, "item_id")
         item = model.item_index.get(request.item_id)
         if item is None:

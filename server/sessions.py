@@ -97,8 +97,8 @@ def open_sessions(
     path: Path, manifest: dict[str, Any], device: str, intra_op_threads: int, precision: str
 ) -> dict[str, ort.InferenceSession]:
     """One session per graph of the version at ``path`` (the ``precision`` variant when not fp32), the
-    user-vector graphs included when the version has a nearest-neighbour index and the ranking graphs when
-    it is a pipeline (:func:`is_pipeline`).
+    user-vector graphs included when the version has a nearest-neighbour index (and only they when it is
+    :func:`index_only`) and the ranking graphs when it is a pipeline (:func:`is_pipeline`).
 
     Idle onnxruntime threads would spin on the cores the gRPC event loop needs, so spinning is off; a
     small catalog's run is shorter than waking a second thread, so ``intra_op_threads=0`` means one
@@ -114,7 +114,8 @@ def open_sessions(
     opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
     opts.log_severity_level = 3
     sessions: dict[str, ort.InferenceSession] = {}
-    graphs = GRAPHS + (INDEX_GRAPHS if manifest.get("index") else ()) + (RANK_GRAPHS if is_pipeline(manifest) else ())
+    graphs: tuple[str, ...] = () if index_only(manifest) else GRAPHS
+    graphs += (INDEX_GRAPHS if manifest.get("index") else ()) + (RANK_GRAPHS if is_pipeline(manifest) else ())
     graphs += EXPLAIN_GRAPHS if explains(manifest) else ()
     for graph in graphs:
         file = manifest["graphs"][graph]["file"]
@@ -135,6 +136,11 @@ def open_sessions(
 def explains(manifest: dict[str, Any]) -> bool:
     """Whether the version has the explain graphs (its manifest names how it explains)."""
     return bool((manifest.get("explain") or {}).get("methods"))
+
+
+def index_only(manifest: dict[str, Any]) -> bool:
+    """Whether the version holds only the user-vector graphs and the index (exporter/catalog.py)."""
+    return bool((manifest.get("index") or {}).get("index_only"))
 
 
 def is_pipeline(manifest: dict[str, Any]) -> bool:
