@@ -101,7 +101,8 @@ def inprocess(version: Path, seconds: float, min_calls: int, seed: int) -> dict[
     out: dict[str, Any] = {
         "load_s": round(load_s, 2),
         "provider": model.provider,
-        "intra_op_threads": model.sessions["recommend"].get_session_options().intra_op_num_threads,
+        "intra_op_threads": next(iter(model.sessions.values())).get_session_options().intra_op_num_threads,
+        "rss_after_load_mb": round(_rss_kb(os.getpid()) / 1024),
     }
 
     def call(feed: tuple[np.ndarray, list[np.ndarray]]) -> None:
@@ -150,7 +151,23 @@ def served(
         out["start_s"] = round(time.perf_counter() - t0, 1)
         for c in concurrency:
             out["points"][f"c{c}"] = measure(srv, users, c, duration, warmup, processes=2, model=model)
+        out["server_peak_rss_mb"] = round(_rss_kb(srv.proc.pid, "VmHWM") / 1024)
     return out
+
+
+def _rss_kb(pid: int, field: str = "VmRSS") -> int:
+    """``field`` (VmRSS: resident now, VmHWM: its peak) of process ``pid`` and its children, in kB (Linux)."""
+    total = 0
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                total += int(line.split()[1])
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            for child in (task / "children").read_text().split():
+                total += _rss_kb(int(child), field)
+    except (FileNotFoundError, ProcessLookupError):
+        return total
+    return total
 
 
 def main() -> None:

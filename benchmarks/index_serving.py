@@ -77,6 +77,9 @@ class Export:
     seed: int
     ranker: Path | None = None
     candidates: int = 200
+    nprobe: int = 32
+    nlist: int = 0
+    index_only: bool = False
 
 
 def export_kind(run: Path, repo: Path, name: str, spec: Export) -> dict[str, Any]:
@@ -98,6 +101,9 @@ def export_kind(run: Path, repo: Path, name: str, spec: Export) -> dict[str, Any
         min_recall=spec.min_recall,
         ranker=spec.ranker,
         candidates=spec.candidates,
+        index_nprobe=spec.nprobe,
+        index_nlist=spec.nlist,
+        index_only=spec.index_only,
     )
     return describe(export(run, repo, name, options=opts))
 
@@ -209,6 +215,9 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--ef-search", type=int, default=256, help="--index-ef-search")
     ap.add_argument("--index-graph", default="auto", help="--index-graph (hnsw)")
     ap.add_argument("--min-recall", type=float, default=0.95)
+    ap.add_argument("--nprobe", type=int, default=32, help="--index-nprobe (ivf)")
+    ap.add_argument("--nlist", type=int, default=0, help="--index-nlist (ivf; 0: about 4 x sqrt(items))")
+    ap.add_argument("--index-only", action="store_true", help="export the indexed versions --index-only (10M items)")
     ap.add_argument("--ranker", default="", help="comma-separated ranker models (fm, deepfm): a pipeline per kind")
     ap.add_argument("--candidates", type=int, default=200, help="--candidates of the pipeline versions")
     ap.add_argument("--timed-users", type=int, default=1000, help="random known users of the batch-1 stage timings")
@@ -253,6 +262,9 @@ def new_report(args: argparse.Namespace, conc: list[int]) -> dict[str, Any]:
             "k": K,
             "ef_search": args.ef_search,
             "index_graph": args.index_graph,
+            "nprobe": args.nprobe,
+            "nlist": args.nlist,
+            "index_only": args.index_only,
             "min_recall": args.min_recall,
             "rankers": [r for r in args.ranker.split(",") if r],
             "candidates": args.candidates,
@@ -268,7 +280,18 @@ def versions(args: argparse.Namespace, work: Path) -> list[tuple[str, Export, st
     """(row key, export spec, ranker model) of every version: each kind alone, then with each ranker."""
     out: list[tuple[str, Export, str | None]] = []
     for kind in args.kinds.split(","):
-        spec = Export(kind, args.ef_search, args.index_graph, args.min_recall, args.seed, None, args.candidates)
+        spec = Export(
+            kind,
+            args.ef_search,
+            args.index_graph,
+            args.min_recall,
+            args.seed,
+            None,
+            args.candidates,
+            args.nprobe,
+            args.nlist,
+            args.index_only and kind != "exact",
+        )
         out.append((kind, spec, None))
         for ranker in (r for r in args.ranker.split(",") if r):
             out.append((f"{kind}+{ranker}", replace(spec, ranker=work / f"ranker-{ranker}"), ranker))
