@@ -7,9 +7,10 @@ A version whose manifest has an ``index`` entry (``onnxrec export --index ...``)
 bias folded into the vectors, so an index answer's scores are the exact graph's scores of the items it
 finds (an HNSW graph built by L2 over lifted vectors, ``params.graph == "lifted_l2"``, answers
 distances, turned back into those scores with ``params.max_norm``). A search asks for ``k`` plus the
-longest exclusion list of the batch, drops each row's excluded items, and searches a row again with
-twice as many while it has fewer than ``k`` items left and the catalog holds more (then scores every
-stored vector), so a user always gets ``k`` items when ``k`` unexcluded items exist.
+row's exclusions (rows of a batch grouped by that count's power of two), drops each row's excluded
+items, and searches a row again with twice as many while it has fewer than ``k`` items left and the
+catalog holds more (then scores every stored vector), so a user always gets ``k`` items when ``k``
+unexcluded items exist.
 """
 
 from __future__ import annotations
@@ -67,13 +68,12 @@ class IndexSearch:
         (-1 entries in an exclusion row are padding)."""
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         k = min(k, self.num_items)
-        fetch = min(self.num_items, k + max((len(e) for e in exclude), default=0))
-        scores, items = self._search(vectors, fetch)
+        fetched = self._fetch(vectors, [min(self.num_items, k + len(e)) for e in exclude])
         out = []
         for j, row in enumerate(exclude):
             drop = set(row.tolist()) if len(row) else ()
-            s, i = _keep(scores[j], items[j], drop, k)
-            wider = fetch
+            wider, (found_s, found_i) = fetched[j]
+            s, i = _keep(found_s, found_i, drop, k)
             while len(i) < k and wider < self.num_items:  # exclusions ate the over-fetch: search wider
                 wider = min(self.num_items, 2 * wider)
                 more_s, more_i = self._search(vectors[j : j + 1], wider)
@@ -81,6 +81,23 @@ class IndexSearch:
             if len(i) < k and len(i) < self.num_items - sum(1 for d in drop if d >= 0):
                 s, i = self._exhaustive(vectors[j], drop, k)  # a graph index need not reach every item
             out.append((i, s))
+        return out
+
+    def _fetch(self, vectors: np.ndarray, need: list[int]) -> list[tuple[int, tuple[np.ndarray, np.ndarray]]]:
+        """Per row: how many items were fetched and the index's top that many (scores, items). Rows are
+        searched together in groups of the same power of two of ``need`` (k plus the row's exclusions),
+        each group fetching its own largest need: a row with few exclusions does not pay for a batch
+        neighbour's long history (an HNSW search keeps at least the fetched count as candidates), and a
+        batch costs at most one search call per group (a lone row: one call, fetching exactly its need)."""
+        groups: dict[int, list[int]] = {}
+        for j, n in enumerate(need):
+            groups.setdefault(max(n - 1, 0).bit_length(), []).append(j)
+        out: list[Any] = [None] * len(need)
+        for rows in groups.values():
+            fetch = max(need[j] for j in rows)
+            scores, items = self._search(vectors[rows] if len(rows) < len(need) else vectors, fetch)
+            for at, j in enumerate(rows):
+                out[j] = (fetch, (scores[at], items[at]))
         return out
 
     def score(self, vectors: np.ndarray, candidates: Sequence[np.ndarray]) -> list[np.ndarray]:
