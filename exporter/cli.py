@@ -96,7 +96,8 @@ class NonNegativeNumber(click.ParamType):
     default="auto",
     show_default=True,
     help="HNSW: the graph built by inner product, or by L2 over MIPS-lifted vectors (better on trained factors); "
-    "auto builds the first and, when its recall@10 falls short of --min-recall, the second too (twice the build).",
+    "auto builds the first and, when its recall@10 falls short of --min-recall, the second too (twice the build). "
+    "IVF: lists by L2 over lifted vectors (auto) or by inner product.",
 )
 @click.option(
     "--index-only",

@@ -25,7 +25,8 @@ if TYPE_CHECKING:
 
 INDEX_FILE = "items.faiss"
 INDEX_KINDS = ("auto", "exact", "hnsw", "ivf", "flat")
-HNSW_GRAPHS = ("auto", "inner-product", "lifted-l2")  # auto: inner product, then lifted L2 if recall falls short
+# HNSW: auto is inner product, then lifted L2 if recall falls short; IVF: auto is lifted L2
+HNSW_GRAPHS = ("auto", "inner-product", "lifted-l2")
 AUTO_MIN_ITEMS = 50_000  # auto: an index from this many items on; the exact graph below
 AUTO_MAX_EF_SEARCH = 4096  # auto: ef_search is doubled from --index-ef-search up to this until recall@10 passes
 # HNSW defaults, measured with benchmarks/index_recall.py on a hard case, untrained 64-dim MF factors
@@ -58,7 +59,7 @@ class IndexOptions:
     min_recall: float = DEFAULT_MIN_RECALL
     recall_users: int = RECALL_USERS
     seed: int = 0
-    graph: str = "auto"  # HNSW: which graph (HNSW_GRAPHS); one named is the only one built
+    graph: str = "auto"  # HNSW: which graph (HNSW_GRAPHS; one named is the only one built); IVF: lists by which
 
     def check(self) -> None:
         """Raise :class:`ExportError` for options no index can have."""
@@ -117,28 +118,44 @@ def _build_hnsw(vectors: np.ndarray, opts: IndexOptions) -> tuple[faiss.Index, d
     return index, params | {"graph": "inner_product"}
 
 
+def _lifted(vectors: np.ndarray) -> tuple[np.ndarray, float]:
+    """The MIPS-to-L2 lift of ``vectors`` (Bachrach et al. 2014): ``[v, sqrt(max|v|^2 - |v|^2)]``, whose
+    L2 nearest neighbours of a query ``[u, 0]`` are ``u``'s largest inner products; and ``max|v|``."""
+    norms = np.linalg.norm(vectors, axis=1)
+    top = float(norms.max()) if len(norms) else 0.0
+    lifted = np.hstack([vectors, np.sqrt(np.maximum(top**2 - norms**2, 0.0))[:, None]]).astype(np.float32)
+    return lifted, top
+
+
+def _behind_query_pad(inner: Any, dim: int) -> Any:
+    """``inner`` (an L2 index over lifted vectors) behind a transform that pads each query with a 0, so it
+    is searched with the same user vectors as any other index; its reconstructed vectors are the item
+    vectors."""
+    import faiss
+
+    pad = faiss.RemapDimensionsTransform(dim, dim + 1, False)  # type: ignore[arg-type]  # (its bool overload)
+    return faiss.IndexPreTransform(pad, inner)  # (faiss's wrapper keeps references to both)
+
+
 def build_lifted_hnsw(vectors: np.ndarray, opts: IndexOptions) -> BuiltIndex:
-    """HNSW built by L2 over the MIPS-to-L2 lifted vectors ``[v, sqrt(max|v|^2 - |v|^2)]`` (Bachrach et
-    al. 2014), behind a transform that pads each query with a 0, so it is searched with the same user
-    vectors; its distances are ``|u|^2 + max|v|^2 - 2 u.v`` (the server turns them back into scores with
-    ``params.max_norm``), and its reconstructed vectors are the item vectors. Where the inner-product
-    graph links items of small norm poorly (trained factors: recall@10 0.85-0.89 on the ML-100K
-    two-tower whatever ef_search) this graph finds them (0.999); on unstructured random factors it is
-    the other way round (BENCHMARKS.md), so the export tries it only when the first one falls short."""
+    """HNSW built by L2 over the MIPS-to-L2 lifted vectors (:func:`_lifted`), behind a transform that
+    pads each query with a 0, so it is searched with the same user vectors; its distances are ``|u|^2 +
+    max|v|^2 - 2 u.v`` (the server turns them back into scores with ``params.max_norm``), and its
+    reconstructed vectors are the item vectors. Where the inner-product graph links items of small norm
+    poorly (trained factors: recall@10 0.85-0.89 on the ML-100K two-tower whatever ef_search) this graph
+    finds them (0.999); on unstructured random factors it is the other way round (BENCHMARKS.md), so the
+    export tries it only when the first one falls short."""
     import faiss
 
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
     t0 = time.perf_counter()
-    norms = np.linalg.norm(vectors, axis=1)
-    top = float(norms.max()) if len(norms) else 0.0
-    lifted = np.hstack([vectors, np.sqrt(np.maximum(top**2 - norms**2, 0.0))[:, None]]).astype(np.float32)
+    lifted, top = _lifted(vectors)
     dim = vectors.shape[1]
     inner = faiss.IndexHNSWFlat(dim + 1, opts.m)
     inner.hnsw.efConstruction = opts.ef_construction
     inner.add(lifted)
     inner.hnsw.efSearch = opts.ef_search
-    pad = faiss.RemapDimensionsTransform(dim, dim + 1, False)  # type: ignore[arg-type]  # (its bool overload)
-    index = faiss.IndexPreTransform(pad, inner)  # (faiss's wrapper keeps references to both)
+    index = _behind_query_pad(inner, dim)
     params: dict[str, Any] = {"M": opts.m, "ef_construction": opts.ef_construction, "ef_search": opts.ef_search}
     params |= {"graph": "lifted_l2", "max_norm": top}
     return BuiltIndex("hnsw", index, params, round(time.perf_counter() - t0, 2))
@@ -155,18 +172,35 @@ def hnsw_of(index: Any) -> Any:
 
 
 def _build_ivf(vectors: np.ndarray, opts: IndexOptions) -> tuple[faiss.Index, dict[str, Any]]:
+    """IVF-Flat, by default over the MIPS-to-L2 lifted vectors with L2 lists (``opts.graph`` auto or
+    lifted-l2; ``params.graph == "lifted_l2"``, searched through the query padding as the lifted HNSW):
+    on 1M items drawn like a trained two-tower's factors, nlist 4,000, recall@10 0.956 / 0.984 at
+    nprobe 16 / 32 where lists by inner product find 0.773 / 0.912; on random factors the two are level
+    (100k items, nprobe 256: 0.822 against 0.814). BENCHMARKS.md."""
     import faiss  # here, not at import: the CLI loads this module for its defaults
 
     n, d = vectors.shape
     nlist = min(opts.nlist, n) if opts.nlist else default_nlist(n)
-    index = faiss.index_factory(d, f"IVF{nlist},Flat", faiss.METRIC_INNER_PRODUCT)
     rng = np.random.default_rng(opts.seed)
     sample = min(n, nlist * IVF_TRAIN_PER_LIST)
-    index.train(vectors[np.sort(rng.choice(n, size=sample, replace=False))])
-    index.add(vectors)
+    rows = np.sort(rng.choice(n, size=sample, replace=False))
+    params: dict[str, Any] = {}
+    if opts.graph == "inner-product":
+        index = faiss.index_factory(d, f"IVF{nlist},Flat", faiss.METRIC_INNER_PRODUCT)
+        index.train(vectors[rows])
+        index.add(vectors)
+        params["graph"] = "inner_product"
+    else:
+        lifted, top = _lifted(vectors)
+        inner = faiss.index_factory(d + 1, f"IVF{nlist},Flat")
+        inner.train(lifted[rows])
+        inner.add(lifted)
+        del lifted
+        index = _behind_query_pad(inner, d)
+        params |= {"graph": "lifted_l2", "max_norm": top}
     nprobe = min(opts.nprobe, nlist)
     faiss.extract_index_ivf(index).nprobe = nprobe
-    return index, {"nlist": nlist, "nprobe": nprobe, "train_items": sample}
+    return index, {"nlist": nlist, "nprobe": nprobe, "train_items": sample} | params
 
 
 def _build_flat(vectors: np.ndarray, opts: IndexOptions) -> tuple[faiss.Index, dict[str, Any]]:

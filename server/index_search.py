@@ -5,7 +5,7 @@ A version whose manifest has an ``index`` entry (``onnxrec export --index ...``)
 (faiss's own format, hash-checked at load like every file) and the ``user_vector`` and
 ``user_vector_from_history`` graphs; ``score(user, item) = user_vector . item_vector`` with the item
 bias folded into the vectors, so an index answer's scores are the exact graph's scores of the items it
-finds (an HNSW graph built by L2 over lifted vectors, ``params.graph == "lifted_l2"``, answers
+finds (an HNSW graph or IVF lists built by L2 over lifted vectors, ``params.graph == "lifted_l2"``, answer
 distances, turned back into those scores with ``params.max_norm``). A search asks for ``k`` plus the
 row's exclusions (rows of a batch grouped by that count's power of two), drops each row's excluded
 items, and searches a row again with twice as many while it has fewer than ``k`` items left and the
@@ -49,7 +49,7 @@ class IndexSearch:
         self.kind: str = str(index.get("type", "index"))
         params = index.get("params", {})
         inner = faiss.downcast_index(self.index)
-        if isinstance(inner, faiss.IndexPreTransform):  # the lifted L2 graph behind its query padding
+        if isinstance(inner, faiss.IndexPreTransform):  # a lifted L2 index behind its query padding
             inner = faiss.downcast_index(inner.index)
         if self.kind == "hnsw" and "ef_search" in params:
             inner.hnsw.efSearch = int(params["ef_search"])

@@ -28,6 +28,7 @@ from onnxrec.exporter.inspect import format_manifest, inspect_version
 from onnxrec.exporter.parity import Tolerance, max_abs_score
 from onnxrec.exporter.recall import SeenItems, measure_recall
 from onnxrec.exporter.repository import sha256_file
+from onnxrec.server.loaded_model import LoadedModel
 from onnxrec.trainer.checkpoint import model_from_checkpoint
 from onnxrec.trainer.data.dataset import Dataset
 from onnxrec.trainer.runs import open_run
@@ -87,6 +88,19 @@ def test_the_lifted_hnsw_graph_is_built_when_named() -> None:
     )
     assert recall["at10"] >= 0.99, recall
     assert build_index("hnsw", items, IndexOptions(kind="hnsw")).params["graph"] == "inner_product"  # auto's first
+
+
+@pytest.mark.parametrize(("graph", "space"), [("auto", "lifted_l2"), ("inner-product", "inner_product")])
+def test_ivf_lists_are_built_over_lifted_vectors_unless_inner_product_is_named(graph: str, space: str) -> None:
+    """IVF's lists: by L2 over the MIPS-lifted vectors by default (searched through the query padding,
+    reconstructing the item vectors), by inner product when named; both find the exact top-k when every
+    list is probed."""
+    items, users = _random_catalog(2000, 50, 16, seed=3)
+    built = build_index("ivf", items, IndexOptions(kind="ivf", nlist=16, nprobe=16, graph=graph))
+    assert built.params["graph"] == space
+    np.testing.assert_allclose(built.index.reconstruct_n(0, 5), items[:5], rtol=1e-6, atol=1e-7)
+    no_seen = SeenItems(np.zeros(51, dtype=np.int64), np.zeros(0, dtype=np.int64))
+    assert measure_recall(built.index, items, users, no_seen, np.arange(50))["at10"] == 1.0
 
 
 def test_recall_excludes_seen_items_by_over_fetching() -> None:
@@ -275,6 +289,15 @@ def test_cli_export_with_an_ivf_index_and_a_tampered_index_is_refused(runs: dict
     assert "retrieval: ivf index items.faiss" in result.output and "nlist 4, nprobe 4" in result.output
     manifest = inspect_version(repo / "ivf" / "1")
     assert manifest["index"]["params"]["nprobe"] == 4 and manifest["index"]["recall"]["at10"] >= 0.99
+    assert manifest["index"]["params"]["graph"] == "lifted_l2"
+    # served: the lifted lists' L2 distances come back as the score graph's u.v scores
+    model = LoadedModel(repo / "ivf" / "1")
+    users = np.arange(0, model.num_users, 7)
+    tops = model.recommend(users, [model.seen_row(int(u)) for u in users], 10)
+    for u, top in zip(users, tops, strict=True):
+        (want,) = model.score(np.array([u]), [top.items])
+        np.testing.assert_allclose(top.scores, want, rtol=1e-4, atol=1e-5 * float(np.abs(want).max()))
+        assert np.all(np.diff(top.scores) <= 1e-6)
     (repo / "ivf" / "1" / "items.faiss").write_bytes(b"tampered")
     with pytest.raises(ExportError, match=r"items\.faiss does not match its hash"):
         inspect_version(repo / "ivf" / "1")
