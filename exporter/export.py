@@ -40,20 +40,17 @@ from onnxrec.exporter.graph_jobs import (
 )
 from onnxrec.exporter.graphs import ServingTables, fold_in_centroids
 from onnxrec.exporter.index import (
-    AUTO_MAX_EF_SEARCH,
     DEFAULT_EF_CONSTRUCTION,
     DEFAULT_EF_SEARCH,
     DEFAULT_M,
     DEFAULT_MIN_RECALL,
     DEFAULT_NPROBE,
     RECALL_USERS,
-    BuiltIndex,
     IndexOptions,
-    build_index,
-    build_lifted_hnsw,
     choose_kind,
     manifest_entry,
 )
+from onnxrec.exporter.index_proof import ProvenIndex, prove_index
 from onnxrec.exporter.new_items import add_new_items, read_new_items
 from onnxrec.exporter.onnx_io import IR_VERSION, OPSET, cpu_session, export_module, optimize_offline
 from onnxrec.exporter.parity import (
@@ -66,7 +63,7 @@ from onnxrec.exporter.parity import (
     check_values,
 )
 from onnxrec.exporter.pipeline import check_candidates, open_ranker, rank_jobs, stages_entry
-from onnxrec.exporter.recall import SeenItems, check_recall, measure_recall, sample_users
+from onnxrec.exporter.recall import SeenItems
 from onnxrec.exporter.repository import (
     MANIFEST,
     MODEL_FORMAT,
@@ -215,65 +212,8 @@ def _write_graphs(
     return parity, variants
 
 
-@dataclass
-class _ProvenIndex:
-    """An index built over the item vectors whose recall passed (written into the version later)."""
-
-    built: BuiltIndex
-    vectors: np.ndarray  # [num_items, D + 1]: what the index holds
-    recall: dict[str, Any]
-
-
-def _prove_index(kind: str, model: Recommender, ds: Dataset, jobs: list[GraphJob], opts: ExportOptions) -> _ProvenIndex:
-    """Build the ``kind`` index over the model's item vectors and measure its recall for sampled known
-    users (their vectors: the ``user_vector`` graph's module); raise :class:`RecallError` below
-    ``min_recall``."""
-    io = opts.index_options()
-    vectors = item_index_vectors(model)
-    built = build_index(kind, vectors, io)
-    known = cast(UserVectorGraph, next(j.module for j in jobs if j.spec.name == "user_vector"))
-    seqs = known_sequences(ds, "serve")
-    users = sample_users(ds.num_users, io.recall_users, io.seed)
-
-    def measure() -> dict[str, Any]:
-        found = measure_recall(
-            built.index, vectors, known.user_matrix.numpy(), SeenItems(seqs.indptr, seqs.items), users
-        )
-        return found | {"users": len(users), "min_recall_at10": io.min_recall}
-
-    recall = measure()
-    # auto: the inner-product graph fell short; on trained factors the lifted one may find more
-    if kind == "hnsw" and io.graph == "auto" and recall["at10"] < io.min_recall:
-        first, first_recall = built, recall
-        built = build_lifted_hnsw(vectors, io)
-        recall = measure()
-        log.info("hnsw recall@10: inner-product graph %.4f, lifted L2 graph %.4f", first_recall["at10"], recall["at10"])
-        if first_recall["at10"] >= recall["at10"]:
-            built, recall = first, first_recall
-    # auto chose the index, so it also chooses how hard to search it: ef_search doubles until recall@10 passes
-    while io.kind == "auto" and recall["at10"] < io.min_recall and built.params["ef_search"] < AUTO_MAX_EF_SEARCH:
-        log.info(
-            "hnsw recall@10 %.4f at ef_search %d; trying %d",
-            recall["at10"],
-            built.params["ef_search"],
-            2 * built.params["ef_search"],
-        )
-        built.set_ef_search(min(2 * built.params["ef_search"], AUTO_MAX_EF_SEARCH))
-        recall = measure()
-    described = f"{kind} index ({', '.join(f'{k} {v}' for k, v in built.params.items()) or 'exact search'})"
-    log.info(
-        "%s: built in %.1f s, recall@10 %.4f, recall@100 %.4f",
-        described,
-        built.build_seconds,
-        recall["at10"],
-        recall["at100"],
-    )
-    check_recall(recall, io.min_recall, described)
-    return _ProvenIndex(built, vectors, recall)
-
-
 def _write_index(
-    proven: _ProvenIndex, score_batches: list[Any], out: Path, opts: ExportOptions, scorer: Any
+    proven: ProvenIndex, score_batches: list[Any], out: Path, opts: ExportOptions, scorer: Any
 ) -> dict[str, Any]:
     """Check the index's contract in onnxruntime (user_vector . item vector = the score graph's score, or
     without one the PyTorch model's, ``scorer``, on the score graph's parity batches), write the index
@@ -355,7 +295,11 @@ def export(
     proven = None
     if kind != "exact":
         jobs += vector_jobs(model, tables, batches)
-        proven = _prove_index(kind, model, ds, jobs, opts)
+        known = cast(UserVectorGraph, next(j.module for j in jobs if j.spec.name == "user_vector"))
+        seqs = known_sequences(ds, "serve")
+        seen = SeenItems(seqs.indptr, seqs.items)
+        proven = prove_index(kind, item_index_vectors(model), known.user_matrix.numpy(), seen, opts.index_options())
+        kind = proven.built.kind  # auto may have found IVF enough
     if ranker is not None:
         jobs += rank_jobs(ranker, ds, serving_tables(ranker.model, ds), sizes, opts.candidates)
     with atomic_dir(final) as tmp:

@@ -34,7 +34,8 @@ AUTO_MAX_EF_SEARCH = 4096  # auto: ef_search is doubled from --index-ef-search u
 # 100k items: ef_construction 100 builds in 31 s (200: 84 s) and ef_search 256 finds recall@10 0.980
 # (@100 0.912; ef_search 128: 0.912, 512: 0.998). 1M items: the build takes 410-694 s; recall@10 is
 # 0.821 / 0.929 / 0.965 / 0.982 / 0.992 at ef_search 256 / 512 / 768 / 1024 / 1536, batch-1 search
-# 3.3 / 5.3 / 6.4 / 9.6 ms p50 at 512 / 768 / 1024 / 1536. auto raises ef_search until recall@10 passes
+# 3.3 / 5.3 / 6.4 / 9.6 ms p50 at 512 / 768 / 1024 / 1536. auto tries IVF first (exporter/index_proof.py;
+# on random factors it falls short), then raises HNSW's ef_search until recall@10 passes
 # (AUTO_MAX_EF_SEARCH), so the 1M random catalog would export at ef_search 1024; trained factors, which
 # cluster, need less.
 DEFAULT_M = 32
@@ -228,6 +229,14 @@ class BuiltIndex:
         with it, and recorded in :attr:`params`)."""
         hnsw_of(self.index).efSearch = ef_search
         self.params["ef_search"] = ef_search
+
+    def set_nprobe(self, nprobe: int) -> None:
+        """Search an IVF index's ``nprobe`` closest lists from now on (set on the index, so written with
+        it, and recorded in :attr:`params`)."""
+        import faiss
+
+        faiss.extract_index_ivf(self.index).nprobe = nprobe
+        self.params["nprobe"] = nprobe
 
     def write(self, version_dir: Path) -> int:
         """Write the index into ``version_dir`` (:data:`INDEX_FILE`, faiss's own format) and return its

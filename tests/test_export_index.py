@@ -5,6 +5,7 @@ user-vector graphs whose dot product with the index's vectors is the score graph
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +25,7 @@ from onnxrec.exporter.index import (
     choose_kind,
     default_nlist,
 )
+from onnxrec.exporter.index_proof import prove_index
 from onnxrec.exporter.inspect import format_manifest, inspect_version
 from onnxrec.exporter.parity import Tolerance, max_abs_score
 from onnxrec.exporter.recall import SeenItems, measure_recall
@@ -301,3 +303,30 @@ def test_cli_export_with_an_ivf_index_and_a_tampered_index_is_refused(runs: dict
     (repo / "ivf" / "1" / "items.faiss").write_bytes(b"tampered")
     with pytest.raises(ExportError, match=r"items\.faiss does not match its hash"):
         inspect_version(repo / "ivf" / "1")
+
+
+def test_auto_tries_ivf_raising_nprobe_then_falls_back_to_hnsw() -> None:
+    """--index auto: IVF first, its nprobe doubled from --index-nprobe while recall@10 is short, up to an
+    eighth of the lists; past that, HNSW."""
+    items, users = _random_catalog(4000, 200, 16, seed=4)
+    no_seen = SeenItems(np.zeros(201, dtype=np.int64), np.zeros(0, dtype=np.int64))
+    opts = IndexOptions(kind="auto", nlist=64, nprobe=1, recall_users=200)
+    first = measure_recall(build_index("ivf", items, opts).index, items, users, no_seen, np.arange(200))["at10"]
+    cheap = prove_index("hnsw", items, users, no_seen, replace(opts, min_recall=min(1.0, first + 0.05)))
+    assert cheap.built.kind == "ivf" and 1 < cheap.built.params["nprobe"] <= 8, cheap.built.params
+    assert cheap.recall["at10"] >= first + 0.05
+    costly = prove_index("hnsw", items, users, no_seen, replace(opts, min_recall=0.99))
+    assert costly.built.kind == "hnsw" and costly.recall["at10"] >= 0.99
+
+
+@pytest.mark.slow
+def test_auto_exports_ivf_when_it_is_enough(
+    runs: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("onnxrec.exporter.index.AUTO_MIN_ITEMS", 10)  # the 200-item catalog gets an index
+    version = export(runs["mf"], tmp_path / "repo", "mf", options=ExportOptions(k_max=20, max_batch=32))
+    manifest = inspect_version(version)
+    assert manifest["index"]["type"] == "ivf" and manifest["index"]["params"]["graph"] == "lifted_l2"
+    assert manifest["stages"][0]["retrieval"] == "ivf"
+    assert manifest["stages"][0]["graphs"] == ["user_vector", "user_vector_from_history"]
+    assert LoadedModel(version).retrieval == "ivf"
