@@ -59,8 +59,10 @@ class IndexSearch:
             ivf = faiss.extract_index_ivf(self.index)
             ivf.nprobe = int(params.get("nprobe", ivf.nprobe))
             ivf.make_direct_map()  # reconstruct_n / reconstruct_batch: the exhaustive fallback, Score
-        if threads:
-            faiss.omp_set_num_threads(threads)
+        # one OpenMP thread whatever ``threads`` says: faiss 1.15.1 answered a 2- or 3-query batch wrongly
+        # with 2 threads (one id repeated) on a 10M-item IVF index, right with 1 (BENCHMARKS.md, #16)
+        del threads
+        faiss.omp_set_num_threads(1)
         self.num_items = num_items
 
     def search(self, vectors: np.ndarray, exclude: Sequence[np.ndarray], k: int) -> list[tuple[np.ndarray, np.ndarray]]:
