@@ -175,8 +175,8 @@ def hnsw_of(index: Any) -> Any:
 def _build_ivf(vectors: np.ndarray, opts: IndexOptions) -> tuple[faiss.Index, dict[str, Any]]:
     """IVF-Flat, by default over the MIPS-to-L2 lifted vectors with L2 lists (``opts.graph`` auto or
     lifted-l2; ``params.graph == "lifted_l2"``, searched through the query padding as the lifted HNSW):
-    on 1M items drawn like a trained two-tower's factors, nlist 4,000, recall@10 0.956 / 0.984 at
-    nprobe 16 / 32 where lists by inner product find 0.773 / 0.912; on random factors the two are level
+    on 1M items drawn like a trained two-tower's factors, nlist 4,000, recall@10 0.963 / 0.992 at
+    nprobe 16 / 32 where lists by inner product find 0.783 / 0.916; on random factors the two are level
     (100k items, nprobe 256: 0.822 against 0.814). BENCHMARKS.md."""
     import faiss  # here, not at import: the CLI loads this module for its defaults
 
@@ -185,20 +185,19 @@ def _build_ivf(vectors: np.ndarray, opts: IndexOptions) -> tuple[faiss.Index, di
     rng = np.random.default_rng(opts.seed)
     sample = min(n, nlist * IVF_TRAIN_PER_LIST)
     rows = np.sort(rng.choice(n, size=sample, replace=False))
-    params: dict[str, Any] = {}
+    params: dict[str, Any]
     if opts.graph == "inner-product":
+        data, params = vectors, {"graph": "inner_product"}
         index = faiss.index_factory(d, f"IVF{nlist},Flat", faiss.METRIC_INNER_PRODUCT)
-        index.train(vectors[rows])
-        index.add(vectors)
-        params["graph"] = "inner_product"
     else:
-        lifted, top = _lifted(vectors)
-        inner = faiss.index_factory(d + 1, f"IVF{nlist},Flat")
-        inner.train(lifted[rows])
-        inner.add(lifted)
-        del lifted
-        index = _behind_query_pad(inner, d)
-        params |= {"graph": "lifted_l2", "max_norm": top}
+        data, top = _lifted(vectors)
+        params = {"graph": "lifted_l2", "max_norm": top}
+        index = faiss.index_factory(d + 1, f"IVF{nlist},Flat")
+    index.train(data[rows])
+    index.add(data)
+    del data
+    if params["graph"] == "lifted_l2":
+        index = _behind_query_pad(index, d)
     nprobe = min(opts.nprobe, nlist)
     faiss.extract_index_ivf(index).nprobe = nprobe
     return index, {"nlist": nlist, "nprobe": nprobe, "train_items": sample} | params

@@ -10,7 +10,8 @@ the means over the users.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -75,38 +76,34 @@ def measure_recall(
 ) -> dict[str, float]:
     """Mean recall@k of ``index`` for ``users`` (rows of ``user_vectors``) against the exact top-k over
     ``item_vectors`` (what the index holds), seen items excluded: ``{"at10": ..., "at100": ...}``."""
-    import faiss
-
     per_user: dict[int, list[float]] = {k: [] for k in ks}
     items = np.ascontiguousarray(item_vectors, dtype=np.float32)
-    threads = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(1)  # as the server searches: faiss 1.15.1 erred on small batches with 2 threads
-    try:
-        _measure(index, items, user_vectors, seen, users, ks, per_user)
-    finally:
-        faiss.omp_set_num_threads(threads)
+    with _one_thread():
+        for start in range(0, len(users), CHUNK_USERS):
+            chunk = users[start : start + CHUNK_USERS]
+            queries = np.ascontiguousarray(user_vectors[chunk], dtype=np.float32)
+            scores = queries @ items.T
+            seen_rows = [seen.of(int(u)) for u in chunk]
+            for row, s in enumerate(seen_rows):
+                scores[row, s] = -np.inf
+            for k in ks:
+                counts = _found(index, queries, scores, seen_rows, k)
+                per_user[k] += [f / w for f, w in counts if w]
     return {f"at{k}": round(float(np.mean(per_user[k])) if per_user[k] else 1.0, 4) for k in ks}
 
 
-def _measure(
-    index: faiss.Index,
-    items: np.ndarray,
-    user_vectors: np.ndarray,
-    seen: SeenItems,
-    users: np.ndarray,
-    ks: Sequence[int],
-    per_user: dict[int, list[float]],
-) -> None:
-    for start in range(0, len(users), CHUNK_USERS):
-        chunk = users[start : start + CHUNK_USERS]
-        queries = np.ascontiguousarray(user_vectors[chunk], dtype=np.float32)
-        scores = queries @ items.T
-        seen_rows = [seen.of(int(u)) for u in chunk]
-        for row, s in enumerate(seen_rows):
-            scores[row, s] = -np.inf
-        for k in ks:
-            counts = _found(index, queries, scores, seen_rows, k)
-            per_user[k] += [f / w for f, w in counts if w]
+@contextlib.contextmanager
+def _one_thread() -> Iterator[None]:
+    """faiss on one OpenMP thread for the block, as the server searches: faiss 1.15.1 answered 2- and
+    3-query batches wrongly with 2 threads on a 10M-item IVF index (BENCHMARKS.md, #16)."""
+    import faiss
+
+    threads = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    try:
+        yield
+    finally:
+        faiss.omp_set_num_threads(threads)
 
 
 def check_recall(recall: dict[str, float], min_recall: float, described: str) -> None:

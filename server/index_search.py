@@ -37,7 +37,7 @@ def _faiss() -> Any:
 class IndexSearch:
     """A loaded index and how to search it (``index`` is the manifest's ``index`` entry)."""
 
-    def __init__(self, version_dir: Path, index: dict[str, Any], num_items: int, threads: int) -> None:
+    def __init__(self, version_dir: Path, index: dict[str, Any], num_items: int) -> None:
         faiss = _faiss()
         path = version_dir / str(index.get("file", "items.faiss"))
         try:
@@ -59,9 +59,8 @@ class IndexSearch:
             ivf = faiss.extract_index_ivf(self.index)
             ivf.nprobe = int(params.get("nprobe", ivf.nprobe))
             ivf.make_direct_map()  # reconstruct_n / reconstruct_batch: the exhaustive fallback, Score
-        # one OpenMP thread whatever ``threads`` says: faiss 1.15.1 answered a 2- or 3-query batch wrongly
-        # with 2 threads (one id repeated) on a 10M-item IVF index, right with 1 (BENCHMARKS.md, #16)
-        del threads
+        # one OpenMP thread: faiss 1.15.1 answered a 2- or 3-query batch wrongly with 2 threads (one id
+        # repeated) on a 10M-item IVF index, right with 1 (BENCHMARKS.md, #16)
         faiss.omp_set_num_threads(1)
         self.num_items = num_items
 

@@ -78,7 +78,7 @@ class LoadedModel:
         self.sessions = open_sessions(self.path, m, device, intra_op_threads, precision)
         self.provider: str = next(iter(self.sessions.values())).get_providers()[0]
         index = m.get("index")
-        self.index = IndexSearch(self.path, index, self.num_items, intra_op_threads or 1) if index else None
+        self.index = IndexSearch(self.path, index, self.num_items) if index else None
         self.retrieval: str = self.index.kind if self.index else "exact"  # what answers carry
         # the ``k`` input of every k a request may ask for, built once (index k; 0 stands for k_max)
         self._k_inputs = [np.array([k or self.graph_k_max], dtype=np.int64) for k in range(self.graph_k_max + 1)]

@@ -25,7 +25,7 @@ def search(tmp_path_factory: pytest.TempPathFactory) -> tuple[IndexSearch, np.nd
     index.add(vectors)
     root = tmp_path_factory.mktemp("flat")
     faiss.write_index(index, str(root / "items.faiss"))
-    return IndexSearch(root, {"type": "flat", "file": "items.faiss"}, N_ITEMS, 1), vectors
+    return IndexSearch(root, {"type": "flat", "file": "items.faiss"}, N_ITEMS), vectors
 
 
 rows = st.lists(

@@ -155,7 +155,7 @@ def test_a_lifted_l2_graph_answers_inner_product_scores(versions: dict[str, Path
     vectors = flat.index.index.reconstruct_n(0, flat.num_items)
     built = build_lifted_hnsw(vectors, IndexOptions(ef_search=256))
     faiss.write_index(built.index, str(tmp_path / "items.faiss"))
-    search = IndexSearch(tmp_path, {"type": "hnsw", "file": "items.faiss", "params": built.params}, flat.num_items, 1)
+    search = IndexSearch(tmp_path, {"type": "hnsw", "file": "items.faiss", "params": built.params}, flat.num_items)
     (users,) = flat.sessions["user_vector"].run(None, {"user_idx": np.arange(flat.num_users, dtype=np.int64)})
     exact = users @ vectors.T
     rows = [flat.seen_row(u) for u in range(flat.num_users)]
