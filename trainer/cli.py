@@ -172,7 +172,8 @@ def synth_command(out: Path, users: int, items: int, per_user: float, seed: int)
 @config_options(TrainConfig, table="train")
 def train_command(config_file: Path | None, **options: Any) -> None:
     """Train a recommender: --data (prepared dataset, MovieLens folder, log file or 'synthetic'),
-    --model (auto, mf, mlp, neumf, twotower, linear, fm, deepfm), --out RUN_DIR."""
+    --model (twotower, sasrec, mf, mlp, neumf, linear, fm, deepfm, or auto: the best of mf, twotower and
+    sasrec on validation within --time-budget), --out RUN_DIR."""
     from onnxrec.trainer.preflight import preflight
 
     overrides = {k: v for k, v in options.items() if v is not None}
@@ -188,12 +189,24 @@ def train_command(config_file: Path | None, **options: Any) -> None:
     negatives = summary.get("negatives", {})
     pipeline = f"{negatives.get('run')} top-{negatives.get('candidates')} -> {summary['model_type']}"
     scored = f" (pipeline {pipeline})" if summary.get("evaluated_as") == "pipeline" else ""
+    if "auto" in summary:
+        click.echo(auto_line(summary["auto"]))
     click.echo(
         f"wrote {run} ({summary['model_type']}, best epoch {summary['best_epoch']}, "
         f"{summary['train_seconds']:.1f} s); test{scored} sampled HR@10 {t['sampled'].get('hr@10', 0):.4f} "
         f"NDCG@10 {t['sampled'].get('ndcg@10', 0):.4f}; full HR@10 {t['full'].get('hr@10', 0):.4f} "
         f"NDCG@10 {t['full'].get('ndcg@10', 0):.4f}"
     )
+
+
+def auto_line(choice: dict[str, Any]) -> str:
+    """What ``--model auto`` picked and what the others scored, as one line."""
+    tried = "; ".join(
+        f"{c['model']} {c['valid']:.4f} ({c['epochs_run']} epochs, {c['train_seconds']:.0f} s"
+        + (", cut by the budget)" if c["out_of_time"] else ")")
+        for c in choice["candidates"]
+    )
+    return f"auto: picked {choice['picked']} by {choice['metric']}: {tried}"
 
 
 @click.command("evaluate")

@@ -16,15 +16,22 @@ ENV_PREFIX = "ONNXREC_TRAIN_"
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Every option of ``onnxrec train``. ``model="auto"`` picks the best model for the data."""
+    """Every option of ``onnxrec train``. ``model="auto"`` trains the fast candidates and keeps the best
+    on validation (:mod:`onnxrec.trainer.auto`)."""
 
     data: str = setting(
         "synthetic", "a prepared dataset directory, a MovieLens folder, a CSV/TSV/Parquet log, or synthetic"
     )
     out: str = setting("runs/default", "the run directory to write")
     model: str = setting(
-        "auto",
-        "auto | mf | mlp | neumf | twotower | linear | fm | deepfm | sasrec (auto: the history-aware two-tower)",
+        "twotower",
+        "twotower | sasrec | mf | mlp | neumf | linear | fm | deepfm | auto (auto: trains mf, twotower and sasrec "
+        "within --time-budget and keeps the best on validation)",
+    )
+    time_budget: float = setting(
+        600.0,
+        "--model auto: seconds of training for all candidates together; each may use an equal share of what is "
+        "left, and trains at least one epoch",
     )
     loss: str = setting("auto", "auto | softmax | bce | bpr (auto: the model's default)")
     dim: int = setting(64, "embedding size of users and items")

@@ -8,13 +8,10 @@ from onnxrec.trainer.data.dataset import Dataset
 from onnxrec.trainer.models.config import FeatureInput, ModelConfig, ModelOptions
 from onnxrec.trainer.models.registry import MODEL_TYPES, registered
 
-#: The model ``--model auto`` trains.
-DEFAULT_MODEL = "twotower"
-
 
 def resolve_model(cfg: TrainConfig) -> tuple[str, str]:
     """The (model type, loss) that ``cfg`` means; ``--loss auto`` is the model type's default loss."""
-    model = DEFAULT_MODEL if cfg.model == "auto" else cfg.model
+    model = cfg.model
     if model not in MODEL_TYPES:
         raise ConfigError(f"unknown model {cfg.model!r} (choose from auto, {', '.join(MODEL_TYPES)})")
     loss = MODEL_TYPES[model].default_loss if cfg.loss == "auto" else cfg.loss

@@ -107,6 +107,8 @@ class FitResult:
     epochs: list[dict[str, Any]] = field(default_factory=list)
     train_seconds: float = 0.0
     examples_per_second: float = 0.0
+    #: training ended at ``deadline`` before early stopping or the last epoch
+    out_of_time: bool = False
 
 
 def _metric(metrics: dict[str, dict[str, float]], key: str) -> float:
@@ -138,13 +140,15 @@ def fit(
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
     negatives: NegativeSampler | None = None,
     scorer: Scorer | None = None,
+    deadline: float | None = None,
 ) -> tuple[FitResult, torch.optim.Optimizer]:
     """Train ``model`` on ``ds``'s training split; keep the weights with the best validation score.
 
     Each epoch's data order, negatives and dropout come from ``(cfg.seed, epoch)`` (see
     :mod:`onnxrec.trainer.determinism`). ``negatives`` draws the sampled losses' negatives (default:
     uniformly over the catalog; with hard ones, a softmax loss is the sampled one over them);
-    ``scorer`` is what each epoch validates (default: the model alone)."""
+    ``scorer`` is what each epoch validates (default: the model alone). With ``deadline`` (a
+    :func:`time.monotonic` value), no epoch starts after it: at least one epoch always runs."""
     distributed = dist.is_available() and dist.is_initialized()
     rank = dist.get_rank() if distributed else 0
     world = dist.get_world_size() if distributed else 1
@@ -178,6 +182,8 @@ def fit(
             else:
                 bad_epochs += 1
             stop = bad_epochs >= cfg.patience
+            if not stop and deadline is not None and time.monotonic() >= deadline and epoch + 1 < cfg.epochs:
+                stop = result.out_of_time = True
             if on_epoch is not None:
                 on_epoch(record)
         result.epochs.append(record)

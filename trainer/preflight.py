@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from onnxrec.errors import ConfigError, TrainingError
+from onnxrec.trainer.auto import check_auto
 from onnxrec.trainer.config import TrainConfig
 from onnxrec.trainer.data.home import check_source
 
@@ -57,6 +58,7 @@ def preflight(cfg: TrainConfig) -> None:
     ``--out`` is free, that ``--resume``, ``--candidates-from`` and ``--data`` exist, and that column
     options are only given for a CSV/TSV/Parquet log."""
     validate_options(cfg)
+    check_auto(cfg)
     out = Path(cfg.out)
     if out.exists() and not cfg.overwrite:
         raise TrainingError(f"{out} already exists (use --overwrite or another --out)")

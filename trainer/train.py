@@ -14,7 +14,7 @@ import json
 import logging
 import os
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, cast
 
@@ -25,6 +25,7 @@ import torch.distributed as dist
 from onnxrec import __version__
 from onnxrec.atomic import atomic_dir
 from onnxrec.errors import ConfigError, TrainingError
+from onnxrec.trainer.auto import AUTO, select_model
 from onnxrec.trainer.candidates import load_pool
 from onnxrec.trainer.checkpoint import CHECKPOINT_FILE, FORMAT, load_checkpoint, save_checkpoint
 from onnxrec.trainer.config import TrainConfig
@@ -107,6 +108,52 @@ def _train(cfg: TrainConfig, out: Path, threads: int) -> Path:
     rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
     ds, data_dir = load_for_training(cfg)
     resume = load_checkpoint(Path(cfg.resume)) if cfg.resume else None
+    if cfg.model == AUTO:
+        trained, choice = select_model(cfg, lambda c, deadline: _fit_model(c, ds, None, rank, deadline))
+    else:
+        trained, choice = _fit_model(cfg, ds, resume, rank), None
+    if rank != 0:
+        return Path(cfg.out)
+    model, pipeline, result = trained.model, trained.pipeline, trained.result
+    if not result.best_state:
+        raise TrainingError("no epoch was trained (is --epochs above the resumed checkpoint's epoch?)")
+    blend = None
+    if pipeline is not None and cfg.blend and not model.reads_retrieval:
+        blend, by_weight = fit_pipeline_blend(pipeline, ds)
+        pipeline.blend = blend
+        log.info("blend: retrieval's score weighs %.1f in the final ranking (best on validation)", blend.weight)
+    metrics = final_metrics(model, ds, cfg, pipeline)
+    if blend is not None:
+        metrics["blend"] = {**blend.to_dict(), "valid_full_ndcg@10_by_weight": by_weight}
+    metrics["negatives"] = trained.negatives.describe()
+    metrics["threads"] = threads
+    if choice is not None:
+        metrics["auto"] = choice
+    extra = {"blend": blend.to_dict()} if blend is not None else {}
+    return _write_run(cfg, ds, data_dir, trained, metrics, extra)
+
+
+@dataclass
+class Trained:
+    """One model's training: what the run directory is written from."""
+
+    model_type: str
+    model_cfg: dict[str, Any]
+    loss: str
+    model: Recommender
+    result: FitResult
+    opt: torch.optim.Optimizer
+    negatives: NegativeSampler
+    pipeline: PipelineScorer | None
+    wall: float
+
+
+def _fit_model(
+    cfg: TrainConfig, ds: Dataset, resume: dict[str, Any] | None, rank: int, deadline: float | None = None
+) -> Trained:
+    """Build the model ``cfg`` (or ``resume``) names for ``ds`` and fit it; its initial weights come
+    from ``cfg.seed`` alone, so each model ``--model auto`` tries starts as it would trained alone."""
+    torch.manual_seed(cfg.seed)
     model_type, loss = resolve_model(cfg)
     if resume is not None:
         if resume["dataset"]["content_hash"] != ds.content_hash:
@@ -137,22 +184,6 @@ def _train(cfg: TrainConfig, out: Path, threads: int) -> Path:
             cfg.candidates,
         )
     pipeline = PipelineScorer(pool.retrieval, model, ds, cfg.candidates, cfg.device) if pool else None
-    epochs_log: list[dict[str, Any]] = []
-
-    def on_epoch(record: dict[str, Any]) -> None:
-        epochs_log.append(record)
-        v = record["valid"]
-        log.info(
-            "epoch %d: loss %.4f, %s ex/s, valid sampled HR@10 %.4f NDCG@10 %.4f, full HR@10 %.4f NDCG@10 %.4f",
-            record["epoch"],
-            record["loss"],
-            f"{record['examples_per_second']:,.0f}",
-            v["sampled"].get("hr@10", float("nan")),
-            v["sampled"].get("ndcg@10", float("nan")),
-            v["full"].get("hr@10", float("nan")),
-            v["full"].get("ndcg@10", float("nan")),
-        )
-
     t0 = time.perf_counter()
     result, opt = fit(
         model,
@@ -161,28 +192,27 @@ def _train(cfg: TrainConfig, out: Path, threads: int) -> Path:
         loss,
         start_epoch=int(resume["epoch"]) if resume else 0,
         optimizer_state=resume.get("optimizer") if resume else None,
-        on_epoch=on_epoch,
+        on_epoch=_log_epoch,
         negatives=negatives,
         scorer=pipeline,
+        deadline=deadline,
     )
     wall = time.perf_counter() - t0
-    if rank != 0:
-        return Path(cfg.out)
-    if not result.best_state:
-        raise TrainingError("no epoch was trained (is --epochs above the resumed checkpoint's epoch?)")
-    blend = None
-    if pipeline is not None and cfg.blend and not model.reads_retrieval:
-        blend, by_weight = fit_pipeline_blend(pipeline, ds)
-        pipeline.blend = blend
-        log.info("blend: retrieval's score weighs %.1f in the final ranking (best on validation)", blend.weight)
-    metrics = final_metrics(model, ds, cfg, pipeline)
-    if blend is not None:
-        metrics["blend"] = {**blend.to_dict(), "valid_full_ndcg@10_by_weight": by_weight}
-    metrics["negatives"] = negatives.describe()
-    metrics["threads"] = threads
-    state = model.state_dict()
-    extra = {"blend": blend.to_dict()} if blend is not None else {}
-    return _write_run(cfg, ds, data_dir, model_type, mcfg_dict, loss, state, opt, result, metrics, wall, extra)
+    return Trained(model_type, mcfg_dict, loss, model, result, opt, negatives, pipeline, wall)
+
+
+def _log_epoch(record: dict[str, Any]) -> None:
+    v = record["valid"]
+    log.info(
+        "epoch %d: loss %.4f, %s ex/s, valid sampled HR@10 %.4f NDCG@10 %.4f, full HR@10 %.4f NDCG@10 %.4f",
+        record["epoch"],
+        record["loss"],
+        f"{record['examples_per_second']:,.0f}",
+        v["sampled"].get("hr@10", float("nan")),
+        v["sampled"].get("ndcg@10", float("nan")),
+        v["full"].get("hr@10", float("nan")),
+        v["full"].get("ndcg@10", float("nan")),
+    )
 
 
 def with_retrieval_fields(
@@ -243,23 +273,18 @@ def _write_run(
     cfg: TrainConfig,
     ds: Dataset,
     data_dir: Path | None,
-    model_type: str,
-    model_cfg: dict[str, Any],
-    loss: str,
-    state: dict[str, torch.Tensor],
-    opt: torch.optim.Optimizer,
-    result: FitResult,
+    trained: Trained,
     metrics: dict[str, Any],
-    wall: float,
     extra: dict[str, Any],
 ) -> Path:
+    model_type, result = trained.model_type, trained.result
     out = Path(cfg.out)
     summary = {
         "model_type": model_type,
-        "loss": loss,
+        "loss": trained.loss,
         "best_epoch": result.best_epoch,
         "epochs_run": len(result.epochs),
-        "train_seconds": round(wall, 2),
+        "train_seconds": round(trained.wall, 2),
         "examples_per_second": round(result.examples_per_second, 1),
         **metrics,
     }
@@ -270,9 +295,9 @@ def _write_run(
             "format": FORMAT,
             "onnxrec_version": __version__,
             "model_type": model_type,
-            "model_config": model_cfg,
-            "state_dict": {k: v.detach().cpu().clone() for k, v in state.items()},
-            "optimizer": opt.state_dict(),
+            "model_config": trained.model_cfg,
+            "state_dict": {k: v.detach().cpu().clone() for k, v in trained.model.state_dict().items()},
+            "optimizer": trained.opt.state_dict(),
             "epoch": result.epochs[-1]["epoch"] if result.epochs else 0,
             "best_epoch": result.best_epoch,
             "feature_spec": ds.feature_spec.to_dict(),
