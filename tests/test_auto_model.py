@@ -87,5 +87,5 @@ def test_options_auto_cannot_honour_are_refused(tmp_path: Path, extra: list[str]
 
 
 def test_with_item_text_auto_tries_the_models_that_read_it() -> None:
-    assert auto_candidates(TrainConfig(model="auto", item_text=True)) == ("twotower",)
+    assert auto_candidates(TrainConfig(model="auto", item_text=True)) == ("twotower", "sasrec")
     assert auto_candidates(TrainConfig(model="auto")) == AUTO_CANDIDATES

@@ -136,7 +136,7 @@ def test_train_item_text_needs_text_and_a_two_tower(tmp_path: Path) -> None:
         assert result.exit_code == 0, result.output
     with pytest.raises(ConfigError, match="no item text"):
         train(TrainConfig(data=str(tmp_path / "plain"), out=str(tmp_path / "r1"), item_text=True, progress=False))
-    with pytest.raises(ConfigError, match="only the two-tower"):
+    with pytest.raises(ConfigError, match="only the twotower and sasrec models read item text"):
         train(
             TrainConfig(
                 data=str(tmp_path / "text"), out=str(tmp_path / "r2"), model="mf", item_text=True, progress=False
@@ -167,3 +167,34 @@ def test_new_text_items_get_exactly_the_text_paths_vectors() -> None:
         torch.testing.assert_close(bigger.item_vectors()[:4], model.item_vectors())
         torch.testing.assert_close(bigger.item_vectors()[4:], model.text_item_vectors(text))
         torch.testing.assert_close(bigger.item_bias()[4:], torch.full((2,), bias))
+
+
+def test_sasrec_new_text_items_get_exactly_the_text_paths_vectors() -> None:
+    import torch
+
+    from onnxrec.trainer.models.sasrec import SasRec, SasRecConfig
+
+    torch.manual_seed(0)
+    model = SasRec(SasRecConfig(num_users=5, num_items=4, dim=8, text_dim=6, history_len=3, id_dropout=0.5))
+    table = torch.randn(4, 6)
+    model.set_item_text(table)
+    model.eval()
+    text = torch.randn(2, 6)
+    bigger, bias = model.with_new_text_items(text)
+    assert bigger.num_items == 6 and bias == 0.0
+    history = torch.tensor([[5, 1, -1], [0, 4, 2]])  # the new items (4, 5) read as history like any other
+    with torch.no_grad():
+        # an item's row is its id embedding plus its text's projection; a new item's, the projection alone
+        torch.testing.assert_close(model.item_vectors(), model.item_emb + model.item_text_proj(table))
+        torch.testing.assert_close(bigger.item_vectors()[:4], model.item_vectors())
+        torch.testing.assert_close(bigger.item_vectors()[4:], model.text_item_vectors(text))
+        rows = bigger.item_vectors()
+        torch.testing.assert_close(bigger.encode(history), bigger.encode(history, rows))
+    # in training, id dropout zeroes whole id rows, never the text's part
+    model.train()
+    torch.manual_seed(1)
+    with torch.no_grad():
+        dropped = model.item_vectors() - model.item_text_proj(table)
+    kept = [torch.allclose(dropped[i], model.item_emb[i], atol=1e-6) for i in range(4)]
+    zero = [torch.allclose(dropped[i], torch.zeros(8), atol=1e-6) for i in range(4)]
+    assert all(k or z for k, z in zip(kept, zero, strict=True)) and any(kept)

@@ -1,4 +1,4 @@
-"""A two-tower model trained with item text serves a brand-new item known by its text alone:
+"""A two-tower or SASRec model trained with item text serves a brand-new item known by its text alone:
 prepare (text embedded) -> train --item-text -> export --new-items -> a real server on 127.0.0.1."""
 
 from __future__ import annotations
@@ -58,8 +58,8 @@ def _log(path: Path) -> Path:
     return path
 
 
-@pytest.fixture(scope="module")
-def repo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+@pytest.fixture(scope="module", params=["twotower", "sasrec"])
+def repo(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("text-serving")
     data = root / "data"
     result = CliRunner().invoke(
@@ -69,11 +69,13 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     options = {"epochs": 10, "batch_size": 32, "lr": 0.01, "dim": 16, "history_len": 8, "id_dropout": 0.5}
+    if request.param == "sasrec":
+        options["sequence_batch_size"] = 64  # 8 windows of 8 per step: 12 steps an epoch on 90 users
     run = train(
         TrainConfig(
             data=str(data),
             out=str(root / "run"),
-            model="twotower",
+            model=request.param,
             item_text=True,
             progress=False,
             seed=1,

@@ -31,7 +31,7 @@ AUTO = "auto"
 #: What ``--model auto`` tries, cheapest first, so a short budget still trains the cheap ones whole.
 AUTO_CANDIDATES = ("mf", "twotower", "sasrec")
 #: With ``--item-text``: the candidates that read item text.
-TEXT_CANDIDATES = ("twotower",)
+TEXT_CANDIDATES = ("twotower", "sasrec")
 
 
 def check_auto(cfg: TrainConfig) -> None:

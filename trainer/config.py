@@ -123,7 +123,7 @@ class TrainConfig:
     item_features: tuple[str, ...] = setting((), "CSV/Parquet logs: item side-feature columns, e.g. genres")
     item_text: bool = setting(
         False,
-        "two-tower: the item tower also reads each item's text vector (a dataset prepared with data prepare "
+        "two-tower and sasrec: each item's vector also reads its text vector (a dataset prepared with data prepare "
         "--item-text), so items without interactions get vectors from their text",
     )
     sep: str | None = setting(None, "CSV logs: the separator, one character or 'tab' (none: detected)")

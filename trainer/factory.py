@@ -8,6 +8,9 @@ from onnxrec.trainer.data.dataset import Dataset
 from onnxrec.trainer.models.config import FeatureInput, ModelConfig, ModelOptions
 from onnxrec.trainer.models.registry import MODEL_TYPES, registered
 
+#: The models that read item text (``--item-text``).
+TEXT_MODELS = ("twotower", "sasrec")
+
 
 def resolve_model(cfg: TrainConfig) -> tuple[str, str]:
     """The (model type, loss) that ``cfg`` means; ``--loss auto`` is the model type's default loss."""
@@ -52,6 +55,6 @@ def _text_dim(cfg: TrainConfig, ds: Dataset) -> int:
 
 def model_config(model: str, cfg: TrainConfig, ds: Dataset) -> ModelConfig:
     """The config dataclass of model type ``model`` for ``ds`` with ``cfg``'s sizes."""
-    if cfg.item_text and model != "twotower":
-        raise ConfigError(f"--item-text: only the two-tower model reads item text (not {model})")
+    if cfg.item_text and model not in TEXT_MODELS:
+        raise ConfigError(f"--item-text: only the {' and '.join(TEXT_MODELS)} models read item text (not {model})")
     return registered(model).config.from_options(model_options(cfg, ds))

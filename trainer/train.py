@@ -41,7 +41,6 @@ from onnxrec.trainer.factory import model_config, resolve_model
 from onnxrec.trainer.fit import FitResult, fit
 from onnxrec.trainer.models.base import Recommender
 from onnxrec.trainer.models.registry import build_model, config_to_dict
-from onnxrec.trainer.models.two_tower import TwoTower
 from onnxrec.trainer.negatives import CandidatePool, NegativeSampler
 from onnxrec.trainer.pipeline_eval import PipelineScorer, evaluate_pipeline, fit_pipeline_blend
 from onnxrec.trainer.plan import check_model_memory
@@ -171,7 +170,7 @@ def _fit_model(
     model = build_model(model_type, mcfg_dict)
     check_model_memory(sum(p.numel() for p in model.parameters()), ds.num_users, ds.num_items)
     model.set_item_features({k: torch.from_numpy(v) for k, v in ds.item_features.items()})
-    if isinstance(model, TwoTower) and model.cfg.text_dim and ds.item_text is not None:
+    if model.reads_item_text and ds.item_text is not None:
         model.set_item_text(torch.from_numpy(ds.item_text))
     if resume is not None:
         model.load_state_dict(resume["state_dict"])

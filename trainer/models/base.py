@@ -128,6 +128,10 @@ class Recommender(nn.Module):
         """Whether the item tower reads item text vectors (trained with ``--item-text``)."""
         return False
 
+    def set_item_text(self, vectors: torch.Tensor) -> None:
+        """Give the model every item's text vector ([num_items, text dim], row = item index)."""
+        raise NotImplementedError(f"{type(self).__name__} reads no item text")
+
     def with_new_text_items(self, text: torch.Tensor) -> tuple[Recommender, float]:
         """A copy of the model whose catalog also holds items known only by their text vectors
         ``text`` [N, text dim], as items ``num_items .. num_items + N - 1``, and the bias they were given

@@ -8,6 +8,12 @@ position, and an item's score is its dot product with the item's row of the same
 embedded with. The user id is not read, so any user with a history gets a vector (a user the model
 does not know included), and a known user's vector is computed once at export from their history.
 
+With ``text_dim`` > 0 (``--item-text``) an item's row is its id embedding plus a linear projection of
+its text vector (a buffer given once by :meth:`SasRec.set_item_text`), in the history and in the
+scores alike; in training each item's id embedding is dropped (zeroed) with probability
+``id_dropout``, so an item known by its text alone (id row zero: a cold item, or one added with
+``export --new-items``) gets a vector the model has learned to use.
+
 The attention is written with plain matrix products and masks (no ``nn.MultiheadAttention``), so the
 masking is explicit and exports to ONNX as ordinary operators. The fit loop trains it on SASRec's own
 next-item objective (:mod:`onnxrec.trainer.sequence_fit`): each window of a user's training sequence
@@ -18,9 +24,10 @@ instead, read at the newest position only.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -55,6 +62,8 @@ class SasRecConfig(ModelConfig):
     #: distance between the query and the key, so a position's output depends on the items it reads and
     #: their distances only, wherever the query sits in the window. (Checkpoints without the field: absolute.)
     positions: str = "absolute"
+    text_dim: int = 0  # 0 = no item text input
+    id_dropout: float = 0.0  # with text: the chance an item's id embedding is dropped in a training step
 
     def __post_init__(self) -> None:
         if self.positions not in ("absolute", "relative"):
@@ -78,6 +87,8 @@ class SasRecConfig(ModelConfig):
             blocks=opts.blocks or DEFAULT_BLOCKS,
             history_len=opts.history_len or DEFAULT_HISTORY_LEN,
             positions=DEFAULT_POSITIONS,
+            text_dim=opts.text_dim,
+            id_dropout=opts.id_dropout if opts.text_dim else 0.0,
         )
 
 
@@ -157,13 +168,51 @@ class SasRec(FactorizedRecommender):
         self.emb_drop = FastDropout(cfg.dropout)
         self.blocks = nn.ModuleList(CausalBlock(cfg.dim, cfg.heads, cfg.dropout) for _ in range(cfg.blocks))
         self.final_norm = nn.LayerNorm(cfg.dim)
+        if cfg.text_dim:
+            self.item_text_proj = nn.Linear(cfg.text_dim, cfg.dim, bias=False)
+            self.register_buffer("item_text", torch.zeros(cfg.num_items, cfg.text_dim))
 
     @property
     def history_len(self) -> int:
         return self.cfg.history_len
 
     def item_vectors(self, items: torch.Tensor | None = None) -> torch.Tensor:
-        return self.item_emb if items is None else self.item_emb[items]
+        ids = self.item_emb if items is None else self.item_emb[items]
+        if not self.cfg.text_dim:
+            return ids
+        if self.training and self.cfg.id_dropout > 0:
+            ids = ids * (torch.rand(ids.shape[:-1], device=ids.device) >= self.cfg.id_dropout).unsqueeze(-1)
+        text = cast(torch.Tensor, self.item_text)
+        return ids + self.item_text_proj(text if items is None else text[items])
+
+    @property
+    def reads_item_text(self) -> bool:
+        return self.cfg.text_dim > 0
+
+    def set_item_text(self, vectors: torch.Tensor) -> None:
+        """Give the model every item's text vector ([num_items, text_dim], row = item index)."""
+        if tuple(vectors.shape) != (self.cfg.num_items, self.cfg.text_dim):
+            raise ValueError(
+                f"item text vectors {tuple(vectors.shape)}, expected ({self.num_items}, {self.cfg.text_dim})"
+            )
+        cast(torch.Tensor, self.item_text).copy_(vectors)
+
+    def text_item_vectors(self, text: torch.Tensor) -> torch.Tensor:
+        """Vectors [N, D] of items the model does not know, from their text vectors [N, text_dim] alone."""
+        return self.item_text_proj(text)
+
+    def with_new_text_items(self, text: torch.Tensor) -> tuple[SasRec, float]:
+        """Items appended with a zero id embedding and their text vectors: their vectors are exactly
+        :meth:`text_item_vectors` (SASRec has no item bias: 0)."""
+        if not self.reads_item_text:
+            raise NotImplementedError("this sasrec model was trained without item text")
+        n = text.shape[0]
+        state = dict(self.state_dict())
+        state["item_emb"] = torch.cat([state["item_emb"], state["item_emb"].new_zeros(n, self.cfg.dim)])
+        state["item_text"] = torch.cat([state["item_text"], text.to(state["item_text"].dtype)])
+        bigger = SasRec(dataclasses.replace(self.cfg, num_items=self.cfg.num_items + n))
+        bigger.load_state_dict(state)
+        return bigger.train(self.training), 0.0
 
     def item_bias(self, items: torch.Tensor | None = None) -> torch.Tensor:
         n = self.cfg.num_items if items is None else items.shape[0]
@@ -178,8 +227,9 @@ class SasRec(FactorizedRecommender):
         history = history[:, : self.cfg.history_len]
         h = history.shape[1]
         valid = history >= 0
-        table = self.item_emb if item_table is None else item_table
-        x = table[history.clamp_min(0)] * valid.unsqueeze(-1).to(table.dtype)
+        safe = history.clamp_min(0)
+        rows = self.item_vectors(safe.reshape(-1)).reshape(*safe.shape, -1) if item_table is None else item_table[safe]
+        x = rows * valid.unsqueeze(-1).to(rows.dtype)
         pos = torch.arange(h, device=history.device)
         bias = None
         if self.cfg.positions == "absolute":
