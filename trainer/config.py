@@ -59,6 +59,11 @@ class TrainConfig:
     batch_size: int = setting(1024, "training examples per step")
     lr: float = setting(0.005, "learning rate")
     weight_decay: float = setting(0.0, "weight decay (L2) of the optimizer")
+    ema: float | None = setting(
+        None,
+        "validate, early-stop on and keep an exponential moving average of the weights with this decay per step "
+        "(none: the model's default: 0.995 for sasrec, off for the others; 0: off)",
+    )
     optimizer: str = setting("adamw", "adam | adamw")
     num_negatives: int = setting(4, "sampled negatives per positive (bce, bpr, sampled softmax)")
     deletions: str | None = setting(

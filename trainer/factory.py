@@ -23,6 +23,11 @@ def resolve_model(cfg: TrainConfig) -> tuple[str, str]:
     return model, loss
 
 
+def resolve_ema(cfg: TrainConfig, model: str) -> float:
+    """The weight average's decay per step for ``model`` (``--ema``, else the model type's default)."""
+    return MODEL_TYPES[model].default_ema if cfg.ema is None else cfg.ema
+
+
 def model_options(cfg: TrainConfig, ds: Dataset) -> ModelOptions:
     """``cfg``'s model options and ``ds``'s shape and side features: what a model config is sized from."""
     spec = ds.feature_spec

@@ -22,6 +22,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from onnxrec.errors import TrainingError
+from onnxrec.trainer.averaging import WeightAverage, averaged
 from onnxrec.trainer.config import TrainConfig
 from onnxrec.trainer.data.dataset import Dataset
 from onnxrec.trainer.determinism import epoch_seeds
@@ -141,6 +142,7 @@ def fit(
     negatives: NegativeSampler | None = None,
     scorer: Scorer | None = None,
     deadline: float | None = None,
+    ema: float = 0.0,
 ) -> tuple[FitResult, torch.optim.Optimizer]:
     """Train ``model`` on ``ds``'s training split; keep the weights with the best validation score.
 
@@ -148,7 +150,9 @@ def fit(
     :mod:`onnxrec.trainer.determinism`). ``negatives`` draws the sampled losses' negatives (default:
     uniformly over the catalog; with hard ones, a softmax loss is the sampled one over them);
     ``scorer`` is what each epoch validates (default: the model alone). With ``deadline`` (a
-    :func:`time.monotonic` value), no epoch starts after it: at least one epoch always runs."""
+    :func:`time.monotonic` value), no epoch starts after it: at least one epoch always runs. With
+    ``ema`` > 0, each epoch is validated and kept with the moving average of the weights at that
+    decay per step (:mod:`onnxrec.trainer.averaging`)."""
     distributed = dist.is_available() and dist.is_initialized()
     rank = dist.get_rank() if distributed else 0
     world = dist.get_world_size() if distributed else 1
@@ -163,24 +167,19 @@ def fit(
     if optimizer_state:
         opt.load_state_dict(optimizer_state)
     scorer = ModelScorer(model, ds, device) if scorer is None else scorer
+    average = WeightAverage(model, ema) if ema > 0 else None
     result = FitResult(best_state={}, best_epoch=-1, best_score=-math.inf)
     bad_epochs = 0
     for epoch in range(start_epoch, cfg.epochs):
         gen, torch_seed = epoch_seeds(cfg.seed, epoch)
         torch.manual_seed(torch_seed)
-        record = _train_epoch(step, opt, model, cfg, epoch_data, gen, epoch, device)
+        record = _train_epoch(step, opt, model, cfg, epoch_data, gen, epoch, device, average)
         result.train_seconds += record["seconds"]
         stop = False
         if rank == 0:
-            metrics = evaluate(scorer, ds, "valid", ks=cfg.eval_ks)
-            record["valid"] = metrics
-            score = _metric(metrics, cfg.early_stop_metric)
-            if score > result.best_score:
-                result.best_score, result.best_epoch = score, epoch + 1
-                result.best_state = copy.deepcopy(model.state_dict())
-                bad_epochs = 0
-            else:
-                bad_epochs += 1
+            with averaged(average):
+                better = _validate(model, scorer, ds, cfg, record, result)
+            bad_epochs = 0 if better else bad_epochs + 1
             stop = bad_epochs >= cfg.patience
             if not stop and deadline is not None and time.monotonic() >= deadline and epoch + 1 < cfg.epochs:
                 stop = result.out_of_time = True
@@ -198,6 +197,21 @@ def fit(
     if rank == 0 and result.best_state:
         model.load_state_dict(result.best_state)
     return result, opt
+
+
+def _validate(
+    model: Recommender, scorer: Scorer, ds: Dataset, cfg: TrainConfig, record: dict[str, Any], result: FitResult
+) -> bool:
+    """Score the epoch's weights on validation into ``record``; keep them in ``result`` when they are
+    the best so far (returns whether they are)."""
+    metrics = evaluate(scorer, ds, "valid", ks=cfg.eval_ks)
+    record["valid"] = metrics
+    score = _metric(metrics, cfg.early_stop_metric)
+    if score <= result.best_score:
+        return False
+    result.best_score, result.best_epoch = score, record["epoch"]
+    result.best_state = copy.deepcopy(model.state_dict())
+    return True
 
 
 def _objective(
@@ -312,8 +326,10 @@ def _train_epoch(
     gen: np.random.Generator,
     epoch: int,
     device: torch.device,
+    average: WeightAverage | None = None,
 ) -> dict[str, Any]:
-    """One pass over this rank's share of the shuffled training examples; the epoch's record."""
+    """One pass over this rank's share of the shuffled training examples (``average`` updated after
+    each step); the epoch's record."""
     model.train()
     t0, cpu0 = time.perf_counter(), time.process_time()
     examples, num_batches, steps = data.batches(gen, device)
@@ -330,6 +346,8 @@ def _train_epoch(
             opt.zero_grad(set_to_none=True)
             loss_value.backward()
             opt.step()
+            if average is not None:
+                average.update()
             total += float(loss_value.detach())
             batches += 1
             done += count

@@ -43,6 +43,7 @@ def validate_options(cfg: TrainConfig) -> None:
         (cfg.optimizer in ("adam", "adamw"), f"unknown optimizer {cfg.optimizer!r} (use adam or adamw)"),
         (cfg.loss in ("auto", "softmax", "bce", "bpr"), f"unknown loss {cfg.loss!r} (use auto, softmax, bce or bpr)"),
         (cfg.blocks >= 0, "blocks must be 0 (the model's default) or more"),
+        (cfg.ema is None or 0 <= cfg.ema < 1, "ema must be in [0, 1) (0: off)"),
         (
             cfg.sequence_objective in ("all_positions", "last_position"),
             f"unknown sequence_objective {cfg.sequence_objective!r} (use all_positions or last_position)",

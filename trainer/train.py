@@ -37,7 +37,7 @@ from onnxrec.trainer.data.source import resolve_data
 from onnxrec.trainer.data.split import SplitKind, SplitSpec
 from onnxrec.trainer.determinism import reproducible
 from onnxrec.trainer.evaluate import evaluate
-from onnxrec.trainer.factory import model_config, resolve_model
+from onnxrec.trainer.factory import model_config, resolve_ema, resolve_model
 from onnxrec.trainer.fit import FitResult, fit
 from onnxrec.trainer.models.base import Recommender
 from onnxrec.trainer.models.registry import build_model, config_to_dict
@@ -126,6 +126,7 @@ def _train(cfg: TrainConfig, out: Path, threads: int) -> Path:
         metrics["blend"] = {**blend.to_dict(), "valid_full_ndcg@10_by_weight": by_weight}
     metrics["negatives"] = trained.negatives.describe()
     metrics["threads"] = threads
+    metrics["ema"] = resolve_ema(cfg, trained.model_type)
     if choice is not None:
         metrics["auto"] = choice
     extra = {"blend": blend.to_dict()} if blend is not None else {}
@@ -195,6 +196,7 @@ def _fit_model(
         negatives=negatives,
         scorer=pipeline,
         deadline=deadline,
+        ema=resolve_ema(cfg, model_type),
     )
     wall = time.perf_counter() - t0
     return Trained(model_type, mcfg_dict, loss, model, result, opt, negatives, pipeline, wall)

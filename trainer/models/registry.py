@@ -26,11 +26,13 @@ from onnxrec.trainer.models.two_tower import TwoTower, TwoTowerConfig
 @dataclass(frozen=True)
 class ModelType:
     """One kind of model: its network (built as ``network(config)``), its config dataclass and the
-    loss ``--loss auto`` trains it with."""
+    loss ``--loss auto`` trains it with, and the weight average's decay it trains with by default
+    (``--ema``; 0: none)."""
 
     network: type[Recommender]
     config: type[ModelConfig]
     default_loss: str
+    default_ema: float = 0.0
 
 
 MODEL_TYPES: dict[str, ModelType] = {
@@ -41,7 +43,8 @@ MODEL_TYPES: dict[str, ModelType] = {
     "linear": ModelType(Linear, LinearConfig, default_loss="bce"),
     "fm": ModelType(FM, FMConfig, default_loss="bce"),
     "deepfm": ModelType(DeepFM, DeepFMConfig, default_loss="bce"),
-    "sasrec": ModelType(SasRec, SasRecConfig, default_loss="softmax"),
+    # the weight average: ML-100K validation full NDCG@10 0.1233 against 0.1183 without, over 3 seeds (#19)
+    "sasrec": ModelType(SasRec, SasRecConfig, default_loss="softmax", default_ema=0.995),
 }
 
 
