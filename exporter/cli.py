@@ -136,7 +136,7 @@ class NonNegativeNumber(click.ParamType):
     type=click.Path(path_type=Path),
     default=None,
     help="A CSV/Parquet of items added after training (item_id and the dataset's text columns): served from their "
-    "text alone (a two-tower run trained with --item-text).",
+    "text alone (a two-tower or sasrec run trained with --item-text).",
 )
 def export_command(
     run: Path,

@@ -1,12 +1,14 @@
 """``export --new-items FILE``: serve items added after training, known by their text alone.
 
-A two-tower run trained with ``--item-text`` encodes an item it never saw from its text vector (the
-item tower with the id and side features unknown: ``TwoTower.text_item_vectors``). Given a CSV or
+A two-tower or SASRec run trained with ``--item-text`` encodes an item it never saw from its text
+vector (the two-tower's item tower with the id and side features unknown, ``TwoTower.text_item_vectors``;
+SASRec's text projection with a zero id row, ``SasRec.text_item_vectors``). Given a CSV or
 Parquet file of new items (an ``item_id`` column and the dataset's text columns, e.g. title and
 genres for MovieLens), the exporter embeds each new item's text with the same packaged model as
 ``data prepare --item-text`` and appends the items to the catalog before it builds the graphs: the
-model's item tables grow by one row each (id embedding = the unknown id's, side features unknown, the
-item's text vector, bias = the median of the trained items' biases, i.e. a typical item), the dataset's
+model's item tables grow by one row each (``with_new_text_items``: for the two-tower, id embedding =
+the unknown id's, side features unknown, the item's text vector, bias = the median of the trained
+items' biases, i.e. a typical item; for SASRec a zero id row and the text vector), the dataset's
 id map and item table grow with them, and every graph, parity check and index then covers them like
 any other item. No user has seen them, so their popularity is 0. The manifest lists them
 (``new_items``).
@@ -74,7 +76,9 @@ def _text_columns(ds: Dataset) -> list[str]:
 def add_new_items(model: Recommender, ds: Dataset, table: pa.Table) -> tuple[Recommender, Dataset, NewItems]:
     """``model`` and ``ds`` with the items of ``table`` appended (module docstring)."""
     if not model.reads_item_text:
-        raise ExportError("--new-items needs a two-tower run trained with --item-text (it encodes items from text)")
+        raise ExportError(
+            "--new-items needs a two-tower or sasrec run trained with --item-text (it encodes items from text)"
+        )
     columns = _text_columns(ds)
     present = [c for c in columns if c in table.column_names]
     if not present:
