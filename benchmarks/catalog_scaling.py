@@ -129,15 +129,22 @@ def served(
     duration: float,
     warmup: float,
     extra: tuple[str, ...] = (),
+    server_cpus: set[int] | None = None,
+    load_cpus: set[int] | None = None,
 ) -> dict[str, Any]:
     """Start ``onnxrec serve --device cpu [extra]`` on ``repo`` and measure each concurrency (closed loop,
-    2 load processes; ``run_bench`` runs no more than the concurrency)."""
+    2 load processes; ``run_bench`` runs no more than the concurrency). With ``server_cpus`` and
+    ``load_cpus`` (Linux) the server runs on those cores only (under ``taskset``, one onnxruntime thread
+    per core) and the load processes on the others, so neither takes the other's cores."""
     from onnxrec.clients.bench import load_user_ids
 
     users = load_user_ids(version)
     metrics_port = free_port()
     cmd = [sys.executable, "-m", "onnxrec", "serve", "--repository", str(repo), "--device", "cpu"]
     cmd += ["--port", "0", "--metrics-port", str(metrics_port), *extra]
+    if server_cpus:
+        cmd = ["taskset", "-c", ",".join(map(str, sorted(server_cpus))), *cmd]
+        cmd += ["--intra-op-threads", str(len(server_cpus))]
     t0 = time.perf_counter()
     out: dict[str, Any] = {"points": {}}
     with start_server(
@@ -149,8 +156,16 @@ def served(
         timeout=900,
     ) as srv:
         out["start_s"] = round(time.perf_counter() - t0, 1)
-        for c in concurrency:
-            out["points"][f"c{c}"] = measure(srv, users, c, duration, warmup, processes=2, model=model)
+        mine = os.sched_getaffinity(0)
+        try:
+            if load_cpus:  # the load processes are started by measure() and inherit this
+                os.sched_setaffinity(0, load_cpus)
+            for c in concurrency:
+                out["points"][f"c{c}"] = measure(srv, users, c, duration, warmup, processes=2, model=model)
+        finally:
+            os.sched_setaffinity(0, mine)
+        if server_cpus:
+            out["pinned"] = {"server_cpus": sorted(server_cpus), "load_cpus": sorted(load_cpus or ())}
         out["server_peak_rss_mb"] = round(_rss_kb(srv.proc.pid, "VmHWM") / 1024)
     return out
 

@@ -228,6 +228,10 @@ def parse_args() -> argparse.Namespace:
     )
     ap.add_argument("--skip-served", action="store_true", help="in-process figures only")
     ap.add_argument("--concurrency", default="1,16,64")
+    ap.add_argument(
+        "--server-cpus", default="", help="served: run the server on these cores only, e.g. 0 (taskset; Linux)"
+    )
+    ap.add_argument("--load-cpus", default="", help="served: run the load processes on these cores, e.g. 1")
     ap.add_argument("--duration", type=float, default=8.0, help="seconds per served point")
     ap.add_argument("--seconds", type=float, default=4.0, help="seconds per in-process point")
     ap.add_argument("--seed", type=int, default=0)
@@ -235,6 +239,11 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--export-only", action="store_true", help="build and export into --work, measure nothing")
     ap.add_argument("--out", type=Path, required=True)
     return ap.parse_args()
+
+
+def _cpus(spec: str) -> set[int] | None:
+    """``"0,1"`` -> {0, 1}; empty -> None."""
+    return {int(c) for c in spec.split(",") if c.strip()} or None
 
 
 def _onnxrec_path() -> str:
@@ -270,6 +279,8 @@ def new_report(args: argparse.Namespace, conc: list[int]) -> dict[str, Any]:
             "candidates": args.candidates,
             "concurrency": conc,
             "served_duration_s": args.duration,
+            "server_cpus": args.server_cpus,
+            "load_cpus": args.load_cpus,
             "device": "cpu",
         },
         "kinds": {},
@@ -332,7 +343,10 @@ def measure_version(args: argparse.Namespace, work: Path, key: str, row: dict[st
         log(f"{key} servicer b1, inline_max_us {us}: p50 {sv['p50_ms']:.3f} p99 {sv['p99_ms']:.3f} ms, {sv['answer']}")
     if not args.skip_served:
         conc = [int(c) for c in args.concurrency.split(",")]
-        row["served"] = served(repo, version, name, work / f"serve-{key}.log", conc, args.duration, 2.0)
+        row["served"] = served(
+            repo, version, name, work / f"serve-{key}.log", conc, args.duration, 2.0,
+            server_cpus=_cpus(args.server_cpus), load_cpus=_cpus(args.load_cpus),
+        )  # fmt: skip
         for c, p in row["served"]["points"].items():
             log(f"{key} served {c}: {p['qps']:,.0f} calls/s p50 {p['p50_ms']:.2f} p99 {p['p99_ms']:.2f} ms")
 
