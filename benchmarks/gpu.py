@@ -26,6 +26,12 @@ works on any CPU machine). For 64-dim matrix-factorisation catalogs of 1M and 10
    and ``--serve-workers`` (4) processes, driven by ``onnxrec.clients.bench.run_bench`` closed loop at
    concurrency 1, 16 and 64 (QPS, p50, p99, the server's mean batch).
 
+5. **SASRec on CUDA** (issue #19; ``--skip sasrec`` leaves it out): trains a small SASRec on synthetic
+   data with ``--device cuda`` (torch), exports it (parity against PyTorch on the CPU, as always), then
+   answers the same 256 histories (``recommend_from_history``, the transformer graph) and the known
+   users' ``recommend`` through ``LoadedModel`` on the CUDA and the CPU provider: the top-10s must
+   agree as the parity check above says, the scores within 1e-3 of their magnitude.
+
 Every CUDA session is checked: ``session.get_providers()[0]`` must be ``CUDAExecutionProvider`` (the
 script stops with an error otherwise, never a silent CPU fallback); ``onnxruntime.preload_dlls()`` runs
 first. Writes JSON to ``--out``, else ``$OUT/gpu.json`` when ``$OUT`` is set, else
@@ -306,7 +312,9 @@ def product_graph(cat: Catalog, precision: str, work: Path) -> Path:
     from onnxrec.exporter.spec import recommend_spec
     from onnxrec.exporter.variants import HalfPrecision
 
-    tables = ServingTables(history=np.zeros((0, 0), np.int64), user_features={}, centroids=[])
+    tables = ServingTables(
+        history=np.zeros((0, 0), np.int64), user_features={}, centroids=[], last_time=np.zeros(0, np.int64)
+    )
     module: Any = RecommendGraph(cat.model, tables, K)
     if precision == "fp16":
         module = HalfPrecision(module)
@@ -765,6 +773,46 @@ class Bench:
             raise CudaNotActive(f"LoadedModel runs on {lm.provider}, not CUDA")
         return lm
 
+    def sasrec(self, work: Path) -> None:
+        """Part 5: a SASRec trained on this device, exported, and its graphs on this device against the CPU."""
+        import torch
+
+        from onnxrec.exporter.export import ExportOptions, export
+        from onnxrec.trainer.config import TrainConfig
+        from onnxrec.trainer.data.dataset import build_dataset, save_dataset
+        from onnxrec.trainer.data.preprocess import PreprocessSpec
+        from onnxrec.trainer.data.split import SplitSpec
+        from onnxrec.trainer.data.synth import generate_synthetic
+        from onnxrec.trainer.train import train
+
+        log = generate_synthetic(num_users=2000, num_items=3000, interactions_per_user=40, seed=self.args.seed)
+        data = save_dataset(build_dataset(log, PreprocessSpec(), SplitSpec(), "synthetic-sasrec"), work / "sasrec-data")
+        train_device = "cuda" if self.cuda and torch.cuda.is_available() else "cpu"
+        t = time.perf_counter()
+        run = train(TrainConfig(data=str(data), out=str(work / "sasrec-run"), model="sasrec", epochs=2,
+                                device=train_device, progress=False))  # fmt: skip
+        train_s = time.perf_counter() - t
+        version = export(run, work / "sasrec-repo", "sasrec", options=ExportOptions(k_max=K, max_batch=256))
+        here = self.loaded(version, self.device)
+        cpu = self.loaded(version, "cpu") if self.cuda else here
+        rng = np.random.default_rng(self.args.seed)
+        n = here.num_items
+        histories = [rng.choice(n, int(rng.integers(1, 60)), replace=False).astype(np.int64) for _ in range(256)]
+        none = [np.empty(0, dtype=np.int64)] * len(histories)
+        got = here.recommend_from_history(histories, histories, [[]] * len(histories), K)
+        ref = cpu.recommend_from_history(histories, histories, [[]] * len(histories), K)
+        users = np.arange(min(256, here.num_users), dtype=np.int64)
+        got_u, ref_u = here.recommend(users, none[: len(users)], K), cpu.recommend(users, none[: len(users)], K)
+        result: dict[str, Any] = {"train_device": train_device, "train_s": round(train_s, 1), "provider": here.provider}
+        for name, a, b in (("from_history", got, ref), ("known_users", got_u, ref_u)):
+            scale = max(float(np.abs(r.scores).max()) for r in b)
+            same = [set(x.items.tolist()) == set(y.items.tolist()) for x, y in zip(a, b, strict=True)]
+            diff = max(float(np.abs(x.scores - y.scores).max()) for x, y in zip(a, b, strict=True))
+            result[name] = {"rows": len(a), "same_set": float(np.mean(same)), "max_score_diff": diff, "scale": scale,
+                            "pass": diff <= 1e-3 * scale and float(np.mean(same)) >= 0.99}  # fmt: skip
+        self.report["sasrec"] = result
+        print(f"sasrec: {json.dumps(result)}", flush=True)
+
     def inprocess(self, cat: Catalog, sessions: dict[str, Any], device: str, batches: list[int]) -> None:
         """Users/s of every runner on ``device``: the graphs (IO binding off/on), the exported versions through
         LoadedModel (fp32/fp16; the server has no IO binding since plain runs measured as fast), PyTorch."""
@@ -856,7 +904,7 @@ def main() -> None:
     ap.add_argument("--export-max", type=int, default=200_000, help="larger catalogs are built with onnx.helper")
     ap.add_argument("--serve-workers", type=int, default=4, help="also serve with this many workers (1: not)")
     ap.add_argument("--exclude-width", type=int, default=32, help="exclusion list per user (recommend graphs)")
-    ap.add_argument("--skip", default="", help="comma-separated: torch, cpu-ep, served, fp16, exporter")
+    ap.add_argument("--skip", default="", help="comma-separated: torch, cpu-ep, served, fp16, exporter, sasrec")
     ap.add_argument("--budget-s", type=float, default=400.0, help="optional parts starting later are skipped")
     ap.add_argument("--out", type=Path, help="JSON path (default $OUT/gpu.json, else benchmarks/results/gpu.json)")
     ap.add_argument("--seed", type=int, default=0)
@@ -993,12 +1041,21 @@ def main() -> None:
                     report["served"] = {"catalog": served_cat.size, "duration_s": duration, "warmup_s": warmup}
                     report["served"].update(served(runs, [1, 16, 64], duration, warmup, tmp))
 
+        if "sasrec" in skip or not exporter_ok:
+            bench.skipped["sasrec"] = "--skip sasrec" if "sasrec" in skip else f"exporter unavailable: {exporter_why}"
+        else:
+            with bench.part("sasrec") as go:
+                if go:
+                    bench.sasrec(tmp)
+
     bench.save()
     print(format_tables(report))
     print(f"wrote {out_path} ({report['timings_s']['total']:.0f} s)", flush=True)
     failed = [
         f"{s} {k}" for s, par in report["parity"].items() for k, v in par.items() if "fp16" not in k and not v["pass"]
     ]
+    if report.get("sasrec") and not all(v["pass"] for v in report["sasrec"].values() if isinstance(v, dict)):
+        failed.append("sasrec")
     if failed or report["errors"]:
         raise SystemExit(f"parity below {MIN_AGREEMENT:.1%}: {failed}; errors in: {list(report['errors'])}")
 
