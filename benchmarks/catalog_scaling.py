@@ -141,7 +141,8 @@ def served(
     users = load_user_ids(version)
     metrics_port = free_port()
     cmd = [sys.executable, "-m", "onnxrec", "serve", "--repository", str(repo), "--device", "cpu"]
-    cmd += ["--port", "0", "--metrics-port", str(metrics_port), *extra]
+    shared_port = "--workers" in extra and extra[extra.index("--workers") + 1] != "1"  # workers share a fixed port
+    cmd += ["--port", str(free_port() if shared_port else 0), "--metrics-port", str(metrics_port), *extra]
     if server_cpus:
         cmd = ["taskset", "-c", ",".join(map(str, sorted(server_cpus))), *cmd]
         cmd += ["--intra-op-threads", str(len(server_cpus))]

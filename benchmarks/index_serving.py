@@ -232,6 +232,9 @@ def parse_args() -> argparse.Namespace:
         "--server-cpus", default="", help="served: run the server on these cores only, e.g. 0 (taskset; Linux)"
     )
     ap.add_argument("--load-cpus", default="", help="served: run the load processes on these cores, e.g. 1")
+    ap.add_argument(
+        "--workers", type=int, default=1, help="served: onnxrec serve --workers (processes sharing the port)"
+    )
     ap.add_argument("--duration", type=float, default=8.0, help="seconds per served point")
     ap.add_argument("--seconds", type=float, default=4.0, help="seconds per in-process point")
     ap.add_argument("--seed", type=int, default=0)
@@ -280,6 +283,7 @@ def new_report(args: argparse.Namespace, conc: list[int]) -> dict[str, Any]:
             "concurrency": conc,
             "served_duration_s": args.duration,
             "server_cpus": args.server_cpus,
+            "workers": args.workers,
             "load_cpus": args.load_cpus,
             "device": "cpu",
         },
@@ -345,6 +349,7 @@ def measure_version(args: argparse.Namespace, work: Path, key: str, row: dict[st
         conc = [int(c) for c in args.concurrency.split(",")]
         row["served"] = served(
             repo, version, name, work / f"serve-{key}.log", conc, args.duration, 2.0,
+            extra=("--workers", str(args.workers)),
             server_cpus=_cpus(args.server_cpus), load_cpus=_cpus(args.load_cpus),
         )  # fmt: skip
         for c, p in row["served"]["points"].items():
