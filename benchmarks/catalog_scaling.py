@@ -129,11 +129,13 @@ def served(
     duration: float,
     warmup: float,
     extra: tuple[str, ...] = (),
+    workers: int = 1,
     server_cpus: set[int] | None = None,
     load_cpus: set[int] | None = None,
 ) -> dict[str, Any]:
     """Start ``onnxrec serve --device cpu [extra]`` on ``repo`` and measure each concurrency (closed loop,
-    2 load processes; ``run_bench`` runs no more than the concurrency). With ``server_cpus`` and
+    2 load processes; ``run_bench`` runs no more than the concurrency), with ``workers`` server
+    processes sharing a fixed port. With ``server_cpus`` and
     ``load_cpus`` (Linux) the server runs on those cores only (under ``taskset``, one onnxruntime thread
     per core) and the load processes on the others, so neither takes the other's cores."""
     from onnxrec.clients.bench import load_user_ids
@@ -141,8 +143,8 @@ def served(
     users = load_user_ids(version)
     metrics_port = free_port()
     cmd = [sys.executable, "-m", "onnxrec", "serve", "--repository", str(repo), "--device", "cpu"]
-    shared_port = "--workers" in extra and extra[extra.index("--workers") + 1] != "1"  # workers share a fixed port
-    cmd += ["--port", str(free_port() if shared_port else 0), "--metrics-port", str(metrics_port), *extra]
+    cmd += ["--port", str(free_port() if workers > 1 else 0), "--metrics-port", str(metrics_port)]
+    cmd += ["--workers", str(workers), *extra]
     if server_cpus:
         cmd = ["taskset", "-c", ",".join(map(str, sorted(server_cpus))), *cmd]
         cmd += ["--intra-op-threads", str(len(server_cpus))]

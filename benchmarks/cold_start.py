@@ -155,7 +155,9 @@ def run_seed(
     }
     with tempfile.TemporaryDirectory() as tmp:
         data = save_dataset(ds, Path(tmp) / "data")
-        for name, with_text in (("text", True), ("features", False))[: 1 if args.model == "sasrec" else 2]:
+        # sasrec reads no side features: the plain model has no row for a cold item, so no "features" run
+        kinds = (("text", True),) if args.model == "sasrec" else (("text", True), ("features", False))
+        for name, with_text in kinds:
             t0 = time.perf_counter()
             cfg = TrainConfig(data=str(data), out=str(Path(tmp) / name), model=args.model, item_text=with_text,
                               epochs=args.epochs, seed=seed, threads=args.threads, progress=False,

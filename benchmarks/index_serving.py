@@ -349,7 +349,7 @@ def measure_version(args: argparse.Namespace, work: Path, key: str, row: dict[st
         conc = [int(c) for c in args.concurrency.split(",")]
         row["served"] = served(
             repo, version, name, work / f"serve-{key}.log", conc, args.duration, 2.0,
-            extra=("--workers", str(args.workers)),
+            workers=args.workers,
             server_cpus=_cpus(args.server_cpus), load_cpus=_cpus(args.load_cpus),
         )  # fmt: skip
         for c, p in row["served"]["points"].items():

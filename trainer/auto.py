@@ -20,7 +20,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from onnxrec.errors import ConfigError
-from onnxrec.trainer.config import TrainConfig
+from onnxrec.trainer.config import TEXT_MODELS, TrainConfig
 
 if TYPE_CHECKING:
     from onnxrec.trainer.train import Trained
@@ -30,8 +30,6 @@ log = logging.getLogger("onnxrec.train")
 AUTO = "auto"
 #: What ``--model auto`` tries, cheapest first, so a short budget still trains the cheap ones whole.
 AUTO_CANDIDATES = ("mf", "twotower", "sasrec")
-#: With ``--item-text``: the candidates that read item text.
-TEXT_CANDIDATES = ("twotower", "sasrec")
 
 
 def check_auto(cfg: TrainConfig) -> None:
@@ -50,15 +48,14 @@ def check_auto(cfg: TrainConfig) -> None:
 
 
 def auto_candidates(cfg: TrainConfig) -> tuple[str, ...]:
-    """The models ``--model auto`` tries with ``cfg``'s options."""
-    return TEXT_CANDIDATES if cfg.item_text else AUTO_CANDIDATES
+    """The models ``--model auto`` tries with ``cfg``'s options (with ``--item-text``: those that read it)."""
+    return tuple(m for m in AUTO_CANDIDATES if m in TEXT_MODELS) if cfg.item_text else AUTO_CANDIDATES
 
 
 def select_model(cfg: TrainConfig, fit_one: Callable[[TrainConfig, float], Trained]) -> tuple[Trained, dict[str, Any]]:
     """Train each candidate with ``fit_one(cfg with model=NAME, deadline)`` (a :func:`time.monotonic`
     value) and return the best on validation and the record of the choice. Ties go to the earlier
-    (cheaper) candidate."""
-    check_auto(cfg)
+    (cheaper) candidate. ``cfg`` has passed :func:`check_auto` (``train``'s preflight)."""
     names = auto_candidates(cfg)
     end = time.monotonic() + cfg.time_budget
     best: Trained | None = None
@@ -81,8 +78,7 @@ def select_model(cfg: TrainConfig, fit_one: Callable[[TrainConfig, float], Train
         )
         if best is None or result.best_score > best.result.best_score:
             best = trained
-    if best is None:  # names is never empty
-        raise ConfigError("--model auto: no candidate model")
+    assert best is not None  # names is never empty
     others = ", ".join(f"{t['model']} {t['valid']:.4f}" for t in tried if t["model"] != best.model_type)
     log.info(
         "auto: picked %s (valid %s %.4f; %s)", best.model_type, cfg.early_stop_metric, best.result.best_score, others

@@ -44,13 +44,3 @@ class WeightAverage:
             with torch.no_grad():
                 for p, t in zip(params, trained, strict=True):
                     p.copy_(t)
-
-
-@contextmanager
-def averaged(average: WeightAverage | None) -> Iterator[None]:
-    """:meth:`WeightAverage.applied`, or nothing without an average."""
-    if average is None:
-        yield
-    else:
-        with average.applied():
-            yield

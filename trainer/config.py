@@ -12,6 +12,8 @@ from typing import Any
 from onnxrec.settings import load_config, setting
 
 ENV_PREFIX = "ONNXREC_TRAIN_"
+#: The models that read item text (``--item-text``).
+TEXT_MODELS = ("twotower", "sasrec")
 
 
 @dataclass(frozen=True)

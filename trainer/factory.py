@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 from onnxrec.errors import ConfigError
-from onnxrec.trainer.config import TrainConfig
+from onnxrec.trainer.config import TEXT_MODELS, TrainConfig
 from onnxrec.trainer.data.dataset import Dataset
 from onnxrec.trainer.models.config import FeatureInput, ModelConfig, ModelOptions
 from onnxrec.trainer.models.registry import MODEL_TYPES, registered
-
-#: The models that read item text (``--item-text``).
-TEXT_MODELS = ("twotower", "sasrec")
 
 
 def resolve_model(cfg: TrainConfig) -> tuple[str, str]:

@@ -7,6 +7,7 @@ epoch's shuffled examples; rank 0 evaluates and decides when to stop).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import math
@@ -22,7 +23,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from onnxrec.errors import TrainingError
-from onnxrec.trainer.averaging import WeightAverage, averaged
+from onnxrec.trainer.averaging import WeightAverage
 from onnxrec.trainer.config import TrainConfig
 from onnxrec.trainer.data.dataset import Dataset
 from onnxrec.trainer.determinism import epoch_seeds
@@ -177,7 +178,7 @@ def fit(
         result.train_seconds += record["seconds"]
         stop = False
         if rank == 0:
-            with averaged(average):
+            with average.applied() if average is not None else contextlib.nullcontext():
                 better = _validate(model, scorer, ds, cfg, record, result)
             bad_epochs = 0 if better else bad_epochs + 1
             stop = bad_epochs >= cfg.patience

@@ -28,7 +28,7 @@ reads them (:meth:`Recommender.retrieval_inputs`, :meth:`Recommender.context_inp
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -129,8 +129,14 @@ class Recommender(nn.Module):
         return False
 
     def set_item_text(self, vectors: torch.Tensor) -> None:
-        """Give the model every item's text vector ([num_items, text dim], row = item index)."""
-        raise NotImplementedError(f"{type(self).__name__} reads no item text")
+        """Give the model every item's text vector ([num_items, text dim], row = item index) in its
+        ``item_text`` buffer (models that :attr:`reads_item_text`)."""
+        if not self.reads_item_text:
+            raise NotImplementedError(f"{type(self).__name__} reads no item text")
+        table = cast(torch.Tensor, self.item_text)
+        if vectors.shape != table.shape:
+            raise ValueError(f"item text vectors {tuple(vectors.shape)}, expected {tuple(table.shape)}")
+        table.copy_(vectors)
 
     def with_new_text_items(self, text: torch.Tensor) -> tuple[Recommender, float]:
         """A copy of the model whose catalog also holds items known only by their text vectors

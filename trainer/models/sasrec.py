@@ -9,7 +9,7 @@ embedded with. The user id is not read, so any user with a history gets a vector
 does not know included), and a known user's vector is computed once at export from their history.
 
 With ``text_dim`` > 0 (``--item-text``) an item's row is its id embedding plus a linear projection of
-its text vector (a buffer given once by :meth:`SasRec.set_item_text`), in the history and in the
+its text vector (a buffer given once by ``set_item_text``), in the history and in the
 scores alike; in training each item's id embedding is dropped (zeroed) with probability
 ``id_dropout``, so an item known by its text alone (id row zero: a cold item, or one added with
 ``export --new-items``) gets a vector the model has learned to use.
@@ -188,14 +188,6 @@ class SasRec(FactorizedRecommender):
     @property
     def reads_item_text(self) -> bool:
         return self.cfg.text_dim > 0
-
-    def set_item_text(self, vectors: torch.Tensor) -> None:
-        """Give the model every item's text vector ([num_items, text_dim], row = item index)."""
-        if tuple(vectors.shape) != (self.cfg.num_items, self.cfg.text_dim):
-            raise ValueError(
-                f"item text vectors {tuple(vectors.shape)}, expected ({self.num_items}, {self.cfg.text_dim})"
-            )
-        cast(torch.Tensor, self.item_text).copy_(vectors)
 
     def text_item_vectors(self, text: torch.Tensor) -> torch.Tensor:
         """Vectors [N, D] of items the model does not know, from their text vectors [N, text_dim] alone."""

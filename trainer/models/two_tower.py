@@ -8,7 +8,7 @@ index 0 = "unknown", and training drops ids at random (``id_dropout``), so a use
 training but with features or a history still gets a sensible vector.
 
 With ``text_dim`` > 0 the item tower also reads each item's text vector (``data prepare --item-text``,
-a buffer given once by :meth:`TwoTower.set_item_text` and saved with the weights) through a linear
+a buffer given once by ``set_item_text`` and saved with the weights) through a linear
 projection, so an item nobody has interacted with, or one added after training with only its text
 (:meth:`TwoTower.text_item_vectors`), gets a vector from what it is about.
 """
@@ -141,15 +141,6 @@ class TwoTower(FactorizedRecommender):
             drop = torch.rand(ids.shape, device=ids.device) < self.cfg.id_dropout
             ids = ids.masked_fill(drop, 0)
         return ids
-
-    def set_item_text(self, vectors: torch.Tensor) -> None:
-        """Give the model every item's text vector ([num_items, text_dim], row = item index)."""
-        if tuple(vectors.shape) != (self.cfg.num_items, self.cfg.text_dim):
-            raise ValueError(
-                f"item text vectors {tuple(vectors.shape)}, expected ({self.num_items}, {self.cfg.text_dim})"
-            )
-        table = cast(torch.Tensor, self.item_text)
-        table.copy_(vectors.to(table.dtype))
 
     def item_vectors(self, items: torch.Tensor | None = None) -> torch.Tensor:
         if items is None:
